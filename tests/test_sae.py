@@ -1,0 +1,50 @@
+"""Cross-module properties of the SAE stage: model checkpoint → activation cache → trained SAE → spliced evaluation."""
+import pytest
+
+from sfc_vision.activations import ActivationCache, CaptureConfig, cache_activations
+from sfc_vision.artifacts import ArtifactError
+from sfc_vision.data import DataConfig, load_data
+from sfc_vision.models import ModelConfig, build_model, load_model
+from sfc_vision.sae import SAEConfig, build_sae
+from sfc_vision.sae_eval import evaluate_saes, layer_vectors, reconstruction_metrics
+from sfc_vision.sae_train import load_checkpoint, train_sae
+from sfc_vision.train import TrainConfig, channel_stats, train_classifier
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    "A small CNN trained one epoch, its checkpoint, and a cache of its pool2 activations carrying its SHA-256."
+    tmp = tmp_path_factory.mktemp("sae")
+    data = load_data(DataConfig(limit_train=400, limit_test=100))
+    model = build_model(ModelConfig(channels=(4, 8), fc=16), data.image_shape, data.num_classes,
+                        *channel_stats(data.train))
+    train_classifier(model, data, TrainConfig(epochs=1, device="cpu"), tmp / "model", progress=False)
+    model, meta = load_model(tmp / "model" / "epoch_001.safetensors")
+    cache_activations(model, data.train, CaptureConfig(layers=("pool2",), device="cpu"), tmp / "acts",
+                      meta={"model_sha256": meta["sha256"], "dataset": "mnist5k"}, progress=False)
+    return tmp, data, model, meta["sha256"]
+
+
+def test_sae_records_and_checks_its_model(pipeline):
+    tmp, data, model, sha = pipeline
+    cfg = SAEConfig(arch="topk", k=3, expansion=2, epochs=2, batch_size=512, lr_warmup_steps=5, device="cpu")
+    train_sae(ActivationCache(tmp / "acts" / "pool2"), cfg, tmp / "sae", progress=False)
+    sae, meta = load_checkpoint(tmp / "sae", expect_layer="pool2", expect_model_sha256=sha)
+    assert (meta["model_sha256"], meta["layer"], meta["dataset"]) == (sha, "pool2", "mnist5k")
+    with pytest.raises(ArtifactError, match="trained on model_sha256"):
+        load_checkpoint(tmp / "sae", expect_model_sha256="0" * 64)
+
+
+def test_spliced_and_direct_reconstruction_agree(pipeline):
+    "The spliced evaluation's reconstruction metrics equal those computed on the layer's vectors directly."
+    tmp, data, model, _ = pipeline
+    sae, _ = load_checkpoint(tmp / "sae")
+    untrained = build_sae(SAEConfig(arch="topk", k=3, expansion=2), 8)
+    res = evaluate_saes(model, "pool2", {"trained": sae, "untrained": untrained}, data.test, batch_size=32, device="cpu")
+    vecs, positions = layer_vectors(model, "pool2", data.test, device="cpu")
+    direct = reconstruction_metrics(sae, vecs, positions)
+    for key in ("fve", "nmse", "mse", "l0", "l0_per_image", "dead_fraction"):
+        assert res["trained"][key] == pytest.approx(direct[key], rel=1e-6, abs=1e-9), key
+    assert res["trained"]["fve"] > res["untrained"]["fve"]
+    assert res["trained"]["kl"] < res["untrained"]["kl"]
+    assert res["trained"]["l0"] <= 3.0 + 1e-9          # TopK never exceeds k
