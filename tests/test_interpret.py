@@ -1,0 +1,53 @@
+"""Cross-module properties of interpretability: model and SAE checkpoints → top images → MIS → stored result."""
+import json
+
+import pytest
+import torch
+
+from sfc_vision.config import ConfigError
+from sfc_vision.data import DataConfig, load_data
+from sfc_vision.interpret import top_images
+from sfc_vision.mis import EmbeddingCache, MISConfig, MISResult, build_backbone, run_mis
+from sfc_vision.models import ModelConfig, build_model, load_model, save_model
+from sfc_vision.sae import SAEConfig, build_sae, load_sae, save_sae
+
+
+def test_checkpoints_to_stored_mis(tmp_path):
+    data = load_data(DataConfig(limit_train=400))
+    model = build_model(ModelConfig(), data.image_shape, data.num_classes)
+    sha = save_model(model, model.cfg, tmp_path / "model.safetensors", data.image_shape, data.num_classes)
+    model, meta = load_model(tmp_path / "model.safetensors")
+    sae_cfg = SAEConfig(expansion=2)
+    save_sae(build_sae(sae_cfg, 32), sae_cfg, tmp_path / "sae.safetensors", {"layer": "pool2", "model_sha256": sha})
+    sae, _ = load_sae(tmp_path / "sae.safetensors", expect_layer="pool2", expect_model_sha256=meta["sha256"])
+    cfg = MISConfig(n_tasks=6, n_refs=5, device="cpu")
+
+    first, top = run_mis(model, "pool2", sae, data.train, cfg, cache_dir=tmp_path / "emb", progress=False)
+    # a second run reads every embedding back from disk and gives the same scores
+    cache = EmbeddingCache(build_backbone(cfg.backbone, model), data.train, folder=tmp_path / "emb")
+    again, _ = run_mis(model, "pool2", sae, data.train, cfg, embeddings=cache, progress=False)
+    assert cache.n_embedded == 0
+    torch.testing.assert_close(again.mis, first.mis, rtol=0, atol=0, equal_nan=True)
+    # the ranking is the one top_images gives on its own
+    assert torch.equal(top.top_index, top_images(model, "pool2", sae, data.train, k=36, progress=False).top_index)
+
+    first.save(tmp_path / "mis.safetensors")
+    back = MISResult.load(tmp_path / "mis.safetensors")
+    assert back.summary() == first.summary()
+    summary = json.loads(json.dumps(first.summary(), allow_nan=False))
+    assert summary["dictionary"]["d_sae"] == 64 and summary["backbone"]["name"] == "proxy"
+    assert summary["n_scored"] + len(summary["dead_units"]) + len(summary["constant_units"]) == 64
+
+
+def test_bad_input_fails_before_any_pass(tmp_path):
+    data = load_data(DataConfig(limit_train=300))
+    model = build_model(ModelConfig(), data.image_shape, data.num_classes)
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    with pytest.raises(ConfigError, match="needs 200 ranked images per side"):
+        run_mis(model, "pool2", build_sae(SAEConfig(), 32), data.train, MISConfig(), progress=False)
+    with pytest.raises(FileNotFoundError, match="DreamSim checkpoints not found"):
+        run_mis(model, "pool2", build_sae(SAEConfig(), 32), data.train,
+                MISConfig.from_dict({"n_tasks": 4, "n_refs": 3, "backbone": {"name": "dreamsim", "weights": str(tmp_path)}}),
+                progress=False)
+    assert calls == []
