@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import argparse
 
-from bench import hooks
+from bench import caching, hooks
 from bench.harness import machine, table
 
-BENCHMARKS = {"hooks": hooks}
+BENCHMARKS = {
+    "hooks": hooks,
+    "caching": caching,
+    "sae_training": __import__("bench.sae_training", fromlist=["run"]),
+    "attribution": __import__("bench.attribution", fromlist=["run"]),
+}
 
 
 def main():

@@ -76,4 +76,5 @@ def table(rows: list[Row]) -> str:
         goal = f"≤ {r.goal:g}" if r.ratio_kind == "time" else f"≥ {r.goal:g}"
         out.append(f"| {r.name} | {r.ours_s * 1e3:.2f} ms ±{r.ours_spread:.0%} | {r.ref_s * 1e3:.2f} ms ±{r.ref_spread:.0%} "
                    f"| {r.ratio:.3f} ({kind}) | {goal} | {'yes' if r.met else 'NO'} |")
-    return "\n".join(out)
+    notes = [f"- {r.name}: {r.note}" for r in rows if r.note]
+    return "\n".join(out + ([""] + notes if notes else []))

@@ -1,0 +1,236 @@
+"""Runs and sweeps end to end — papermill, run folders, the stage cache — on local processes."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from conftest import LAMBDAS, REPO, TINY, cli_command, read_json, tiny_config, write_yaml
+
+from sfc_vision.runs import (METRICS_SCHEMA, STAGES, STUDY_NOTEBOOKS, StudyConfig, comparable_metrics, run_folder,
+                             run_name, run_status, stage_key)
+
+STUDY = REPO / "nbs" / "study"
+
+
+def complete_runs(summary):
+    return [r for r in summary["runs"] if r["status"] == "complete"]
+
+
+def check_run_folder(folder: Path, cfg: StudyConfig):
+    "Everything a complete run folder promises."
+    assert StudyConfig.from_yaml_text((folder / "config.yaml").read_text()) == cfg
+    metrics = read_json(folder / "metrics.json")
+    assert metrics["schema"] == METRICS_SCHEMA
+    assert metrics["run"]["status"] == "complete" and metrics["run"]["error"] is None
+    notebooks = sorted(p.name for p in (folder / "notebooks").glob("*.ipynb"))
+    assert notebooks == sorted(STUDY_NOTEBOOKS), notebooks  # every study notebook executed, kept
+    for name in STUDY_NOTEBOOKS:
+        nb = json.loads((folder / "notebooks" / name).read_text())
+        assert nb["metadata"]["papermill"]["exception"] in (None, False)
+    for stage in metrics["stages"]:
+        assert metrics["stages"][stage]["key"] == stage_key(cfg, stage)
+        assert (folder / "artifacts" / stage / "stage.json").exists()
+    assert 0.5 < metrics["model"]["accuracy"] <= 1
+    assert list(metrics["stages"]) == list(STAGES)  # every stage, in pipeline order
+    for layer in cfg.capture.layers:
+        ev = metrics["sae_eval"][layer]
+        assert ev["fve"] <= 1 and 0 <= ev["dead_fraction"] <= 1 and ev["l0"] >= 0 and 0 <= ev["accuracy"] <= 1
+        assert {"mse", "loss_recovered_mean", "loss_recovered_zero"} <= set(ev)
+        assert 0 <= metrics["mis"]["layers"][layer]["sae"]["median"] <= 1
+    c = metrics["circuit"]
+    assert c["nodes"] == sum(c["nodes_per_layer"].values()) == cfg.circuit.top_k * len(cfg.capture.layers)
+    assert {"faithfulness", "completeness", "edges"} <= set(c)
+    for fig in ("model_training", "sae_frequency_relu3", "ie_median", "faithfulness_curves", "circuit", "mis_by_layer"):
+        assert (folder / "figures" / f"{fig}.png").exists(), fig
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------
+# the study notebooks
+
+
+def test_each_study_notebook_has_one_parameters_cell():
+    for name in STUDY_NOTEBOOKS:
+        nb = json.loads((STUDY / name).read_text())
+        tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, f"{name}: {len(tagged)} cells tagged parameters"
+        assert "config = {}" in "".join(tagged[0]["source"])  # the embedded default
+    assert (STUDY / ".notest").exists() and (REPO / "nbs" / "analysis" / ".notest").exists()  # nbdev-test skips them
+
+
+# ---------------------------------------------------------------------------------------------------
+# a sweep on local processes
+
+
+def test_sweep_completes_the_good_runs_and_records_the_failure(local_sweep):
+    s = local_sweep.summary
+    assert local_sweep.result.returncode == 1, local_sweep.result.stderr  # a run failed
+    assert s["counts"] == {"complete": 4, "failed": 1}, s
+    failed = [r for r in s["runs"] if r["status"] == "failed"]
+    assert len(failed) == 1 and "model.weights" in failed[0]["point"]
+    f = failed[0]
+    assert f["failed_notebook"] == "notebooks/01_model_saes.ipynb"
+    assert "ArtifactError" in f["error"] and "weights do not fit cnn" in f["error"]
+    assert "weights do not fit cnn" in local_sweep.result.stderr  # the command names it too
+    nb = json.loads((local_sweep.runs / f["run"] / f["failed_notebook"]).read_text())  # papermill kept it
+    assert nb["metadata"]["papermill"]["exception"] is True
+    assert any(o.get("ename") == "ArtifactError" for c in nb["cells"] for o in c.get("outputs", []))
+    assert read_json(local_sweep.runs / f["run"] / "metrics.json")["run"]["status"] == "failed"
+
+    good = complete_runs(s)
+    assert sorted(r["point"]["sae.l1_coeff"] for r in good) == LAMBDAS
+    for r in good:
+        cfg = StudyConfig.from_dict({**TINY, "run": {"name": f"lam_l1_coeff={r['point']['sae.l1_coeff']:g}"},
+                                     "sae": {**TINY["sae"], "l1_coeff": r["point"]["sae.l1_coeff"]}})
+        assert r["run"] == run_name(cfg)
+        check_run_folder(local_sweep.runs / r["run"], cfg)
+
+
+def test_parameters_reach_the_notebooks(local_sweep):
+    "papermill injects the configuration and the notebooks act on it (not on their defaults)."
+    for r in complete_runs(local_sweep.summary):
+        folder = local_sweep.runs / r["run"]
+        for name in STUDY_NOTEBOOKS:
+            nb = json.loads((folder / "notebooks" / name).read_text())
+            injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+            assert len(injected) == 1
+            assert nb["metadata"]["papermill"]["parameters"]["config"]["sae"]["l1_coeff"] == r["point"]["sae.l1_coeff"]
+        saes = read_json(folder / "artifacts" / "saes" / "stage.json")
+        assert saes["settings"]["sae"]["l1_coeff"] == r["point"]["sae.l1_coeff"]  # what the stage computed with
+        assert saes["settings"]["sae"]["expansion"] == TINY["sae"]["expansion"] != 8  # not the default
+
+
+def test_changing_only_lambda_reuses_model_and_activations(local_sweep):
+    cache = local_sweep.runs / "_cache"
+    committed = lambda stage: sorted(p for p in (cache / stage).iterdir() if (p / "stage.json").exists())
+    good = complete_runs(local_sweep.summary)
+    assert len(committed("model")) == 1 and len(committed("activations")) == 1  # one classifier, one capture
+    assert len(committed("saes")) == len(LAMBDAS)                               # an SAE set per λ
+    model, acts = (read_json(committed(s)[0] / "stage.json") for s in ("model", "activations"))
+    computed = []
+    for r in good:
+        stages = read_json(local_sweep.runs / r["run"] / "metrics.json")["stages"]
+        assert stages["model"]["key"] == model["key"] and stages["activations"]["key"] == acts["key"]
+        computed += [s for s in ("model", "activations") if not stages[s]["cached"]]
+        saes = read_json(local_sweep.runs / r["run"] / "artifacts" / "saes" / "stage.json")
+        assert saes["upstream"]["activations"]["generation"] == acts["generation"]  # trained on that very capture
+    assert computed == ["model", "activations"]  # computed by one run, reused by the three others
+    assert acts["upstream"]["model"]["generation"] == model["generation"]
+
+
+def test_status_reports_runs_failures_and_cache(local_sweep, cli):
+    r = cli("status", "--runs", local_sweep.runs)
+    assert r.returncode == 0
+    failed = [x for x in local_sweep.summary["runs"] if x["status"] == "failed"][0]
+    assert f"failed      {failed['run']}" in r.stdout
+    assert "notebooks/01_model_saes.ipynb: ArtifactError: weights do not fit cnn" in r.stdout
+    assert "model        1 complete, 1 incomplete" in r.stdout  # the failed run's classifier never committed
+    assert "saes         4 complete, 0 incomplete" in r.stdout
+    assert "sweep lam (local" in r.stdout and "4 complete" in r.stdout
+    st = json.loads(cli("status", "--runs", local_sweep.runs, "--json").stdout)
+    assert sorted(x["status"] for x in st["runs"]) == ["complete"] * 4 + ["failed"]
+
+
+def test_rerunning_a_sweep_redoes_only_what_failed_or_is_missing(local_sweep, cli, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(local_sweep.runs, runs, symlinks=True)
+    good = complete_runs(local_sweep.summary)
+    gone = good[0]["run"]
+    shutil.rmtree(runs / gone)
+    kept = {r["run"]: (runs / r["run"] / "metrics.json").stat().st_mtime_ns for r in good[1:]}
+    r = cli("sweep", local_sweep.sweep, "--runs", runs)
+    assert r.returncode == 1  # the bad configuration fails again
+    assert "4 complete already" not in r.stdout and "3 complete already, 2 to run" in r.stdout, r.stdout
+    summary = read_json(runs / "_sweeps" / "lam" / "summary.json")
+    ran = sorted(x["run"] for x in summary["runs"] if x["ran"])
+    failed = [x["run"] for x in summary["runs"] if x["status"] == "failed"]
+    assert ran == sorted([gone, *failed])
+    assert {x["run"]: (runs / x["run"] / "metrics.json").stat().st_mtime_ns for x in good[1:]} == kept  # untouched
+    redone = read_json(runs / gone / "metrics.json")
+    assert redone["run"]["status"] == "complete"
+    assert all(s["cached"] for s in redone["stages"].values())  # its stages were all in the cache
+    assert comparable_metrics(redone) == comparable_metrics(read_json(local_sweep.runs / gone / "metrics.json"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# kills, resumption, determinism
+
+
+KILL_CONFIG = tiny_config(sae={"epochs": 4}, run={"name": "resume", "stages": ["sae_eval"]})  # study notebook 1 only
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, cli):
+    "The kill test's configuration, run once without interruption."
+    root = tmp_path_factory.mktemp("reference")
+    cfg_file = write_yaml(root / "cfg.yaml", KILL_CONFIG)
+    r = cli("run", cfg_file, "--runs", root / "runs")
+    assert r.returncode == 0, r.stderr
+    folder = run_folder(root / "runs", run_name(StudyConfig.from_dict(KILL_CONFIG)))
+    return SimpleNamespace(cfg_file=cfg_file, folder=folder, metrics=read_json(folder / "metrics.json"))
+
+
+def _descendants(pid: int) -> list[int]:
+    "Every process below `pid` (papermill's kernels run in their own sessions, so a process group kill misses them)."
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out += children.get(p, [])
+        todo += children.get(p, [])
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the kernel processes to kill through /proc")
+def test_a_run_killed_mid_stage_resumes_without_recomputing_and_matches(reference_run, tmp_path, cli):
+    runs = tmp_path / "runs"
+    cfg = StudyConfig.from_dict(KILL_CONFIG)
+    proc = subprocess.Popen(cli_command() + ["run", str(reference_run.cfg_file), "--runs", str(runs)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={"OMP_NUM_THREADS": "1", **os.environ})
+    saes_dir = runs / "_cache" / "saes" / stage_key(cfg, "saes")
+    first_epoch = saes_dir / "pool2" / "epoch_001.json"  # the SAE stage is under way: one epoch of four done
+    deadline = time.time() + 300
+    while not first_epoch.exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before the SAE stage started"
+        time.sleep(0.02)
+    for pid in [proc.pid, *_descendants(proc.pid)]:  # SIGKILL: no cleanup, as when a node dies
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    assert not (saes_dir / "stage.json").exists()  # killed mid-stage: not committed
+    assert run_status(run_folder(runs, run_name(cfg))) == "interrupted"  # its status says so (its process is gone)
+    done = {s: (runs / "_cache" / s / stage_key(cfg, s) / "stage.json") for s in ("model", "activations")}
+    before = {s: p.read_bytes() for s, p in done.items()}
+    epoch1 = (saes_dir / "pool2" / "epoch_001.safetensors").read_bytes()
+
+    r = cli("run", reference_run.cfg_file, "--runs", runs)
+    assert r.returncode == 0, r.stderr
+    metrics = read_json(run_folder(runs, run_name(cfg)) / "metrics.json")
+    assert {s: v["reason"] for s, v in metrics["stages"].items()} == {
+        "model": "cached", "activations": "cached", "saes": "incomplete", "sae_eval": "missing"}
+    assert {s: p.read_bytes() for s, p in done.items()} == before  # completed stages untouched
+    assert (saes_dir / "pool2" / "epoch_001.safetensors").read_bytes() == epoch1  # resumed after epoch 1
+    assert comparable_metrics(metrics) == comparable_metrics(reference_run.metrics)  # as if never killed
+
+
+def test_same_configuration_same_seed_identical_metrics(reference_run, tmp_path, cli):
+    r = cli("run", reference_run.cfg_file, "--runs", tmp_path / "runs")
+    assert r.returncode == 0, r.stderr
+    again = read_json(run_folder(tmp_path / "runs", reference_run.folder.name) / "metrics.json")
+    assert not any(s["cached"] for s in again["stages"].values())  # computed afresh, not read from a cache
+    assert comparable_metrics(again) == comparable_metrics(reference_run.metrics)
+    assert again["model"]["history"][0]["train_loss"] == reference_run.metrics["model"]["history"][0]["train_loss"]
