@@ -68,7 +68,7 @@ def _minimal_loop(cache: ActivationCache, cfg: SAEConfig, device: torch.device) 
         perm = torch.randperm(n, device=device)
         for start in range(0, n, cfg.batch_size):
             for group in opt.param_groups:
-                group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.lr_warmup_steps)
+                group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.lr_warmup_steps))
             x = x_all[perm[start:start + cfg.batch_size]].float() * scale
             f = torch.relu((x - b_dec) @ W_enc + b_enc)
             loss = (x - (f @ W_dec + b_dec)).pow(2).sum(-1).mean() + cfg.l1_coeff * f.sum(-1).mean()
