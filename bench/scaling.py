@@ -75,9 +75,9 @@ def run(quick: bool = False) -> list[tuple]:
                         lambda n: node_effects(splice, data.train.subset(torch.arange(n)), ce, patches, progress=False),
                         repeats)
         ie = node_effects(splice, data.train.subset(torch.arange(500)), ce, patches, progress=False).mean
-        rows += _series("faithfulness curve, 12 thresholds", "images", sizes[:3],
-                        lambda n: faithfulness_curve(splice, ie, data.test.subset(torch.arange(min(n, len(data.test)))),
-                                                     ce, patches, n_random=0, progress=False), repeats)
+        rows += _series("faithfulness curve, 12 thresholds", "images", [250, 500, 1000],
+                        lambda n: faithfulness_curve(splice, ie, data.test.subset(torch.arange(n)), ce, patches,
+                                                     n_random=0, progress=False), repeats)
         images = data.train.subset(torch.arange(1000))
         rows += _series("node effects, AtP over 1000 images", "sites", [1, 2, 3],
                         lambda k: node_effects(Splice(model, {s: splice.dicts[s] for s in list(CNN_SITES)[:k]}), images,
@@ -105,6 +105,6 @@ def table(rows: list[tuple]) -> str:
     "A Markdown table: stage, size, median time, time per unit (per pixel for image size)."
     out = ["| stage | size | median | per unit |", "|---|---|---|---|"]
     for stage, size, t, per in rows:
-        unit = "per pixel" if "px" in size else "per " + size.split(" ", 1)[1].replace("× ", "")
+        unit = "per pixel" if "px" in size else "per " + size.split(" ", 1)[1].replace("× ", "").rstrip("s")
         out.append(f"| {stage} | {size} | {t * 1e3:.0f} ms | {per * 1e6:.1f} µs {unit} |")
     return "\n".join(out)

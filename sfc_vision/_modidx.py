@@ -29,6 +29,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                      'sfc_vision/activations.py'),
                                         'sfc_vision.activations._ShardWriter.close': ( 'activations.html#_shardwriter.close',
                                                                                        'sfc_vision/activations.py'),
+                                        'sfc_vision.activations._ShardWriter.flush_rest': ( 'activations.html#_shardwriter.flush_rest',
+                                                                                            'sfc_vision/activations.py'),
                                         'sfc_vision.activations.cache_activations': ( 'activations.html#cache_activations',
                                                                                       'sfc_vision/activations.py'),
                                         'sfc_vision.activations.from_vectors': ( 'activations.html#from_vectors',

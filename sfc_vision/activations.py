@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,12 +94,15 @@ class CaptureConfig(Config):
 
 # %% ../nbs/05_activations.ipynb #3eba3701
 class _ShardWriter:
-    "Buffers one layer's vectors and writes a shard whenever `shard_rows` have accumulated."
+    """Buffers one layer's vectors and writes a shard whenever `shard_rows` have accumulated.
 
-    def __init__(self, folder: Path, shard_rows: int, dtype: torch.dtype):
-        self.folder, self.shard_rows, self.dtype = folder, shard_rows, dtype
+    Shards are written (serialised and checksummed) by the thread `pool`, overlapping the next
+    forward passes; at most two of a layer's shards wait in memory, so a slow disk cannot fill it."""
+
+    def __init__(self, folder: Path, shard_rows: int, dtype: torch.dtype, pool: ThreadPoolExecutor):
+        self.folder, self.shard_rows, self.dtype, self.pool = folder, shard_rows, dtype, pool
         self.parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self.rows, self.shards = 0, []
+        self.rows, self.written = 0, []  # written: (file name, rows, future of its SHA-256)
         folder.mkdir(parents=True)
 
     def add(self, vecs: torch.Tensor, image: torch.Tensor, position: torch.Tensor):
@@ -108,17 +112,24 @@ class _ShardWriter:
             self._flush(self.shard_rows)
 
     def _flush(self, n: int):
-        acts, image, position = (torch.cat(t) for t in zip(*self.parts))
-        name = f"shard_{len(self.shards):05d}.safetensors"
-        digest = save_tensors(self.folder / name, {"acts": acts[:n], "image": image[:n], "position": position[:n]})
-        self.shards.append({"file": name, "n": n, "sha256": digest})
+        acts, image, position = (torch.cat(t) if len(t) > 1 else t[0] for t in zip(*self.parts))
+        name = f"shard_{len(self.written):05d}.safetensors"
+        tensors = {"acts": acts[:n], "image": image[:n], "position": position[:n]}
+        self.written.append((name, n, self.pool.submit(save_tensors, self.folder / name, tensors)))
+        if len(self.written) > 1:
+            self.written[-2][2].result()   # back-pressure (and an early error)
         self.parts = [(acts[n:], image[n:], position[n:])] if len(acts) > n else []
         self.rows -= n
 
-    def close(self):
+    def flush_rest(self):
+        "Submit the rows that remain as the last shard."
         if self.rows:
             self._flush(self.rows)
-        return self.shards
+
+    def close(self) -> list[dict]:
+        "The shards' entries, once all are written."
+        self.flush_rest()
+        return [{"file": name, "n": n, "sha256": digest.result()} for name, n, digest in self.written]
 
 
 @torch.inference_mode()
@@ -135,7 +146,8 @@ def cache_activations(model: VisionModel, images: ImageSet, cfg: CaptureConfig, 
     pos_gen = torch.Generator().manual_seed(cfg.seed + 1)
     writers: dict[str, _ShardWriter] = {}
     shapes: dict[str, tuple[int, ...]] = {}
-    with atomic_path(out_dir, is_dir=True) as tmp, read_layers(model, layers) as acts:
+    # the pool is left (waiting for every write) before the folder is committed or removed
+    with atomic_path(out_dir, is_dir=True) as tmp, read_layers(model, layers) as acts, ThreadPoolExecutor(2) as pool:
         bar = tqdm(images.batches(cfg.batch_size, shuffle=True, seed=cfg.seed),
                    total=math.ceil(len(images) / cfg.batch_size), desc="caching", disable=not progress, leave=False)
         for x, _, idx in bar:
@@ -145,8 +157,8 @@ def cache_activations(model: VisionModel, images: ImageSet, cfg: CaptureConfig, 
                 shapes.setdefault(layer, tuple(a.shape[1:]))
                 if layer not in writers:
                     shard_rows = max(1, int(cfg.shard_mb * 2**20 / (a.shape[1] * dtype.itemsize)))
-                    writers[layer] = _ShardWriter(tmp / layer, shard_rows, dtype)
-                vecs = to_vectors(a)
+                    writers[layer] = _ShardWriter(tmp / layer, shard_rows, dtype, pool)
+                vecs = to_vectors(a.to(dtype))   # convert first: the reordering copy then moves fewer bytes
                 per_image = vecs.shape[0] // len(idx)
                 image = idx.repeat_interleave(per_image)
                 position = torch.arange(per_image).repeat(len(idx))
@@ -155,6 +167,8 @@ def cache_activations(model: VisionModel, images: ImageSet, cfg: CaptureConfig, 
                     rows = (keep + torch.arange(len(idx))[:, None] * per_image).flatten()
                     vecs, image, position = vecs[rows.to(vecs.device)], image[rows], position[rows]
                 writers[layer].add(vecs, image, position)
+        for writer in writers.values():   # every layer's last shard is submitted before any is waited for
+            writer.flush_rest()
         out = {}
         for layer in layers:
             shards = writers[layer].close()
