@@ -97,6 +97,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                      'sfc_vision/attribution.py'),
                                         'sfc_vision.attribution.Splice.probe': ( 'attribution.html#splice.probe',
                                                                                  'sfc_vision/attribution.py'),
+                                        'sfc_vision.attribution.Splice.site_vectors': ( 'attribution.html#splice.site_vectors',
+                                                                                        'sfc_vision/attribution.py'),
                                         'sfc_vision.attribution.Splice.trace': ( 'attribution.html#splice.trace',
                                                                                  'sfc_vision/attribution.py'),
                                         'sfc_vision.attribution.Splice.vectors': ( 'attribution.html#splice.vectors',

@@ -221,6 +221,20 @@ class Splice:
         self._check_width(site, out)
         return to_vectors(out).reshape(out.shape[0], -1, out.shape[1])
 
+    def site_vectors(self, images: ImageSet, batch_size: int = 256, desc: str = "",
+                     progress: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+        """Per batch of `images`, every site's vectors `(B, P, d_in)` in execution order.
+
+        Puts the model in eval mode; call it under `torch.no_grad()`."""
+        model = self.model.eval()
+        with read_layers(model, self.sites) as acts:
+            for x, _, _ in tqdm(images.batches(batch_size), total=-(-len(images) // batch_size), desc=desc,
+                                disable=not progress, leave=False):
+                x = x.to(self.device)
+                self.probe(x)
+                model(x)
+                yield {site: self.vectors(site, acts[site]) for site in self.order}
+
     @contextmanager
     def _hooks(self, edit: Callable, sites: list[str]):
         "Replace each site's output by `edit(site, vectors (B, P, d))`, which may return `R·B` images."
@@ -334,22 +348,15 @@ def mean_patches(splice: Splice, images: ImageSet, batch_size: int = 256, progre
     "Mean features and error of every site over `images`, per position: the mean-ablation patch."
     if len(images) == 0:
         raise ValueError("mean patch: the reference set has no images")
-    model = splice.model.eval()
     sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     n = 0
-    with read_layers(model, splice.sites) as acts:
-        for x, _, _ in tqdm(images.batches(batch_size), total=-(-len(images) // batch_size), desc="mean patch",
-                            disable=not progress, leave=False):
-            x = x.to(splice.device)
-            splice.probe(x)
-            model(x)
-            for site in splice.order:
-                v = splice.vectors(site, acts[site])
-                f = _encode(splice.dicts[site], v)
-                eps = v - _decode(splice.dicts[site], f)
-                sf, se = sums.get(site, (0.0, 0.0))
-                sums[site] = (sf + f.double().sum(0), se + eps.double().sum(0))
-            n += len(x)
+    for vectors in splice.site_vectors(images, batch_size, "mean patch", progress):
+        for site, v in vectors.items():
+            f = _encode(splice.dicts[site], v)
+            eps = v - _decode(splice.dicts[site], f)
+            sf, se = sums.get(site, (0.0, 0.0))
+            sums[site] = (sf + f.double().sum(0), se + eps.double().sum(0))
+        n += len(v)
     return {s: Patch((sf / n).float(), (se / n).float()) for s, (sf, se) in sums.items()}
 
 

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .activations import read_layers
 from .artifacts import ArtifactError, load_tensors, save_tensors
 from .attribution import (Metric, NodeEffects, Patch, Splice, check_patches, class_index, edge_effects,
                                     node_effects)
@@ -292,19 +291,13 @@ def feature_density(splice: Splice, images: ImageSet, batch_size: int = 256, pro
     "Per site, `(d_sae,)`: the fraction of vectors (images × positions) on which each feature is active (> 0)."
     if len(images) == 0:
         raise ValueError("feature density: no images")
-    model = splice.model.eval()
     active: dict[str, torch.Tensor] = {}
     rows: dict[str, int] = {}
-    with read_layers(model, splice.sites) as acts:
-        for x, _, _ in tqdm(images.batches(batch_size), total=-(-len(images) // batch_size), desc="density",
-                            disable=not progress, leave=False):
-            x = x.to(splice.device)
-            splice.probe(x)
-            model(x)
-            for s in splice.order:
-                v = splice.vectors(s, acts[s]).flatten(0, 1)
-                active[s] = active.get(s, 0) + (splice.dicts[s].encode(v) > 0).sum(0).double()
-                rows[s] = rows.get(s, 0) + len(v)
+    for vectors in splice.site_vectors(images, batch_size, "density", progress):
+        for s, v in vectors.items():
+            v = v.flatten(0, 1)
+            active[s] = active.get(s, 0) + (splice.dicts[s].encode(v) > 0).sum(0).double()
+            rows[s] = rows.get(s, 0) + len(v)
     return {s: (active[s] / rows[s]).float().cpu() for s in splice.order}
 
 # %% ../nbs/10_circuits.ipynb #1465cc77
