@@ -76,7 +76,7 @@ class Bench:
         self.throughput.append(f"{self.arch} {what}: ours {n / row.ours_s:,.0f} {unit}, {ref} {n / row.ref_s:,.0f} {unit}")
 
     def forward(self) -> None:
-        "Hook overhead, and the plain forward / forward+backward throughputs."
+        "Hook overhead, and the plain forward's throughput."
         x, model, r = self.x, self.model, self.s["repeats"]
 
         def plain():
