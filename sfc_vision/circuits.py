@@ -243,6 +243,10 @@ def faithfulness(splice: Splice, images: ImageSet, metric: Metric, patches: dict
                 m[-1] = errors == "never"
             rows[s].append(m)
 
+    def random_like(v: torch.Tensor) -> torch.Tensor:
+        pool = len(v) if errors == "circuit" else len(v) - 1   # else the error node is set by `errors`, not drawn
+        return torch.zeros_like(v).index_fill_(0, torch.randperm(pool, generator=gen)[:int(v[:pool].sum())], True)
+
     add({s: torch.ones(splice.n_nodes(s), dtype=torch.bool) for s in splice.order}, apply_errors=False)   # M
     add({s: torch.zeros(splice.n_nodes(s), dtype=torch.bool) for s in splice.order}, apply_errors=False)  # ∅
     for m in masks:
@@ -251,16 +255,15 @@ def faithfulness(splice: Splice, images: ImageSet, metric: Metric, patches: dict
         add({s: ~v for s, v in m.items()})
     for m in masks:
         for _ in range(n_random):
-            add({s: torch.zeros_like(v).index_fill_(0, torch.randperm(len(v), generator=gen)[:int(v.sum())], True)
-                 for s, v in m.items()})
+            add({s: random_like(v) for s, v in m.items()})
+    t = len(masks)
+    sizes = torch.tensor([sum(int(rows[s][2 + i].sum()) for s in splice.order) for i in range(t)])  # as evaluated
     keep = {s: torch.stack(v) for s, v in rows.items()}
     values = ablated_metric(splice, images, metric, patches, keep, batch_size, max_rows, progress)
     full, empty = values[0].item(), values[1].item()
-    t = len(masks)
     score = lambda v: (v - empty) / (full - empty)
     circuit_m, complement_m = values[2:2 + t], values[2 + t:2 + 2 * t]
-    return Faithfulness(torch.tensor([sum(int(v.sum()) for v in m.values()) for m in masks]),
-                        score(circuit_m), score(complement_m), circuit_m, complement_m, full, empty, errors,
+    return Faithfulness(sizes, score(circuit_m), score(complement_m), circuit_m, complement_m, full, empty, errors,
                         score(values[2 + 2 * t:]).view(t, n_random) if n_random else None)
 
 # %% ../nbs/10_circuits.ipynb #77357c2d

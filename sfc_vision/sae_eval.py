@@ -76,7 +76,7 @@ class ReconstructionStats:
 
 def frequency_histogram(freq: torch.Tensor, n_vectors: int, bins_per_decade: int = 4) -> dict:
     "Counts of latents by log₁₀ frequency from `1/n_vectors` to 1; never-active latents counted apart."
-    lo = math.floor(math.log10(1 / max(n_vectors, 1)))
+    lo = min(-1, math.floor(math.log10(1 / max(n_vectors, 1))))   # at least one decade, even for one vector
     edges = torch.linspace(lo, 0, -lo * bins_per_decade + 1, dtype=torch.float64)
     active = freq[freq > 0].double().log10().clamp(lo, 0).cpu()
     counts = torch.histogram(active, bins=edges).hist if len(active) else torch.zeros(len(edges) - 1)
@@ -160,6 +160,9 @@ def evaluate_saes(model: VisionModel, layer: str, saes: dict[str, Dictionary], i
         n += len(x)
     acc, ce = clean[0].item() / n, clean[1].item() / n
     zero_ce, mean_ce = zero_ce / n, mean_ce / n
+    # (L_ablated − L_spliced) / (L_ablated − L_clean); undefined (NaN) when ablating changes nothing
+    _recovered = lambda ablated, spliced_ce, clean_ce: ((ablated - spliced_ce) / (ablated - clean_ce)
+                                                       if ablated != clean_ce else float("nan"))
     results = {}
     for name in saes:
         s_acc, s_ce, s_kl, s_agree = (v / n for v in spliced[name].tolist())
@@ -167,8 +170,8 @@ def evaluate_saes(model: VisionModel, layer: str, saes: dict[str, Dictionary], i
                          "accuracy_ratio": s_acc / acc if acc > 0 else float("nan"), "kl": s_kl,
                          "top1_agreement": s_agree, "clean_accuracy": acc, "clean_ce": ce,
                          "zero_ablation_ce": zero_ce, "mean_ablation_ce": mean_ce,
-                         "loss_recovered_zero": (zero_ce - s_ce) / (zero_ce - ce),
-                         "loss_recovered_mean": (mean_ce - s_ce) / (mean_ce - ce)}
+                         "loss_recovered_zero": _recovered(zero_ce, s_ce, ce),
+                         "loss_recovered_mean": _recovered(mean_ce, s_ce, ce)}
     return results
 
 
