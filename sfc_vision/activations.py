@@ -21,7 +21,7 @@ from .artifacts import ArtifactError, atomic_path, load_tensors, read_json, save
 from .config import Config, ConfigError, check_range
 from .data import ImageSet
 from .models import VisionModel
-from .train import resolve_device
+from .models import resolve_device
 
 # %% auto #0
 __all__ = ['DTYPES', 'to_vectors', 'from_vectors', 'read_layers', 'replace_layers', 'CaptureConfig', 'cache_activations',

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -19,7 +20,8 @@ from safetensors.torch import load_file, save_file
 
 # %% auto #0
 __all__ = ['ArtifactError', 'atomic_path', 'write_text', 'write_json', 'read_json', 'sha256_file', 'meta_path', 'save_tensors',
-           'load_meta', 'load_tensors', 'optimizer_state_to_tensors', 'load_optimizer_state', 'save_figure']
+           'load_meta', 'load_tensors', 'optimizer_state_to_tensors', 'load_optimizer_state', 'save_figure',
+           'json_safe']
 
 # %% ../nbs/01_artifacts.ipynb #2a043a1f
 class ArtifactError(RuntimeError):
@@ -167,3 +169,17 @@ def save_figure(fig, stem: str | os.PathLike, formats: tuple[str, ...] = ("png",
             fig.savefig(t, format=fmt, dpi=dpi, bbox_inches="tight")
         out.append(path)
     return out
+
+# %% ../nbs/01_artifacts.ipynb #66274df0
+def json_safe(obj):
+    "A copy of `obj` that strict JSON accepts: NaN → None, ±inf → 'inf'/'-inf', tuples → lists, tensors → lists."
+    if isinstance(obj, torch.Tensor):
+        return json_safe(obj.tolist())
+    if isinstance(obj, float):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf") if math.isinf(obj) else obj
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+

@@ -19,7 +19,7 @@ from .config import ConfigError
 from .data import ImageSet
 from .models import VisionModel
 from .sae import Dictionary, IdentityDictionary
-from .train import resolve_device
+from .models import resolve_device
 
 # %% auto #0
 __all__ = ['StopForward', 'site_features', 'unit_scores', 'ordered_keys', 'tie_ranks', 'RunningTopK', 'TopImages', 'top_images',

@@ -18,19 +18,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .artifacts import ArtifactError, load_tensors, save_tensors, sha256_file
+from .artifacts import ArtifactError, json_safe, load_tensors, save_tensors, sha256_file
 from .config import Config, ConfigError, check_choice, check_range
 from .data import FolderImageSet, ImageSet, TensorImageSet
 from .interpret import StopForward, TopImages, top_images
 from .models import GOOGLENET_ALIASES, IMAGENET_MEAN, IMAGENET_STD, VisionModel, read_state_dict
 from .sae import Dictionary, IdentityDictionary
-from .train import resolve_device
+from .models import resolve_device
 
 # %% auto #0
 __all__ = ['BACKBONES', 'NOT_COMPARABLE', 'COLOUR_BINS', 'COLOUR_THRESHOLD', 'DREAMSIM_FILES', 'PUBLISHED_GOOGLENET_MEDIANS',
            'PUBLISHED_SOURCE', 'BackboneNotFoundError', 'Backbone', 'BackboneSpec', 'register_backbone',
            'BackboneConfig', 'build_backbone', 'colour_histogram', 'dreamsim_folders', 'find_dreamsim',
-           'dataset_fingerprint', 'EmbeddingCache', 'MISConfig', 'task_ranks', 'task_deltas', 'json_safe', 'MISResult',
+           'dataset_fingerprint', 'EmbeddingCache', 'MISConfig', 'task_ranks', 'task_deltas', 'MISResult',
            'mis_from_top', 'run_mis', 'published_median', 'layer_table', 'plot_mis_by_layer', 'plot_mis_over_epochs',
            'mis_exclusion', 'plot_mis_exclusion']
 
@@ -404,19 +404,6 @@ def task_deltas(top_index: torch.Tensor, bottom_index: torch.Tensor, emb: Callab
     return torch.cat(out) if out else torch.empty(0, cfg.n_tasks)
 
 # %% ../nbs/11b_mis.ipynb #029d068b
-def json_safe(obj):
-    "A copy of `obj` that strict JSON accepts: NaN → None, ±inf → 'inf'/'-inf', tuples → lists, tensors → lists."
-    if isinstance(obj, torch.Tensor):
-        return json_safe(obj.tolist())
-    if isinstance(obj, float):
-        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf") if math.isinf(obj) else obj
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
-
-
 def _stats(values: torch.Tensor) -> dict:
     v = values[~torch.isnan(values)]
     if len(v) == 0:

@@ -19,7 +19,7 @@ from .config import Config, ConfigError, check_choice, check_range
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'MODELS', 'GOOGLENET_ALIASES', 'VisionModel', 'ModelSpec', 'WeightsNotFoundError',
            'ModelConfig', 'register_model', 'model_layers', 'resolve_layer', 'pretrained_path', 'read_state_dict',
-           'build_model', 'load_weights', 'save_model', 'load_model']
+           'build_model', 'load_weights', 'save_model', 'load_model', 'resolve_device']
 
 # %% ../nbs/03_models.ipynb #5a2259a5
 class VisionModel(nn.Module):
@@ -287,3 +287,13 @@ def load_model(path: str | Path) -> tuple[VisionModel, dict]:
     model = build_model(cfg, tuple(meta["image_shape"]), meta["num_classes"])
     load_weights(model, state)
     return model.eval(), {**meta, "sha256": read_json(meta_path(path))["sha256"]}
+
+# %% ../nbs/03_models.ipynb #0f9b5cd3
+def resolve_device(name: str = "auto") -> torch.device:
+    "`auto` → CUDA when available, else CPU; `cpu`, `cuda`, `cuda:1` as given (checked)."
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} asked for, but no CUDA device is available; use 'cpu' or 'auto'")
+    return dev

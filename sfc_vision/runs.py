@@ -24,18 +24,18 @@ import torch
 import yaml
 
 from .activations import ActivationCache, CaptureConfig, cache_activations
-from .artifacts import ArtifactError, load_tensors, read_json, save_figure, save_tensors, write_json, write_text
+from .artifacts import ArtifactError, json_safe, load_tensors, read_json, save_figure, save_tensors, write_json, write_text
 from .config import Config, ConfigError, apply_overrides, check_choice, check_range
 from .data import DATASETS, DataConfig, ImageData, ImageSet, load_data, stratified_subset
-from .models import MODELS, ModelConfig, build_model, load_model, pretrained_path, resolve_layer, save_model
+from .models import MODELS, ModelConfig, build_model, load_model, pretrained_path, resolve_device, resolve_layer, save_model
 from .sae import IdentityDictionary, SAEConfig
 from .sae_train import checkpoint_epochs, load_checkpoint, train_sae
 from .sae_eval import evaluate_checkpoints
 from .attribution import AttributionConfig, NodeEffects, Patch, Splice, make_patches, node_effects
 from .circuits import (Circuit, CircuitConfig, Faithfulness, faithfulness, faithfulness_curve, feature_density, find_circuit,
                                  images_of_class)
-from .mis import EmbeddingCache, MISConfig, MISResult, build_backbone, json_safe, run_mis
-from .train import TrainConfig, channel_stats, evaluate_classifier, resolve_device, train_classifier
+from .mis import EmbeddingCache, MISConfig, MISResult, build_backbone, run_mis
+from .train import TrainConfig, channel_stats, evaluate_classifier, train_classifier
 
 try:
     import fcntl

@@ -17,7 +17,7 @@ from .data import ImageSet
 from .models import VisionModel
 from .sae import Dictionary, SAEConfig
 from .sae_train import checkpoint_epochs, load_checkpoint
-from .train import resolve_device
+from .models import resolve_device
 
 # %% auto #0
 __all__ = ['DENSE_FREQUENCY', 'TABLE_COLUMNS', 'ReconstructionStats', 'frequency_histogram', 'reconstruction_metrics',

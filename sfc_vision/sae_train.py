@@ -19,7 +19,7 @@ from .activations import DTYPES, ActivationCache
 from .artifacts import load_meta, load_optimizer_state, load_tensors, optimizer_state_to_tensors, save_tensors
 from .config import ConfigError
 from .sae import SAE, SAEConfig, build_sae, check_fits, load_sae, save_sae
-from .train import resolve_device
+from .models import resolve_device
 
 # %% auto #0
 __all__ = ['SHARED_KEYS', 'InMemoryVectors', 'as_vectors', 'geometric_median', 'norm_scale', 'lr_factor', 'sparsity_coeff',

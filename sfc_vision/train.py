@@ -18,20 +18,10 @@ from tqdm import tqdm
 from .artifacts import load_optimizer_state, load_tensors, optimizer_state_to_tensors, save_tensors
 from .config import Config, ConfigError, check_range
 from .data import ImageData, ImageSet
-from .models import VisionModel, load_weights, save_model
+from .models import VisionModel, load_weights, resolve_device, save_model
 
 # %% auto #0
-__all__ = ['resolve_device', 'TrainConfig', 'lr_factor', 'evaluate_classifier', 'train_classifier', 'channel_stats']
-
-# %% ../nbs/04_train.ipynb #e337fce9
-def resolve_device(name: str = "auto") -> torch.device:
-    "`auto` → CUDA when available, else CPU; `cpu`, `cuda`, `cuda:1` as given (checked)."
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} asked for, but no CUDA device is available; use 'cpu' or 'auto'")
-    return dev
+__all__ = ['TrainConfig', 'lr_factor', 'evaluate_classifier', 'train_classifier', 'channel_stats']
 
 # %% ../nbs/04_train.ipynb #759eedd6
 @dataclass(frozen=True)
