@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 # %% auto #0
 __all__ = ['ArtifactError', 'atomic_path', 'write_text', 'write_json', 'read_json', 'sha256_file', 'meta_path', 'save_tensors',
            'load_meta', 'load_tensors', 'optimizer_state_to_tensors', 'load_optimizer_state', 'save_figure',
-           'json_safe']
+           'show_figure', 'json_safe']
 
 # %% ../nbs/01_artifacts.ipynb #2a043a1f
 class ArtifactError(RuntimeError):
@@ -169,6 +169,18 @@ def save_figure(fig, stem: str | os.PathLike, formats: tuple[str, ...] = ("png",
             fig.savefig(t, format=fmt, dpi=dpi, bbox_inches="tight")
         out.append(path)
     return out
+
+
+def show_figure(fig) -> None:
+    "Show a matplotlib figure inline where IPython runs (a notebook), then close it."
+    import matplotlib.pyplot as plt
+    try:
+        from IPython import get_ipython
+        if get_ipython() is not None:
+            from IPython.display import display
+            display(fig)
+    finally:
+        plt.close(fig)
 
 # %% ../nbs/01_artifacts.ipynb #66274df0
 def json_safe(obj):

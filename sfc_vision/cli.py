@@ -13,7 +13,8 @@ import sys
 from .artifacts import ArtifactError
 from .config import ConfigError
 from .figures import make_figures
-from .runs import RequirementError, commented_yaml, load_config, run_study
+from .runs import RequirementError, run_study
+from .study_config import commented_yaml, load_config
 from .sweeps import ExecutorConfig, format_status, load_sweep, run_sweep, study_status
 
 # %% auto #0

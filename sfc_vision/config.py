@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import types
 import typing
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 # %% auto #0
-__all__ = ['ConfigError', 'check_choice', 'check_range', 'Config', 'apply_overrides']
+__all__ = ['ConfigError', 'check_choice', 'check_range', 'setting', 'digest', 'Config', 'apply_overrides']
 
 # %% ../nbs/00_config.ipynb #cf8bd94c
 class ConfigError(ValueError):
@@ -30,7 +31,9 @@ def check_choice(key: str, value, choices) -> None:
 
 
 def check_range(key: str, value, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False) -> None:
-    "Raise `ConfigError` unless `lo ≤ value ≤ hi` (strict where `lo_open`/`hi_open`); `None` bounds are open."
+    "Raise `ConfigError` unless `value` is finite and `lo ≤ value ≤ hi` (strict where `lo_open`/`hi_open`); `None` bounds are open."
+    if isinstance(value, float) and not math.isfinite(value):  # NaN compares False with everything: catch it first
+        raise ConfigError(f"{key}: {value!r} is not a finite number")
     bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
     bad_hi = hi is not None and (value >= hi if hi_open else value > hi)
     if bad_lo or bad_hi:
@@ -108,6 +111,16 @@ def _coerce(key: str, tp, value):
         raise TypeError(f"{key}: unsupported annotation {tp!r} in a Config")
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
+# %% ../nbs/00_config.ipynb #35ce7374
+def setting(default, doc: str):
+    "A config field with default `default` and its meaning `doc` (kept in the field's metadata)."
+    return field(default=default, metadata={"doc": doc})
+
+
+def digest(obj) -> str:
+    "SHA-256 hex digest of JSON-able `obj` in canonical form (sorted keys, compact separators)."
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
 # %% ../nbs/00_config.ipynb #e22b8f70
 @dataclass(frozen=True)
 class Config:
@@ -166,8 +179,12 @@ class Config:
 
     def hash(self) -> str:
         "Content hash (12 hex digits) of the settings: equal configs have equal hashes."
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        return digest(self.to_dict())[:12]
+
+    @classmethod
+    def docs(cls) -> dict[str, str]:
+        "Each setting's meaning, from its `setting(default, doc)` declaration."
+        return {f.name: f.metadata.get("doc", "") for f in fields(cls)}
 
 # %% ../nbs/00_config.ipynb #824d5496
 def apply_overrides(d: dict, assignments: list[str] | dict) -> dict:

@@ -9,8 +9,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .artifacts import read_json, save_figure, write_json, write_text
-from .runs import StudyConfig, _error_text, notebook_kernel, notebooks_dir, safe_label
+from .artifacts import read_json, save_figure, show_figure, write_json, write_text
+from .cache import safe_label
+from .runs import error_text, notebook_kernel, notebooks_dir
+from .study_config import StudyConfig
 from .sweeps import study_status
 
 # %% auto #0
@@ -37,11 +39,10 @@ def load_runs(runs_root: str | os.PathLike = "runs", status: str | None = "compl
 
 def record_figure(fig, figures_dir: str | os.PathLike, name: str, caption: str, made_by: str, runs=(),
                   formats: tuple[str, ...] = ("png",)) -> list[Path]:
-    "Save `fig` as `figures_dir/<name>.png`, close it, and note in `index.json` what it shows, who made it, from which runs."
-    import matplotlib.pyplot as plt
+    "Save `fig` as `figures_dir/<name>.png`, show it inline in a notebook, and note in `index.json` what it shows, who made it, from which runs."
     figures_dir = Path(figures_dir)
     paths = save_figure(fig, figures_dir / safe_label(name), formats)
-    plt.close(fig)
+    show_figure(fig)
     index_path = figures_dir / "index.json"
     index = read_json(index_path) if index_path.exists() else {"figures": []}
     entry = {"file": paths[0].name, "caption": caption, "made_by": made_by, "runs": sorted(runs)}
@@ -85,7 +86,7 @@ def make_figures(runs_root: str | os.PathLike = "runs", figures_dir: str | os.Pa
                 execute(nb, out_dir / nb.name, {"runs_root": str(runs_root), "figures_dir": str(figures_dir)})
                 results[nb.stem] = "ok"
             except Exception as e:
-                results[nb.stem] = _error_text(e)
+                results[nb.stem] = error_text(e)
                 log(f"  failed: {results[nb.stem].splitlines()[0]} (see {out_dir / nb.name})")
     write_figure_index(figures_dir)
     return results

@@ -19,9 +19,10 @@ from typing import Any, Callable, Literal
 import yaml
 
 from .artifacts import read_json, write_json, write_text
-from .config import Config, ConfigError, apply_overrides, check_choice, check_range
-from .runs import (MARKER, RUN_NAME_RE, STAGES, StudyConfig, _digest, _now, check_requirements, run_config_file,
-                             run_folder, run_name, run_status, safe_label)
+from .config import Config, ConfigError, apply_overrides, check_choice, check_range, digest, setting
+from .cache import MARKER, RUN_NAME_RE, STAGES, run_folder, run_name, safe_label, utc_now
+from .runs import check_requirements, run_config_file, run_status
+from .study_config import StudyConfig
 
 # %% auto #0
 __all__ = ['ExecutorConfig', 'SweepConfig', 'point_label', 'sweep_runs', 'load_sweep', 'run_sweep', 'study_status',
@@ -31,15 +32,15 @@ __all__ = ['ExecutorConfig', 'SweepConfig', 'point_label', 'sweep_runs', 'load_s
 @dataclass(frozen=True)
 class ExecutorConfig(Config):
     "Where a sweep's runs execute: local processes, or a SLURM job array through submitit."
-    kind: Literal["local", "slurm"] = "local"  # local processes, or a SLURM job array
-    workers: int = 2                           # local: runs at a time (each gets cores / workers torch threads)
-    partition: str | None = None               # slurm: partition; None: the cluster's default
-    account: str | None = None                 # slurm: account to charge; None: the user's default
-    gpus: int = 0                              # slurm: GPUs per run
-    cpus: int = 2                              # slurm: CPU cores per run (and its torch threads)
-    mem_gb: float = 8.0                        # slurm: memory per run, GiB
-    time_min: int = 60                         # slurm: time limit per run, minutes (≥ 3: submitit signals 90 s before it)
-    max_parallel: int = 32                     # slurm: array tasks running at once
+    kind: Literal["local", "slurm"] = setting("local", "local processes, or a SLURM job array")
+    workers: int = setting(2, "local: runs at a time (each with its configuration's execution.threads)")
+    partition: str | None = setting(None, "slurm: partition; None: the cluster's default")
+    account: str | None = setting(None, "slurm: account to charge; None: the user's default")
+    gpus: int = setting(0, "slurm: GPUs per run")
+    cpus: int = setting(2, "slurm: CPU cores per run (match execution.threads to use them)")
+    mem_gb: float = setting(8.0, "slurm: memory per run, GiB")
+    time_min: int = setting(60, "slurm: time limit per run, minutes (≥ 3: submitit signals 90 s before it)")
+    max_parallel: int = setting(32, "slurm: array tasks running at once")
 
     def validate(self):
         check_range("workers", self.workers, lo=1)
@@ -53,12 +54,12 @@ class ExecutorConfig(Config):
 @dataclass(frozen=True)
 class SweepConfig(Config):
     "A base configuration and the settings that vary: one run per grid combination and per extra point."
-    name: str = "sweep"                        # names runs/_sweeps/<name>/ and starts every run folder's name
-    base: str | None = None                    # YAML config the runs start from, relative to the sweep file; None: the embedded default
-    overrides: Any = None                      # mapping of dotted keys to values, applied to every run
-    grid: Any = None                           # mapping of dotted keys to lists of values: one run per combination
-    points: Any = None                         # list of mappings of dotted keys to values: one run each
-    executor: ExecutorConfig = ExecutorConfig()  # where the runs execute
+    name: str = setting("sweep", "names runs/_sweeps/<name>/ and starts every run folder's name")
+    base: str | None = setting(None, "YAML config the runs start from, relative to the sweep file; None: the embedded default")
+    overrides: Any = setting(None, "mapping of dotted keys to values, applied to every run")
+    grid: Any = setting(None, "mapping of dotted keys to lists of values: one run per combination")
+    points: Any = setting(None, "list of mappings of dotted keys to values: one run each")
+    executor: ExecutorConfig = setting(ExecutorConfig(), "where the runs execute")
 
     def validate(self):
         if not safe_label(self.name) == self.name:
@@ -86,7 +87,7 @@ def _short(v) -> str:
     if isinstance(v, (list, tuple)):
         return "+".join(_short(x) for x in v)
     if isinstance(v, dict):
-        return _digest(v)[:6]
+        return digest(v)[:6]
     return str(v)
 
 
@@ -166,9 +167,6 @@ def run_sweep(path: str | os.PathLike, runs_root: str | os.PathLike = "runs", fo
 
 def _run_local(todo: list[dict], runs_root: Path, force, force_since: float, ex: ExecutorConfig, sweep_dir: Path, log):
     "Run each entry as a `run_config_file` process, `ex.workers` at a time."
-    env = dict(os.environ)
-    env.setdefault("SFC_VISION_THREADS", str(max(1, (os.cpu_count() or 1) // ex.workers)))
-    env.setdefault("OMP_NUM_THREADS", env["SFC_VISION_THREADS"])
     code = "import json, sys; from sfc_vision.runs import run_config_file; run_config_file(**json.loads(sys.argv[1]))"
 
     def one(entry):
@@ -176,8 +174,7 @@ def _run_local(todo: list[dict], runs_root: Path, force, force_since: float, ex:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         args = json.dumps({"config_path": entry["config"], "runs_root": str(runs_root), "force": force, "force_since": force_since})
         with open(log_path, "w") as out:
-            entry["returncode"] = subprocess.run([sys.executable, "-c", code, args], stdout=out, stderr=subprocess.STDOUT,
-                                                 env=env).returncode
+            entry["returncode"] = subprocess.run([sys.executable, "-c", code, args], stdout=out, stderr=subprocess.STDOUT).returncode
         entry["log"] = str(log_path)
         log(f"  {entry['run']}: {run_status(run_folder(runs_root, entry['run']))}")
 
@@ -239,7 +236,7 @@ def _sweep_summary(sweep: SweepConfig, ex: ExecutorConfig, entries: list[dict], 
                      "failed_notebook": st.get("failed_notebook") if status == "failed" else None,
                      "wall_s": st.get("wall_s"), "job_id": e.get("job_id"), "log": e.get("log")})
     counts = {s: sum(r["status"] == s for r in runs) for s in sorted({r["status"] for r in runs})}
-    return {"sweep": sweep.name, "executor": ex.kind, "finished_at": _now(), "wall_s": round(wall_s, 3),
+    return {"sweep": sweep.name, "executor": ex.kind, "finished_at": utc_now(), "wall_s": round(wall_s, 3),
             "counts": counts, "runs": runs}
 
 # %% ../nbs/13_sweeps.ipynb #dd63ce94

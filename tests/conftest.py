@@ -1,6 +1,5 @@
 """Shared pieces of the end-to-end tests: a tiny study configuration, the `sfc-vision` command as a
 subprocess, and one local sweep that several tests inspect."""
-import copy
 import json
 import os
 import subprocess
@@ -13,32 +12,11 @@ import pytest
 import torch
 import yaml
 
+from sfc_vision.testing import TINY, tiny_config  # the tiny study configuration the notebooks test with too
+
 REPO = Path(__file__).resolve().parent.parent
 
-# Every stage in seconds: 1000 training digits, an 8-16-32 CNN trained for two epochs (~85 % test
-# accuracy), two small layers, SAEs of width 2× for one epoch, attribution on 50 images, circuits
-# checked on 50, MIS with 4 tasks of 3 references on 100 test images.
-TINY = {
-    "run": {"name": "tiny"},
-    "data": {"limit_train": 1000, "limit_test": 200},
-    "model": {"channels": [8, 16], "fc": 32},
-    "train": {"epochs": 2, "batch_size": 20, "lr": 0.005, "device": "cpu"},
-    "capture": {"layers": ["pool2", "relu3"], "device": "cpu"},
-    "sae": {"expansion": 2, "epochs": 1, "batch_size": 256, "lr_warmup_steps": 0, "init_sample": 2000, "device": "cpu"},
-    "evaluation": {"n_images": 100, "device": "cpu"},
-    "attribution": {"n_images": 50, "n_reference": 50, "device": "cpu"},
-    "circuit": {"n_eval": 50, "curve_points": 3, "n_random": 1},
-    "mis": {"n_tasks": 4, "n_refs": 3, "device": "cpu", "backbone": {"device": "cpu"}},
-}
 LAMBDAS = [0.03, 0.1, 0.3, 1.0]
-
-
-def tiny_config(**sections) -> dict:
-    "A copy of TINY with some sections updated (`sae=dict(epochs=3)` merges into TINY's sae section)."
-    cfg = copy.deepcopy(TINY)
-    for name, values in sections.items():
-        cfg.setdefault(name, {}).update(values)
-    return cfg
 
 
 def write_yaml(path: Path, obj) -> Path:

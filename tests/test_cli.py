@@ -11,7 +11,9 @@ from conftest import REPO, TINY, read_json, tiny_config, write_yaml
 
 from sfc_vision.config import ConfigError
 from sfc_vision.cli import main
-from sfc_vision.runs import Study, StudyConfig, commented_yaml, load_config, run_folder, run_name
+from sfc_vision.cache import run_folder, run_name
+from sfc_vision.stages import Study
+from sfc_vision.study_config import StudyConfig, commented_yaml, load_config
 
 CONFIGS = REPO / "configs"
 PRESETS = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in ("default.yaml", "default_sweep.yaml"))

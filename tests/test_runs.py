@@ -12,8 +12,9 @@ import pytest
 import yaml
 from conftest import LAMBDAS, REPO, TINY, cli_command, read_json, tiny_config, write_yaml
 
-from sfc_vision.runs import (METRICS_SCHEMA, STAGES, STUDY_NOTEBOOKS, StudyConfig, comparable_metrics, run_folder,
-                             run_name, run_status, stage_key)
+from sfc_vision.cache import METRICS_SCHEMA, STAGES, comparable_metrics, run_folder, run_name, stage_key
+from sfc_vision.runs import STUDY_NOTEBOOKS, run_status
+from sfc_vision.study_config import StudyConfig
 
 STUDY = REPO / "nbs" / "study"
 
@@ -122,6 +123,22 @@ def test_changing_only_lambda_reuses_model_and_activations(local_sweep):
         assert saes["upstream"]["activations"]["generation"] == acts["generation"]  # trained on that very capture
     assert sorted(computed) == ["activations", "model"]  # each computed once (by whichever run got there first), reused by the others
     assert acts["upstream"]["model"]["generation"] == model["generation"]
+
+
+def test_a_configuration_gives_identical_results_alone_and_in_a_sweep(local_sweep, tmp_path, cli):
+    """One configuration of the sweep (run there as one of 2 local workers) run again alone, with every core
+    offered to torch: the run takes its thread count from `execution.threads`, so the classifier, the SAE
+    checkpoints and metrics.json are identical (bookkeeping aside)."""
+    r0 = complete_runs(local_sweep.summary)[0]
+    cfg_file = local_sweep.runs / "_sweeps" / "lam" / "configs" / f"{r0['run']}.yaml"
+    r = cli("run", cfg_file, "--runs", tmp_path / "runs", env={"OMP_NUM_THREADS": str(max(2, os.cpu_count() or 2))})
+    assert r.returncode == 0, r.stderr
+    alone = read_json(tmp_path / "runs" / r0["run"] / "metrics.json")
+    swept = read_json(local_sweep.runs / r0["run"] / "metrics.json")
+    assert not any(s["cached"] for s in alone["stages"].values())  # computed afresh in another cache
+    assert alone["model"]["sha256"] == swept["model"]["sha256"]
+    assert {l: s["sha256"] for l, s in alone["saes"].items()} == {l: s["sha256"] for l, s in swept["saes"].items()}
+    assert comparable_metrics(alone) == comparable_metrics(swept)
 
 
 def test_status_reports_runs_failures_and_cache(local_sweep, cli):

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 from conftest import LAMBDAS, TINY, read_json, write_yaml
 
-from sfc_vision.runs import STUDY_NOTEBOOKS, StudyConfig, comparable_metrics, run_name
+from sfc_vision.cache import comparable_metrics, run_name
+from sfc_vision.runs import STUDY_NOTEBOOKS
+from sfc_vision.study_config import StudyConfig
 
 SCRIPTS = Path(__file__).resolve().parent / "slurm"
 PACKAGES = ["munge", "slurmctld", "slurmd", "slurm-client", "slurmdbd", "mariadb-server"]
