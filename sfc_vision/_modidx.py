@@ -288,6 +288,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                   'sfc_vision/figures.py'),
                                     'sfc_vision.figures.record_figure': ('figures.html#record_figure', 'sfc_vision/figures.py'),
                                     'sfc_vision.figures.representative_run': ('figures.html#representative_run', 'sfc_vision/figures.py'),
+                                    'sfc_vision.figures.swept_values': ('figures.html#swept_values', 'sfc_vision/figures.py'),
                                     'sfc_vision.figures.write_figure_index': ('figures.html#write_figure_index', 'sfc_vision/figures.py')},
             'sfc_vision.interpret': { 'sfc_vision.interpret.GridRow': ('interpret.html#gridrow', 'sfc_vision/interpret.py'),
                                       'sfc_vision.interpret.RunningTopK': ('interpret.html#runningtopk', 'sfc_vision/interpret.py'),

@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+from .claims import t_interval
 from .artifacts import read_json, save_figure, show_figure, write_json, write_text
 from .cache import safe_label
 from .runs import error_text, notebook_kernel, notebooks_dir
@@ -17,7 +19,7 @@ from .sweeps import study_status
 
 # %% auto #0
 __all__ = ['representative_run', 'load_runs', 'record_figure', 'write_figure_index', 'make_figures', 'plot_training_history',
-           'plot_across_runs']
+           'swept_values', 'plot_across_runs']
 
 # %% ../nbs/14_figures.ipynb #77bc5a44
 def representative_run(runs: list[dict]) -> dict:
@@ -95,6 +97,7 @@ def make_figures(runs_root: str | os.PathLike = "runs", figures_dir: str | os.Pa
 def plot_training_history(history: list[dict], title: str = ""):
     "Train/test loss and test accuracy per epoch of a classifier; returns the figure."
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3))
     epochs = [h["epoch"] for h in history]
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
@@ -102,6 +105,8 @@ def plot_training_history(history: list[dict], title: str = ""):
     ax1.set_xlabel("epoch"); ax1.set_ylabel("cross-entropy (nats)"); ax1.legend()
     ax2.plot(epochs, [100 * h["test_accuracy"] for h in history], "o-")
     ax2.set_xlabel("epoch"); ax2.set_ylabel("test accuracy (%)")
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     fig.suptitle(title or "classifier training")
     fig.tight_layout()
     return fig
@@ -115,28 +120,44 @@ def _get(d: dict, path: str):
     return d
 
 
+def swept_values(runs: list[dict], x: str) -> list:
+    "The distinct values of setting `x` (a dotted config key) over `runs`, sorted: a plot against `x` needs two."
+    return sorted({v for r in runs if (v := _get(r["config"].to_dict(), x)) is not None})
+
+
 def plot_across_runs(runs: list[dict], x: str, y: str, xlabel: str | None = None, ylabel: str | None = None,
-                     log_x: bool = True, title: str | None = None):
-    """`y` against setting `x` over `runs` (from `load_runs`), one line per layer.
+                     log_x: bool = True, title: str | None = None, level: float = 0.95):
+    """`y` against setting `x` over `runs` (from `load_runs`), one line per layer; replicates (runs that differ
+    only in their seeds) are drawn as their mean with its Student-t `level` interval.
 
     `x` is a dotted config key (`sae.l1_coeff`); `y` a dotted path into metrics.json with `{layer}`
     standing for each captured layer (`sae_eval.{layer}.dead_fraction`, `mis.layers.{layer}.sae.median`)."""
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5, 3.4))
     layers = list(dict.fromkeys(l for r in runs for l in r["config"].capture.layers))
+    most = 1
     for layer in layers:
-        pts = sorted((_get(r["config"].to_dict(), x), _get(r["metrics"], y.format(layer=layer))) for r in runs
-                     if layer in r["config"].capture.layers)
-        pts = [(a, b) for a, b in pts if a is not None and b is not None]
-        if pts:
-            ax.plot([a for a, _ in pts], [b for _, b in pts], "o-", label=layer)
+        values = defaultdict(list)
+        for r in runs:
+            xv, yv = _get(r["config"].to_dict(), x), _get(r["metrics"], y.format(layer=layer))
+            if layer in r["config"].capture.layers and xv is not None and yv is not None:
+                values[xv].append(yv)
+        if not values:
+            continue
+        xs = sorted(values)
+        cis = [t_interval(values[v], level) for v in xs]
+        most = max(most, *(c["n"] for c in cis))
+        means = [c["mean"] for c in cis]
+        err = [[m - c["lo"] if c["lo"] is not None else 0 for m, c in zip(means, cis)],
+               [c["hi"] - m if c["hi"] is not None else 0 for m, c in zip(means, cis)]]
+        ax.errorbar(xs, means, yerr=err, fmt="o-", capsize=3, label=layer)
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel or y.replace("{layer}.", "").replace(".{layer}", ""))
     ax.legend(fontsize=8, title="layer")
     ax.grid(alpha=0.3)
-    if title:
-        ax.set_title(title, fontsize=10)
+    note = f"mean of up to {most} seeds, {level:.0%} t-interval" if most > 1 else "one seed per point"
+    ax.set_title((title + "\n" if title else "") + note, fontsize=9)
     fig.tight_layout()
     return fig
