@@ -1,7 +1,8 @@
 """SAE training throughput: our trainer vs a minimal plain-PyTorch loop of the same math, and vs a peer library.
 
 All contenders train the same ReLU + L1 SAE (Bricken et al.) on the same activation cache with the
-same batch size and number of epochs, and each reads the cache itself:
+same batch size and number of passes over it (our budget in steps is set to that many passes), and
+each reads the cache itself:
 
 - **ours**: `train_saes` (cache preloaded to the device, normalisation scale and geometric-median
   `b_dec` from a sample, learning-rate warm-up/decay, dead-latent and L0 statistics on the device,
@@ -63,12 +64,12 @@ def _minimal_loop(cache: ActivationCache, cfg: SAEConfig, device: torch.device) 
     b_enc = torch.nn.Parameter(torch.zeros(width, device=device))
     b_dec = torch.nn.Parameter(torch.zeros(d, device=device))
     opt = torch.optim.Adam([W_enc, b_enc, W_dec, b_dec], lr=cfg.lr)
-    step = 0
-    for epoch in range(cfg.epochs):
+    step, warmup = 0, max(1, cfg.warmup_steps(cfg.lr_warmup))
+    for epoch in range(math.ceil(cfg.steps / math.ceil(n / cfg.batch_size))):
         perm = torch.randperm(n, device=device)
         for start in range(0, n, cfg.batch_size):
             for group in opt.param_groups:
-                group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.lr_warmup_steps))
+                group["lr"] = cfg.lr * min(1.0, (step + 1) / warmup)
             x = x_all[perm[start:start + cfg.batch_size]].float() * scale
             f = torch.relu((x - b_dec) @ W_enc + b_enc)
             loss = (x - (f @ W_dec + b_dec)).pow(2).sum(-1).mean() + cfg.l1_coeff * f.sum(-1).mean()
@@ -106,7 +107,7 @@ def _overcomplete_loop(oc_sae, cache: ActivationCache, cfg: SAEConfig, device: t
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     criterion = lambda *a: oc_sae.losses.mse_l1(*a, penalty=cfg.l1_coeff)
     with contextlib.redirect_stdout(io.StringIO()):   # it prints a line per epoch
-        oc_sae.train_sae(model, loader, criterion, opt, nb_epochs=cfg.epochs, device=str(device))
+        oc_sae.train_sae(model, loader, criterion, opt, nb_epochs=cfg.steps // len(loader), device=str(device))
 
 
 def run(quick: bool = False) -> list[Row]:
@@ -119,13 +120,13 @@ def run(quick: bool = False) -> list[Row]:
         n, d = cache.n_vectors, cache.d
         steps = math.ceil(n / 4096)
         epochs = (10 if quick else 30) if device.type == "cuda" else (2 if quick else 4)
-        cfg = SAEConfig(arch="relu", expansion=8, batch_size=4096, epochs=epochs, lr_warmup_steps=min(50, steps // 2),
-                        device=str(device))
+        cfg = SAEConfig(arch="relu", expansion=8, batch_size=4096, steps=epochs * steps, checkpoints=epochs,
+                        lr_warmup=min(50, steps // 2) / (epochs * steps))
         runs = iter(range(10**6))
 
         def ours(c=cfg):
             out = tmp / f"ours_{next(runs)}"
-            train_saes(cache, [c], [out], progress=False, log_every=100)
+            train_saes(cache, [c], [out], progress=False, log_every=100, device=device)
             shutil.rmtree(out)
 
         what = f"relu SAE {d}→{cfg.width(d)}, batch {cfg.batch_size}"
@@ -142,12 +143,13 @@ def run(quick: bool = False) -> list[Row]:
             print("sae_training: overcomplete is not installed (pip install overcomplete==0.3.0); "
                   "the peer-library comparison is skipped")
         else:
-            peer_cfg = cfg.replace(epochs=max(1, epochs // 10))
-            row = compare(f"SAE training, ours vs overcomplete 0.3.0 train_sae ({what}, {peer_cfg.epochs} epochs of {n} vectors)",
+            peer_epochs = max(1, epochs // 10)
+            peer_cfg = cfg.replace(steps=peer_epochs * steps, checkpoints=peer_epochs)
+            row = compare(f"SAE training, ours vs overcomplete 0.3.0 train_sae ({what}, {peer_epochs} epochs of {n} vectors)",
                           lambda: ours(peer_cfg), lambda: _overcomplete_loop(oc_sae, cache, peer_cfg, device),
                           goal=1.0, ratio_kind="speed", repeats=3, warmup=1)
-            row.note = (f"throughput: ours {n * peer_cfg.epochs / row.ours_s / 1e6:.3f} M vectors/s, overcomplete "
-                        f"{n * peer_cfg.epochs / row.ref_s / 1e6:.3f} M vectors/s ({device.type})")
+            row.note = (f"throughput: ours {n * peer_epochs / row.ours_s / 1e6:.3f} M vectors/s, overcomplete "
+                        f"{n * peer_epochs / row.ref_s / 1e6:.3f} M vectors/s ({device.type})")
             rows.append(row)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

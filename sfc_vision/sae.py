@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from .artifacts import ArtifactError, load_tensors, meta_path, read_json, save_tensors
-from .config import Config, ConfigError, check_range
+from .config import Config, ConfigError, check_choice, check_range
 
 # %% auto #0
-__all__ = ['SAE_ARCHS', 'Dictionary', 'IdentityDictionary', 'SAEConfig', 'check_fits', 'SAELoss', 'SAE', 'ReLUSAE', 'GatedSAE',
-           'TopKSAE', 'BatchTopKSAE', 'JumpReLUSAE', 'build_sae', 'save_sae', 'load_sae']
+__all__ = ['SAE_ARCHS', 'Dictionary', 'IdentityDictionary', 'SAELoss', 'SAE', 'SAEArch', 'register_sae', 'ReLUSAE', 'GatedSAE',
+           'TopKSAE', 'BatchTopKSAE', 'JumpReLUSAE', 'SAEConfig', 'check_fits', 'build_sae', 'save_sae', 'load_sae']
 
 # %% ../nbs/06_sae.ipynb #466fb132
 class Dictionary(nn.Module):
@@ -54,89 +54,6 @@ class IdentityDictionary(Dictionary):
 
     def decode(self, f):
         return f
-
-# %% ../nbs/06_sae.ipynb #4f4f7c4a
-SAE_ARCHS = ("relu", "gated", "topk", "batchtopk", "jumprelu")
-
-
-@dataclass(frozen=True)
-class SAEConfig(Config):
-    "A sparse autoencoder for one site, and how it is trained (values in normalised units, E‖x‖² = d_in)."
-    # architecture
-    arch: Literal["relu", "gated", "topk", "batchtopk", "jumprelu"] = "relu"  # see the table above
-    expansion: int = 8                   # width d_sae = expansion × d_in
-    d_in: int | None = None              # expected input width; None takes it from the layer
-    l1_coeff: float = 0.3                # λ: weight of ‖f‖₁ (relu, gated) or of ‖f‖₀ (jumprelu); unused by topk/batchtopk
-    k: int = 8                           # topk: active latents per vector; batchtopk: on average per vector
-    auxk_coeff: float = 1 / 32           # topk/batchtopk: weight α of the AuxK loss (0 switches it off)
-    auxk_k: int | None = None            # topk/batchtopk: dead latents AuxK may use per vector; None: d_in // 2
-    threshold_decay: float = 0.9         # batchtopk: EMA decay of the inference threshold estimate
-    jump_threshold: float = 0.1          # jumprelu: initial threshold θ of every latent
-    jump_bandwidth: float = 0.3          # jumprelu: width ε of the rectangle kernel of the straight-through estimator
-    # optimisation
-    lr: float = 3e-3                     # Adam learning rate after warm-up
-    lr_warmup_steps: int = 50            # linear learning-rate warm-up from 0
-    lr_decay: Literal["none", "linear", "cosine"] = "linear"  # decay to 0 over the last part of training
-    lr_decay_start: float = 0.8          # fraction of the steps after which the decay starts
-    l1_warmup_steps: int = 0             # λ ramps linearly from 0 over these steps
-    epochs: int = 4                      # passes over the activations
-    batch_size: int = 4096               # vectors per step
-    b_dec_init: Literal["geometric_median", "mean", "zero"] = "geometric_median"  # initial b_dec from a sample
-    init_sample: int = 65536             # vectors used to estimate the normalisation scale and b_dec
-    # dead latents
-    dead_window: int | None = None       # a latent is dead after this many training vectors without firing; None: one epoch
-    resample: Literal["none", "bricken", "reinit"] = "none"  # revive dead latents: Bricken et al. or random re-initialisation
-    resample_every: int = 200            # steps between resampling checks
-    resample_stop: float = 0.5           # no resampling after this fraction of the steps (latents need time to settle)
-    # run
-    precision: Literal["float32", "bfloat16"] = "float32"  # bfloat16: autocast the forward pass (GPU)
-    seed: int = 0                        # initialisation, data order and resampling
-    device: str = "auto"                 # auto, cpu, cuda, cuda:N
-
-    def validate(self):
-        check_range("expansion", self.expansion, lo=1)
-        if self.d_in is not None:
-            check_range("d_in", self.d_in, lo=1)
-        check_range("l1_coeff", self.l1_coeff, lo=0)
-        check_range("k", self.k, lo=1)
-        check_range("auxk_coeff", self.auxk_coeff, lo=0)
-        if self.auxk_k is not None:
-            check_range("auxk_k", self.auxk_k, lo=1)
-        check_range("threshold_decay", self.threshold_decay, 0, 1, hi_open=True)
-        check_range("jump_threshold", self.jump_threshold, lo=0, lo_open=True)
-        check_range("jump_bandwidth", self.jump_bandwidth, lo=0, lo_open=True)
-        check_range("lr", self.lr, lo=0, lo_open=True)
-        check_range("lr_warmup_steps", self.lr_warmup_steps, lo=0)
-        check_range("lr_decay_start", self.lr_decay_start, 0, 1, hi_open=True)
-        check_range("l1_warmup_steps", self.l1_warmup_steps, lo=0)
-        check_range("epochs", self.epochs, lo=1)
-        check_range("batch_size", self.batch_size, lo=1)
-        check_range("init_sample", self.init_sample, lo=2)
-        if self.dead_window is not None:
-            check_range("dead_window", self.dead_window, lo=1)
-        check_range("resample_every", self.resample_every, lo=1)
-        check_range("resample_stop", self.resample_stop, 0, 1)
-
-    def width(self, d_in: int) -> int:
-        "Number of latents for inputs of width `d_in`."
-        return self.expansion * d_in
-
-
-def check_fits(cfg: SAEConfig, d_in: int, layer: str | None = None) -> None:
-    "Raise `ConfigError` unless an SAE of `cfg` can be built on vectors of width `d_in` (e.g. layer `layer`)."
-    where = f"layer {layer!r}" if layer else "the input"
-    if d_in < 1:
-        raise ConfigError(f"d_in: {where} has width {d_in}; an SAE needs at least 1 input channel")
-    if cfg.d_in is not None and cfg.d_in != d_in:
-        raise ConfigError(f"d_in: the config expects {cfg.d_in} input channels but {where} has {d_in}; "
-                          f"set d_in: {d_in} or null, or use the config meant for this layer")
-    width = cfg.width(d_in)
-    if cfg.arch in ("topk", "batchtopk"):
-        if cfg.k > width:
-            raise ConfigError(f"k: {cfg.k} active latents exceed the width {width} (expansion {cfg.expansion} × "
-                              f"d_in {d_in}); valid: 1 … {width}")
-        if cfg.auxk_k is not None and cfg.auxk_k > width:
-            raise ConfigError(f"auxk_k: {cfg.auxk_k} exceeds the width {width}; valid: 1 … {width}")
 
 # %% ../nbs/06_sae.ipynb #33d04247
 class SAELoss(NamedTuple):
@@ -192,10 +109,36 @@ class SAE(Dictionary):
         self.W_enc[:, idx] = (enc_norm * directions).t()
         self.b_enc[idx] = 0
 
+# %% ../nbs/06_sae.ipynb #f5ec329e
+@dataclass(frozen=True)
+class SAEArch:
+    "A registered SAE architecture: its class and the `SAEConfig` fields it uses."
+    cls: type
+    kwargs: dict = field(default_factory=dict)   # constructor keyword → SAEConfig field
+    loss_settings: tuple = ()                    # SAEConfig fields the training loss reads
+    doc: str = ""
+
+    @property
+    def uses(self) -> tuple[str, ...]:
+        "The architecture-specific `SAEConfig` fields this architecture uses."
+        return tuple(self.kwargs.values()) + tuple(self.loss_settings)
+
+
+SAE_ARCHS: dict[str, SAEArch] = {}
+
+
+def register_sae(name: str, kwargs: dict | None = None, loss_settings: tuple = (), doc: str = ""):
+    "Class decorator: register an `SAE` subclass as architecture `name` with the config fields it uses."
+    def deco(cls):
+        cls.arch = name
+        SAE_ARCHS[name] = SAEArch(cls, dict(kwargs or {}), tuple(loss_settings), doc or (cls.__doc__ or ""))
+        return cls
+    return deco
+
 # %% ../nbs/06_sae.ipynb #1c386306
+@register_sae("relu", loss_settings=("l1_coeff", "l1_warmup"))
 class ReLUSAE(SAE):
     "`f = ReLU(W_enc (x − b_dec) + b_enc)`, `x̂ = f W_dec + b_dec`; rows of `W_dec` (feature directions) have unit norm."
-    arch = "relu"
 
     def encode(self, x):
         return torch.relu(self.pre_acts(x))
@@ -206,9 +149,9 @@ class ReLUSAE(SAE):
         return SAELoss(mse + sparsity_coeff * f.sum(-1).mean(), mse, f)
 
 # %% ../nbs/06_sae.ipynb #4ad8c9e7
+@register_sae("gated", loss_settings=("l1_coeff", "l1_warmup"))
 class GatedSAE(SAE):
     "`f = 1[π_gate > 0] ⊙ ReLU(π_mag)`; `π_gate = W_enc (x − b_dec) + b_enc`, `π_mag = exp(r_mag) ⊙ W_enc (x − b_dec) + b_mag`."
-    arch = "gated"
     latent_axes = {"W_enc": 1, "b_enc": 0, "r_mag": 0, "b_mag": 0, "W_dec": 0}
     scaled = ("b_enc", "b_mag", "b_dec")
 
@@ -246,9 +189,9 @@ def _topk_features(z: torch.Tensor, k: int) -> torch.Tensor:
     return torch.zeros_like(z).scatter_(-1, idx, torch.relu(vals))
 
 
+@register_sae("topk", kwargs={"k": "k", "auxk_k": "auxk_k", "auxk_coeff": "auxk_coeff"})
 class TopKSAE(SAE):
     "`f = ReLU(TopK_k(W_enc (x − b_dec) + b_enc))`; training adds AuxK on dead latents."
-    arch = "topk"
     uses_dead = True
 
     def __init__(self, d_in, d_sae, k: int, auxk_k: int | None = None, auxk_coeff: float = 1 / 32, generator=None):
@@ -277,9 +220,10 @@ class TopKSAE(SAE):
         return self._loss(x, z, _topk_features(z, self.k), dead)
 
 # %% ../nbs/06_sae.ipynb #40e2fd9e
+@register_sae("batchtopk", kwargs={"k": "k", "auxk_k": "auxk_k", "auxk_coeff": "auxk_coeff",
+                                     "threshold_decay": "threshold_decay"})
 class BatchTopKSAE(TopKSAE):
     "Training: the `k·B` largest activations of a batch of `B`; inference: `f = z·1[z > θ]`, `z = ReLU(W_enc (x − b_dec) + b_enc)`."
-    arch = "batchtopk"
     scaled = ("b_enc", "b_dec", "threshold", "threshold_ema")
 
     def __init__(self, d_in, d_sae, k, auxk_k=None, auxk_coeff=1 / 32, threshold_decay: float = 0.9, generator=None):
@@ -344,9 +288,10 @@ class _Step(torch.autograd.Function):
         return torch.zeros_like(z), (-(1 / eps) * _rectangle((z - theta) / eps) * g).sum(0), None
 
 
+@register_sae("jumprelu", kwargs={"threshold": "jump_threshold", "bandwidth": "jump_bandwidth"},
+              loss_settings=("l1_coeff", "l1_warmup"))
 class JumpReLUSAE(SAE):
     "`f = z·1[z > θ]`, `z = W_enc (x − b_dec) + b_enc`, one learned threshold `θ = exp(log_threshold)` per latent."
-    arch = "jumprelu"
     latent_axes = {"W_enc": 1, "b_enc": 0, "log_threshold": 0, "W_dec": 0}
 
     def __init__(self, d_in, d_sae, threshold: float = 0.1, bandwidth: float = 0.3, generator=None):
@@ -379,24 +324,122 @@ class JumpReLUSAE(SAE):
         super().reset_latents(idx, directions, enc_norm)
         self.log_threshold[idx] = math.log(self.init_threshold)
 
+# %% ../nbs/06_sae.ipynb #4f4f7c4a
+@dataclass(frozen=True)
+class SAEConfig(Config):
+    "A sparse autoencoder for one site, and how it is trained (values in normalised units, E‖x‖² = d_in)."
+    # architecture
+    arch: str = "relu"                   # registered architecture: relu, gated, topk, batchtopk, jumprelu (see the table above)
+    expansion: int = 8                   # width d_sae = expansion × d_in
+    d_in: int | None = None              # expected input width; None takes it from the layer
+    l1_coeff: float = 0.3                # relu, gated: λ, weight of ‖f‖₁; jumprelu: weight of ‖f‖₀
+    k: int = 8                           # topk: active latents per vector; batchtopk: on average per vector
+    auxk_coeff: float = 1 / 32           # topk, batchtopk: weight α of the AuxK loss (0 switches it off)
+    auxk_k: int | None = None            # topk, batchtopk: dead latents AuxK may use per vector; None: d_in // 2
+    threshold_decay: float = 0.9         # batchtopk: EMA decay of the inference threshold estimate
+    jump_threshold: float = 0.1          # jumprelu: initial threshold θ of every latent
+    jump_bandwidth: float = 0.3          # jumprelu: width ε of the rectangle kernel of the straight-through estimator
+    # optimisation: a budget of optimiser steps, schedules as fractions of it
+    steps: int = 1000                    # optimiser steps per SAE, the same at every site (conv or dense)
+    batch_size: int = 256                # vectors per step
+    lr: float = 3e-3                     # Adam learning rate after warm-up
+    lr_warmup: float = 0.05              # linear learning-rate warm-up from 0 over this fraction of the steps
+    lr_decay: Literal["none", "linear", "cosine"] = "linear"  # decay to 0 over the last part of training
+    lr_decay_start: float = 0.8          # fraction of the steps after which the decay starts
+    l1_warmup: float = 0.0               # relu, gated, jumprelu: λ ramps linearly from 0 over this fraction of the steps
+    checkpoints: int = 4                 # evenly spaced checkpoints over training, the last at the end (SAEs over training)
+    b_dec_init: Literal["geometric_median", "mean", "zero"] = "geometric_median"  # initial b_dec from a sample
+    init_sample: int = 65536             # vectors used to estimate the normalisation scale and b_dec
+    # dead latents
+    dead_window: int | None = None       # a latent is dead after this many training vectors without firing; None: a quarter of training, at most one pass over the site's vectors
+    resample: Literal["none", "bricken", "reinit"] = "none"  # revive dead latents: Bricken et al. or random re-initialisation
+    resample_every: float = 0.1          # fraction of the steps between resampling checks
+    resample_stop: float = 0.5           # no resampling after this fraction of the steps (latents need time to settle)
+    # run
+    precision: Literal["float32", "bfloat16"] = "float32"  # bfloat16: autocast the forward pass (GPU)
+    seed: int = 0                        # initialisation, data order and resampling
+
+    def validate(self):
+        check_choice("arch", self.arch, SAE_ARCHS)
+        check_range("expansion", self.expansion, lo=1)
+        if self.d_in is not None:
+            check_range("d_in", self.d_in, lo=1)
+        check_range("l1_coeff", self.l1_coeff, lo=0)
+        check_range("k", self.k, lo=1)
+        check_range("auxk_coeff", self.auxk_coeff, lo=0)
+        if self.auxk_k is not None:
+            check_range("auxk_k", self.auxk_k, lo=1)
+        check_range("threshold_decay", self.threshold_decay, 0, 1, hi_open=True)
+        check_range("jump_threshold", self.jump_threshold, lo=0, lo_open=True)
+        check_range("jump_bandwidth", self.jump_bandwidth, lo=0, lo_open=True)
+        check_range("steps", self.steps, lo=1)
+        check_range("batch_size", self.batch_size, lo=1)
+        check_range("lr", self.lr, lo=0, lo_open=True)
+        check_range("lr_warmup", self.lr_warmup, 0, 1, hi_open=True)
+        check_range("lr_decay_start", self.lr_decay_start, 0, 1, hi_open=True)
+        check_range("l1_warmup", self.l1_warmup, 0, 1, hi_open=True)
+        check_range("checkpoints", self.checkpoints, 1, self.steps)
+        check_range("init_sample", self.init_sample, lo=2)
+        if self.dead_window is not None:
+            check_range("dead_window", self.dead_window, lo=1)
+        check_range("resample_every", self.resample_every, 0, 1, lo_open=True)
+        check_range("resample_stop", self.resample_stop, 0, 1)
+        if self.lr_decay != "none" and self.lr_warmup > self.lr_decay_start:
+            raise ConfigError(f"lr_warmup: a warm-up over {self.lr_warmup:g} of the steps reaches into the decay, which "
+                              f"starts at lr_decay_start {self.lr_decay_start:g}; valid: 0 … {self.lr_decay_start:g}")
+        if self.resample != "none" and self.resample_every * self.steps < 1:
+            raise ConfigError(f"resample_every: {self.resample_every:g} of {self.steps} steps is less than one step; "
+                              f"valid: {1 / self.steps:.3g} … 1")
+
+    def width(self, d_in: int) -> int:
+        "Number of latents for inputs of width `d_in`."
+        return self.expansion * d_in
+
+    def warmup_steps(self, fraction: float) -> int:
+        "Steps of a warm-up over `fraction` of the budget (`lr_warmup`, `l1_warmup`)."
+        return round(fraction * self.steps)
+
+    def checkpoint_steps(self) -> list[int]:
+        "The steps after which checkpoints are written: `checkpoints` evenly spaced, the last at `steps`."
+        return sorted({round(self.steps * (i + 1) / self.checkpoints) for i in range(self.checkpoints)})
+
+    def used_settings(self) -> dict:
+        """The settings (as in `to_dict`) that an SAE of this `arch` depends on: other architectures'
+        parameters are left out, and the resampling schedule when `resample` is "none". Configs with
+        equal `used_settings` train identical SAEs."""
+        own = set(SAE_ARCHS[self.arch].uses)
+        unused = {f for spec in SAE_ARCHS.values() for f in spec.uses} - own
+        if self.resample == "none":
+            unused |= {"resample_every", "resample_stop"}
+        return {k: v for k, v in self.to_dict().items() if k not in unused}
+
+
+def check_fits(cfg: SAEConfig, d_in: int, layer: str | None = None) -> None:
+    "Raise `ConfigError` unless an SAE of `cfg` can be built on vectors of width `d_in` (e.g. layer `layer`)."
+    where = f"layer {layer!r}" if layer else "the input"
+    if d_in < 1:
+        raise ConfigError(f"d_in: {where} has width {d_in}; an SAE needs at least 1 input channel")
+    if cfg.d_in is not None and cfg.d_in != d_in:
+        raise ConfigError(f"d_in: the config expects {cfg.d_in} input channels but {where} has {d_in}; "
+                          f"set d_in: {d_in} or null, or use the config meant for this layer")
+    width, uses = cfg.width(d_in), SAE_ARCHS[cfg.arch].uses
+    if "k" in uses and cfg.k > width:
+        raise ConfigError(f"k: {cfg.k} active latents exceed the width {width} (expansion {cfg.expansion} × "
+                          f"d_in {d_in}); valid: 1 … {width}")
+    if "auxk_k" in uses and cfg.auxk_k is not None and cfg.auxk_k > width:
+        raise ConfigError(f"auxk_k: {cfg.auxk_k} exceeds the width {width}; valid: 1 … {width}")
+
 # %% ../nbs/06_sae.ipynb #b1a0adfc
 def build_sae(cfg: SAEConfig, d_in: int, layer: str | None = None) -> SAE:
     "A freshly initialised SAE of `cfg` for vectors of width `d_in` (checked with `check_fits`), seeded by `cfg.seed`."
     check_fits(cfg, d_in, layer)
-    d_sae, gen = cfg.width(d_in), torch.Generator().manual_seed(cfg.seed)
-    if cfg.arch == "relu":
-        return ReLUSAE(d_in, d_sae, gen)
-    if cfg.arch == "gated":
-        return GatedSAE(d_in, d_sae, gen)
-    if cfg.arch == "topk":
-        return TopKSAE(d_in, d_sae, cfg.k, cfg.auxk_k, cfg.auxk_coeff, gen)
-    if cfg.arch == "batchtopk":
-        return BatchTopKSAE(d_in, d_sae, cfg.k, cfg.auxk_k, cfg.auxk_coeff, cfg.threshold_decay, gen)
-    return JumpReLUSAE(d_in, d_sae, cfg.jump_threshold, cfg.jump_bandwidth, gen)
+    spec = SAE_ARCHS[cfg.arch]
+    kwargs = {arg: getattr(cfg, name) for arg, name in spec.kwargs.items()}
+    return spec.cls(d_in, cfg.width(d_in), **kwargs, generator=torch.Generator().manual_seed(cfg.seed))
 
 # %% ../nbs/06_sae.ipynb #79178902
 def save_sae(sae: SAE, cfg: SAEConfig, path: str | Path, meta: dict | None = None) -> str:
-    "Save an SAE (raw units) with its config and `meta` (layer, model_sha256, scale, epoch, …); return the SHA-256."
+    "Save an SAE (raw units) with its config and `meta` (layer, model_sha256, scale, step, …); return the SHA-256."
     if sae.arch != cfg.arch or sae.d_sae != cfg.width(sae.d_in):
         raise ConfigError(f"the SAE ({sae.arch}, {sae.d_in} → {sae.d_sae}) does not match its config "
                           f"({cfg.arch}, width {cfg.width(sae.d_in)})")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -18,13 +17,14 @@ from tqdm import tqdm
 from .activations import DTYPES, ActivationCache
 from .artifacts import load_meta, load_optimizer_state, load_tensors, optimizer_state_to_tensors, save_tensors
 from .config import ConfigError
-from .sae import SAE, SAEConfig, build_sae, check_fits, load_sae, save_sae
 from .models import resolve_device
+from .sae import SAE, SAE_ARCHS, SAEConfig, build_sae, check_fits, load_sae, save_sae
+from .train import DIVERGENCE_FACTOR, TrainingDiverged, list_checkpoints, lr_factor
 
 # %% auto #0
-__all__ = ['SHARED_KEYS', 'InMemoryVectors', 'as_vectors', 'geometric_median', 'norm_scale', 'lr_factor', 'sparsity_coeff',
-           'SAETrainingError', 'SAETrainer', 'checkpoint_epochs', 'load_checkpoint', 'train_saes', 'train_sae',
-           'toy_sparse_data', 'recovered_fraction']
+__all__ = ['SHARED_KEYS', 'CACHE_KEYS', 'InMemoryVectors', 'as_vectors', 'geometric_median', 'norm_scale', 'sae_lr',
+           'sparsity_coeff', 'SAETrainer', 'checkpoint_steps', 'checkpoint_path', 'load_checkpoint', 'train_saes',
+           'train_sae', 'toy_sparse_data', 'recovered_fraction']
 
 # %% ../nbs/07_sae_train.ipynb #86af3d7c
 class InMemoryVectors:
@@ -86,19 +86,15 @@ def norm_scale(sample: torch.Tensor) -> float:
     return math.sqrt(sample.shape[1] / msq)
 
 # %% ../nbs/07_sae_train.ipynb #a162419f
-def lr_factor(cfg: SAEConfig, step: int, total_steps: int) -> float:
-    "Multiplier of `cfg.lr` at step `step` (0-based): linear warm-up, then constant or decaying to 0 at the end."
-    f = min(1.0, (step + 1) / cfg.lr_warmup_steps) if cfg.lr_warmup_steps else 1.0
-    start = cfg.lr_decay_start * total_steps
-    if cfg.lr_decay != "none" and step >= start:
-        frac = (step - start) / max(1.0, total_steps - start)
-        f *= 1 - frac if cfg.lr_decay == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
-    return f
+def sae_lr(cfg: SAEConfig, step: int) -> float:
+    "Learning rate at step `step` (0-based): warm-up over `lr_warmup` of the steps, then constant or decaying to 0 at the end."
+    return cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps(cfg.lr_warmup), cfg.lr_decay, cfg.lr_decay_start)
 
 
 def sparsity_coeff(cfg: SAEConfig, step: int) -> float:
-    "λ at step `step`: linear warm-up from 0 over `l1_warmup_steps`."
-    return cfg.l1_coeff * (min(1.0, (step + 1) / cfg.l1_warmup_steps) if cfg.l1_warmup_steps else 1.0)
+    "λ at step `step`: linear warm-up from 0 over `l1_warmup` of the steps."
+    warmup = cfg.warmup_steps(cfg.l1_warmup)
+    return cfg.l1_coeff * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
 
 # %% ../nbs/07_sae_train.ipynb #80cb6543
 def _all_finite(data) -> bool:
@@ -108,24 +104,22 @@ def _all_finite(data) -> bool:
     return all(bool(torch.isfinite(b).all()) for b in data.batches(1 << 16, shuffle=False))
 
 
-class SAETrainingError(RuntimeError):
-    "Training produced a non-finite loss; the message names the SAE, the step and the likely cause."
-
-
 class SAETrainer:
     "One SAE being trained on normalised vectors: Adam, schedules, unit-norm decoder, dead latents, resampling."
 
-    def __init__(self, sae: SAE, cfg: SAEConfig, total_steps: int, dead_window: int,
-                 device: torch.device | str = "cpu", label: str = "SAE"):
+    def __init__(self, sae: SAE, cfg: SAEConfig, dead_window: int, device: torch.device | str = "cpu",
+                 label: str = "SAE", steps_per_epoch: int | None = None):
         self.device = torch.device(device)
-        self.sae, self.cfg, self.total_steps, self.label = sae.to(self.device), cfg, total_steps, label
-        self.dead_window = dead_window
+        self.sae, self.cfg, self.label = sae.to(self.device), cfg, label
+        self.dead_window, self.steps_per_epoch = dead_window, steps_per_epoch
         impl = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, **impl)
         self.step_count = 0          # optimisation steps taken
         self.vectors_seen = 0        # training vectors seen
         self.resampled = 0           # latents revived since the last flush
+        self.first_loss = None       # loss of the very first step: the reference for divergence
         self.since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=self.device)
+        self.resample_every = max(1, round(cfg.resample_every * cfg.steps))
         self._reset_stats()
 
     def _reset_stats(self):
@@ -140,10 +134,10 @@ class SAETrainer:
     def step(self, x: torch.Tensor) -> None:
         "One optimisation step on the normalised batch `x` (on the trainer's device)."
         cfg, sae, step = self.cfg, self.sae, self.step_count
-        if (cfg.resample != "none" and step > 0 and step % cfg.resample_every == 0
-                and step < cfg.resample_stop * self.total_steps):
+        if (cfg.resample != "none" and step > 0 and step % self.resample_every == 0
+                and step < cfg.resample_stop * cfg.steps):
             self.resample(x)
-        lr = cfg.lr * lr_factor(cfg, step, self.total_steps)
+        lr = sae_lr(cfg, step)
         for group in self.opt.param_groups:
             group["lr"] = lr
         dead = self.dead() if sae.uses_dead else None
@@ -163,6 +157,8 @@ class SAETrainer:
             self._loss.add_(out.loss.detach(), alpha=len(x))
             self._mse.add_(out.mse.detach(), alpha=len(x))
             self._finite_steps.add_(torch.isfinite(self._loss))  # NaN/inf stick: counts steps before the first bad one
+            if self.first_loss is None:
+                self.first_loss = out.loss.detach().float().clone()   # read at the first flush, no sync here
         self._n += len(x)
         self.vectors_seen += len(x)
         self.step_count += 1
@@ -202,44 +198,67 @@ class SAETrainer:
         self.resampled += len(dead)
         return len(dead)
 
-    def flush(self, epoch: int, data=None) -> dict | None:
-        """Read and reset the accumulated statistics (one device sync).
+    def epoch_of(self, step: int) -> int:
+        "The pass over the training vectors (1-based) that step `step` (0-based) belongs to."
+        return step // self.steps_per_epoch + 1 if self.steps_per_epoch else 1
 
-        Raises `SAETrainingError` if a loss since the last flush was not finite; `data` (the training
-        vectors) is then checked for NaN/inf to name the likely cause."""
+    def flush(self, data=None) -> dict | None:
+        """Read and reset the accumulated statistics (one device sync); check for divergence.
+
+        Raises `TrainingDiverged` if a loss since the last flush was not finite (`data`, the training
+        vectors, is then checked for NaN/inf to name the likely cause), if the mean loss since the
+        last flush exceeds `DIVERGENCE_FACTOR` times the first step's, or if every latent is dead
+        after the warm-up."""
         if self._n == 0:
             return None
         dead_frac = self.dead().float().mean()
-        loss, mse, l0, dead_frac, finite_steps = torch.stack(
-            [self._loss, self._mse, self._l0, dead_frac, self._finite_steps]).tolist()
+        loss, mse, l0, dead_frac, finite_steps, first = torch.stack(
+            [self._loss, self._mse, self._l0, dead_frac, self._finite_steps, self.first_loss]).tolist()
         if not math.isfinite(loss):
-            self._fail(self._first_step + int(finite_steps), epoch, data)
-        record = {"epoch": epoch, "step": self.step_count, "vectors": self.vectors_seen, "loss": loss / self._n,
+            self._fail(self._first_step + int(finite_steps), data)
+        step, cfg = self.step_count, self.cfg
+        if loss / self._n > DIVERGENCE_FACTOR * max(first, 1e-12):
+            raise TrainingDiverged(
+                f"{self.label}: training diverged: the loss averaged {loss / self._n:.3g} over steps "
+                f"{self._first_step + 1}–{step} (epoch {self.epoch_of(step - 1)}), over {DIVERGENCE_FACTOR}× its start "
+                f"({first:.3g}); likely cause: {self._optimisation_cause()}. "
+                f"Training stopped; checkpoints already written are kept.")
+        if (dead_frac == 1.0 and step > cfg.warmup_steps(cfg.lr_warmup) and self.vectors_seen >= self.dead_window):
+            raise TrainingDiverged(
+                f"{self.label}: training failed: every latent is dead at step {step} (epoch {self.epoch_of(step - 1)}), "
+                f"none fired on the last {self.dead_window} vectors; likely fix: lower lr ({cfg.lr:g}) — the study setting sae.lr —"
+                f"{f' or l1_coeff ({cfg.l1_coeff:g}) — sae.l1_coeff' if 'l1_coeff' in SAE_ARCHS[cfg.arch].uses else ''}. "
+                f"Training stopped; checkpoints already written are kept.")
+        record = {"step": step, "vectors": self.vectors_seen, "loss": loss / self._n,
                   "mse": mse / self._n, "l0": l0 / self._n, "dead_fraction": dead_frac, "resampled": self.resampled,
-                  "lr": self.cfg.lr * lr_factor(self.cfg, self.step_count - 1, self.total_steps),
-                  "sparsity_coeff": sparsity_coeff(self.cfg, self.step_count - 1), "n": self._n}
+                  "lr": sae_lr(cfg, step - 1), "sparsity_coeff": sparsity_coeff(cfg, step - 1), "n": self._n}
         self._reset_stats()
         self.resampled = 0
         return record
 
-    def _fail(self, step: int, epoch: int, data):
+    def _fail(self, step: int, data):
         cfg = self.cfg
         if data is not None and not _all_finite(data):
             cause = "the activations contain NaN or inf values (check the cache and the model that produced it)"
         elif cfg.precision == "bfloat16":
-            cause = f"bfloat16 overflow or divergence: train in float32, or lower lr ({cfg.lr:g})"
+            cause = f"bfloat16 overflow or divergence: train in float32, or lower lr ({cfg.lr:g}; sae.lr in a study)"
         else:
-            cause = (f"the optimisation diverged: lower lr ({cfg.lr:g}) or lengthen lr_warmup_steps "
-                     f"({cfg.lr_warmup_steps})")
-        raise SAETrainingError(f"{self.label}: the loss became NaN/inf at step {step} (epoch {epoch}); likely cause: "
-                               f"{cause}. Training stopped; epochs already checkpointed are kept.")
+            cause = self._optimisation_cause()
+        raise TrainingDiverged(f"{self.label}: the loss became NaN/inf at step {step} (epoch {self.epoch_of(step)}); "
+                               f"likely cause: {cause}. Training stopped; checkpoints already written are kept.")
+
+    def _optimisation_cause(self) -> str:
+        cfg = self.cfg
+        return (f"the optimisation diverged: lower lr ({cfg.lr:g}) — the study setting sae.lr — or lengthen "
+                f"lr_warmup ({cfg.lr_warmup:g})")
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         "Everything needed to resume exactly: tensors and a JSON-safe remainder."
         opt_tensors, opt_rest = optimizer_state_to_tensors(self.opt)
         tensors = {**{f"sae.{k}": v for k, v in self.sae.state_dict().items()},
                    **{f"opt.{k}": v for k, v in opt_tensors.items()}, "since_fired": self.since_fired}
-        return tensors, {"opt": opt_rest, "step": self.step_count, "vectors": self.vectors_seen}
+        first = None if self.first_loss is None else float(self.first_loss)
+        return tensors, {"opt": opt_rest, "step": self.step_count, "vectors": self.vectors_seen, "first_loss": first}
 
     def load_state(self, tensors: dict[str, torch.Tensor], rest: dict) -> None:
         "Inverse of `state`."
@@ -247,15 +266,16 @@ class SAETrainer:
         load_optimizer_state(self.opt, {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")}, rest["opt"])
         self.since_fired = tensors["since_fired"].to(self.device)
         self.step_count, self.vectors_seen = rest["step"], rest["vectors"]
+        self.first_loss = None if rest.get("first_loss") is None else torch.tensor(rest["first_loss"], device=self.device)
 
 # %% ../nbs/07_sae_train.ipynb #cdad57d3
-SHARED_KEYS = ("batch_size", "seed", "device", "init_sample")
-_CACHE_KEYS = ("layer", "model_sha256", "dataset", "split", "n_vectors", "n_images", "shape", "capture")
+SHARED_KEYS = ("batch_size", "seed", "init_sample")
+CACHE_KEYS = ("layer", "model_sha256", "dataset", "split", "n_vectors", "n_images", "shape", "capture")
 
 
 @dataclass
 class _Run:
-    "One SAE of a pass: its config, folder, trainer, history and first epoch to train."
+    "One SAE of a pass: its config, folder, trainer, history and first step to train."
     cfg: SAEConfig
     out_dir: Path
     trainer: SAETrainer
@@ -265,33 +285,33 @@ class _Run:
     log: list = field(default_factory=list)
 
 
-def checkpoint_epochs(out_dir: str | Path, with_state: bool = False) -> list[int]:
-    "Epochs with a complete SAE checkpoint in `out_dir` (and, `with_state`, the training state to resume from)."
-    out_dir, done = Path(out_dir), []
-    for p in out_dir.glob("epoch_*.json"):
-        m = re.fullmatch(r"epoch_(\d+)", p.stem)
-        if m and (not with_state or (out_dir / f"state_{m.group(1)}.json").exists()):
-            done.append(int(m.group(1)))
-    return sorted(done)
+def checkpoint_steps(out_dir: str | Path, with_state: bool = False) -> list[int]:
+    "Steps with a complete SAE checkpoint in `out_dir` (and, `with_state`, the training state to resume from)."
+    return list_checkpoints(out_dir, "step", "state" if with_state else None)
 
 
-def load_checkpoint(out_dir: str | Path, epoch: int | None = None, **expect) -> tuple[SAE, dict]:
-    "The SAE of `epoch` (default: the last) in `out_dir`, via `load_sae` (`expect_layer=`, `expect_model_sha256=`, `device=`)."
-    done = checkpoint_epochs(out_dir)
-    if not done or (epoch is not None and epoch not in done):
-        raise FileNotFoundError(f"no SAE checkpoint{'' if epoch is None else f' of epoch {epoch}'} in {out_dir}; "
-                                f"complete epochs: {done or 'none'}")
-    return load_sae(Path(out_dir) / f"epoch_{(epoch or done[-1]):03d}.safetensors", **expect)
+def checkpoint_path(out_dir: str | Path, step: int, kind: str = "step") -> Path:
+    "The file of the checkpoint (`kind` step) or training state (`kind` state) of `step` in `out_dir`."
+    return Path(out_dir) / f"{kind}_{step:06d}.safetensors"
+
+
+def load_checkpoint(out_dir: str | Path, step: int | None = None, **expect) -> tuple[SAE, dict]:
+    "The SAE of `step` (default: the last) in `out_dir`, via `load_sae` (`expect_layer=`, `expect_model_sha256=`, `device=`)."
+    done = checkpoint_steps(out_dir)
+    if not done or (step is not None and step not in done):
+        raise FileNotFoundError(f"no SAE checkpoint{'' if step is None else f' of step {step}'} in {out_dir}; "
+                                f"complete checkpoints (steps): {done or 'none'}")
+    return load_sae(checkpoint_path(out_dir, step or done[-1]), **expect)
 
 
 def _label(i: int, cfg: SAEConfig, out_dir: Path) -> str:
-    what = f"k {cfg.k}" if cfg.arch in ("topk", "batchtopk") else f"λ {cfg.l1_coeff:g}"
+    what = f"k {cfg.k}" if "k" in SAE_ARCHS[cfg.arch].uses else f"λ {cfg.l1_coeff:g}"
     return f"SAE {i} ({cfg.arch}, expansion {cfg.expansion}, {what}) in {out_dir}"
 
 
 def _check_pass(source, cfgs, out_dirs, meta) -> dict:
     "All checks of a pass, before any work; returns the metadata every checkpoint records."
-    record = {k: source.info[k] for k in _CACHE_KEYS if k in source.info}
+    record = {k: source.info[k] for k in CACHE_KEYS if k in source.info}
     for key, value in (meta or {}).items():
         if key in ("layer", "model_sha256") and key in record and record[key] != value:
             raise ConfigError(f"meta.{key}: {value!r} contradicts the activation cache, which holds {key} "
@@ -311,39 +331,44 @@ def _check_pass(source, cfgs, out_dirs, meta) -> dict:
             check_fits(cfg, source.d, record.get("layer"))
         except ConfigError as e:
             raise ConfigError(f"cfgs[{i}].{e}") from None
-        steps = cfg.epochs * math.ceil(source.n_vectors / cfg.batch_size)
-        for key in ("lr_warmup_steps", "l1_warmup_steps"):
-            if getattr(cfg, key) >= steps:
-                raise ConfigError(f"cfgs[{i}].{key}: {getattr(cfg, key)} warm-up steps, but training has only {steps} "
-                                  f"({cfg.epochs} epochs × {math.ceil(source.n_vectors / cfg.batch_size)} steps); "
-                                  f"valid: 0 … {steps - 1}")
     return record
 
 
-def _resume_point(out_dir: Path, cfg: SAEConfig, record: dict, resume_epoch: int | None) -> int:
-    done = checkpoint_epochs(out_dir, with_state=True)
+def _resume_point(out_dir: Path, cfg: SAEConfig, record: dict, resume_step: int | None) -> int:
+    done = checkpoint_steps(out_dir, with_state=True)
     if not done:
-        if checkpoint_epochs(out_dir):
+        if checkpoint_steps(out_dir):
             raise ConfigError(f"{out_dir} holds SAE checkpoints without training state; use a fresh folder")
         return 0
-    if resume_epoch is not None and resume_epoch not in done:
-        raise ConfigError(f"resume_epoch: {out_dir} has no resumable epoch {resume_epoch}; epochs with "
+    if resume_step is not None and resume_step not in done:
+        raise ConfigError(f"resume_step: {out_dir} has no resumable step {resume_step}; steps with "
                           f"training state: {done}")
-    epoch = done[-1] if resume_epoch is None else resume_epoch
-    old = load_meta(out_dir / f"epoch_{epoch:03d}.safetensors")
-    if old.get("config") != cfg.to_dict():
+    step = done[-1] if resume_step is None else resume_step
+    old = load_meta(checkpoint_path(out_dir, step))
+    if SAEConfig.from_dict(old.get("config")).used_settings() != cfg.used_settings():
         raise ConfigError(f"{out_dir} holds checkpoints of another SAE configuration; use a fresh folder "
                           f"(or the config it was trained with)")
     for key in ("layer", "model_sha256"):
         if old.get(key) != record.get(key):
             raise ConfigError(f"{out_dir} holds an SAE trained on {key} {old.get(key)!r}, this pass is on "
                               f"{record.get(key)!r}; use a fresh folder")
-    return epoch
+    return step
 
 # %% ../nbs/07_sae_train.ipynb #6ee9dce8
 def _data_seed(seed: int, epoch: int) -> int:
-    "Seed of the data order of `epoch` (-1: the initialisation sample): depends only on the seed and the epoch."
+    "Seed of the data order of pass `epoch` (-1: the initialisation sample): depends only on the seed and the pass."
     return seed * 100_003 + epoch + 1
+
+
+def _stream(data, batch_size: int, seed: int, start: int, device) -> Iterator[torch.Tensor]:
+    "The training batches from step `start` on: pass after pass over `data`, each in its own seeded order."
+    per_pass = math.ceil(data.n_vectors / batch_size)
+    epoch, skip = divmod(start, per_pass)
+    while True:
+        for i, x in enumerate(data.batches(batch_size, shuffle=True, seed=_data_seed(seed, epoch), device=device)):
+            if i >= skip:
+                yield x
+        epoch, skip = epoch + 1, 0
 
 
 def _new_sae(cfg: SAEConfig, d: int, sample: torch.Tensor) -> SAE:
@@ -356,27 +381,27 @@ def _new_sae(cfg: SAEConfig, d: int, sample: torch.Tensor) -> SAE:
     return sae
 
 
-def _epoch_record(epoch: int, logs: list[dict]) -> dict:
+def _interval_record(logs: list[dict], n_vectors: int) -> dict:
     n = sum(r["n"] for r in logs)
     mean = lambda key: sum(r[key] * r["n"] for r in logs) / n
-    return {"epoch": epoch, "step": logs[-1]["step"], "vectors": logs[-1]["vectors"], "loss": mean("loss"),
-            "mse": mean("mse"), "l0": mean("l0"), "dead_fraction": logs[-1]["dead_fraction"],
+    return {"step": logs[-1]["step"], "vectors": logs[-1]["vectors"], "passes": logs[-1]["vectors"] / n_vectors,
+            "loss": mean("loss"), "mse": mean("mse"), "l0": mean("l0"), "dead_fraction": logs[-1]["dead_fraction"],
             "resampled": sum(r["resampled"] for r in logs), "log": logs}
 
 
-def _save_epoch(run: _Run, epoch: int, record: dict, keep_states: str) -> None:
-    tag = f"{epoch:03d}"
+def _save_checkpoint(run: _Run, step: int, record: dict, keep_states: str) -> None:
     tensors, rest = run.trainer.state()
-    save_tensors(run.out_dir / f"state_{tag}.safetensors", tensors,
-                 {**rest, "config": run.cfg.to_dict(), "scale": run.scale, "epoch": epoch})
+    save_tensors(checkpoint_path(run.out_dir, step, "state"), tensors,
+                 {**rest, "config": run.cfg.to_dict(), "scale": run.scale})
     folded = build_sae(run.cfg, run.trainer.sae.d_in).to(run.trainer.device)
     folded.load_state_dict(run.trainer.sae.state_dict())
     folded.fold_scale(run.scale)
-    save_sae(folded, run.cfg, run.out_dir / f"epoch_{tag}.safetensors",
-             {**record, "scale": run.scale, "epoch": epoch, "history": run.history})
+    save_sae(folded, run.cfg, checkpoint_path(run.out_dir, step),
+             {**record, "scale": run.scale, "step": step, "vectors": run.trainer.vectors_seen, "history": run.history})
     if keep_states == "last":
+        keep = checkpoint_path(run.out_dir, step, "state").stem
         for old in run.out_dir.glob("state_*"):
-            if not old.stem.endswith(tag):
+            if old.stem != keep:
                 old.unlink()
 
 
@@ -389,73 +414,75 @@ def _postfix(records: list[dict]) -> dict:
 
 
 def train_saes(source, cfgs: list[SAEConfig], out_dirs: list[str | Path], meta: dict | None = None,
-               progress: bool = True, resume_epoch: int | None = None, keep_states: str = "last",
-               checkpoint_every: int = 1, log_every: int = 50, preload_mb: float = 4096) -> list[list[dict]]:
+               progress: bool = True, resume_step: int | None = None, keep_states: str = "last",
+               log_every: int = 50, preload_mb: float = 4096, device: str | torch.device = "auto") -> list[list[dict]]:
     """Train one SAE per config on `source` (an `ActivationCache`, `InMemoryVectors` or an `(n, d)` tensor)
-    in one pass over the data, checkpointing each into its folder; return each SAE's history.
+    in one pass over the data on `device`, checkpointing each into its folder; return each SAE's history.
 
-    Resumes each SAE after its last complete epoch (or after `resume_epoch`); a finished SAE only
-    returns its history. `keep_states`: "last" keeps the newest training state, "all" every epoch's
-    (so any epoch can be resumed from). `checkpoint_every`: save every this many epochs (and the last);
-    raise it for many short epochs. `log_every`: steps between statistics reads (device syncs).
-    `preload_mb`: a cache up to this size is loaded onto the device once."""
+    Each SAE trains `cfg.steps` steps and is checkpointed at `cfg.checkpoint_steps()`. Resumes each
+    SAE after its last complete checkpoint (or after `resume_step`); a finished SAE only returns its
+    history. `keep_states`: "last" keeps the newest training state, "all" every checkpoint's (so any
+    can be resumed from). `log_every`: steps between statistics reads (device syncs) and divergence
+    checks. `preload_mb`: a cache up to this size is loaded onto the device once. Raises
+    `TrainingDiverged` (nothing checkpointed from the diverged state) when training fails."""
     cfgs, out_dirs = list(cfgs), [Path(p) for p in out_dirs]
     if keep_states not in ("last", "all"):
         raise ConfigError(f"keep_states: unknown value {keep_states!r}; valid choices: last, all")
-    if checkpoint_every < 1 or log_every < 1:
-        raise ConfigError(f"checkpoint_every and log_every must be ≥ 1, got {checkpoint_every}, {log_every}")
+    if log_every < 1:
+        raise ConfigError(f"log_every must be ≥ 1, got {log_every}")
     if isinstance(source, torch.Tensor):
         source = InMemoryVectors(source)
     record = _check_pass(source, cfgs, out_dirs, meta)
     layer = record.get("layer")
-    starts = [_resume_point(out, cfg, record, resume_epoch) for cfg, out in zip(cfgs, out_dirs)]
-    if all(start >= cfg.epochs for start, cfg in zip(starts, cfgs)):   # all finished: nothing to train
-        return [load_meta(out / f"epoch_{start:03d}.safetensors")["history"] for out, start in zip(out_dirs, starts)]
-    device = resolve_device(cfgs[0].device)
+    starts = [_resume_point(out, cfg, record, resume_step) for cfg, out in zip(cfgs, out_dirs)]
+    if all(start >= cfg.steps for start, cfg in zip(starts, cfgs)):   # all finished: nothing to train
+        return [load_meta(checkpoint_path(out, start))["history"] for out, start in zip(out_dirs, starts)]
+    device = resolve_device(device) if isinstance(device, str) else device
     data = as_vectors(source, device, preload_mb)
     shared = cfgs[0]
     n, bs = data.n_vectors, shared.batch_size
-    steps_per_epoch = math.ceil(n / bs)
     sample = next(iter(data.batches(min(shared.init_sample, n), seed=_data_seed(shared.seed, -1), device=device)))
     scale = norm_scale(sample)
     sample = sample * scale
     runs = []
     for i, (cfg, out, start) in enumerate(zip(cfgs, out_dirs, starts)):
-        trainer = SAETrainer(_new_sae(cfg, data.d, sample), cfg, cfg.epochs * steps_per_epoch,
-                             cfg.dead_window or n, device, _label(i, cfg, out))
+        dead_window = cfg.dead_window or min(n, max(1, cfg.steps * bs // 4))
+        trainer = SAETrainer(_new_sae(cfg, data.d, sample), cfg, dead_window, device, _label(i, cfg, out),
+                             steps_per_epoch=math.ceil(n / bs))
         run = _Run(cfg, out, trainer, scale, start)
         if start:
-            tensors, rest = load_tensors(out / f"state_{start:03d}.safetensors", device=device)
+            tensors, rest = load_tensors(checkpoint_path(out, start, "state"), device=device)
             trainer.load_state(tensors, rest)
             if not math.isclose(rest["scale"], scale, rel_tol=1e-5):
                 raise ConfigError(f"{out} was trained on activations with normalisation scale {rest['scale']:.6g}, "
                                   f"these give {scale:.6g}: not the activations it was trained on; use a fresh folder")
-            run.history = load_meta(out / f"epoch_{start:03d}.safetensors")["history"]
+            run.history = load_meta(checkpoint_path(out, start))["history"]
         runs.append(run)
     del sample
-    for epoch in range(min(starts), max(cfg.epochs for cfg in cfgs)):
-        active = [r for r in runs if r.start <= epoch < r.cfg.epochs]
-        bar = tqdm(data.batches(bs, shuffle=True, seed=_data_seed(shared.seed, epoch), device=device),
-                   total=steps_per_epoch, desc=f"{layer or 'SAEs'} epoch {epoch + 1}", disable=not progress, leave=False)
-        for i, x in enumerate(bar):
-            x = x * scale
-            for r in active:
-                r.trainer.step(x)
-            if (i + 1) % log_every == 0:
-                recs = [r.trainer.flush(epoch + 1, data) for r in active]
-                for r, rec in zip(active, recs):
+    first, last = min(starts), max(cfg.steps for cfg in cfgs)
+    saves = [set(r.cfg.checkpoint_steps()) for r in runs]
+    bar = tqdm(total=last - first, desc=f"{layer or 'SAEs'}", disable=not progress, leave=False)
+    for step, x in zip(range(first, last), _stream(data, bs, shared.seed, first, device)):
+        x = x * scale
+        active = [(r, s) for r, s in zip(runs, saves) if r.start <= step < r.cfg.steps]
+        for r, _ in active:
+            r.trainer.step(x)
+        done = step + 1
+        for r, s in active:
+            if done % log_every == 0 or done in s:
+                rec = r.trainer.flush(data)
+                if rec is not None:
                     r.log.append(rec)
-                bar.set_postfix(_postfix(recs), refresh=False)
-        for r in active:
-            rec = r.trainer.flush(epoch + 1, data)
-            if rec is not None:
-                r.log.append(rec)
-            r.history.append(_epoch_record(epoch + 1, r.log))
-            r.log = []
-            if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == r.cfg.epochs:
-                _save_epoch(r, epoch + 1, record, keep_states)
-        if progress:
-            print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v}" for k, v in _postfix([r.history[-1] for r in active]).items()))
+            if done in s:
+                r.history.append(_interval_record(r.log, n))
+                r.log = []
+                _save_checkpoint(r, done, record, keep_states)
+        if done % log_every == 0 and active:
+            bar.set_postfix(_postfix([r.log[-1] if r.log else r.history[-1] for r, _ in active]), refresh=False)
+        bar.update()
+    bar.close()
+    if progress:
+        print(f"{layer or 'SAEs'}: {last} steps; " + ", ".join(f"{k} {v}" for k, v in _postfix([r.history[-1] for r in runs]).items()))
     return [r.history for r in runs]
 
 

@@ -21,7 +21,8 @@ from .data import ImageData, ImageSet
 from .models import VisionModel, load_weights, resolve_device, save_model
 
 # %% auto #0
-__all__ = ['TrainConfig', 'lr_factor', 'evaluate_classifier', 'train_classifier', 'channel_stats']
+__all__ = ['DIVERGENCE_FACTOR', 'TrainConfig', 'lr_factor', 'evaluate_classifier', 'list_checkpoints', 'TrainingDiverged',
+           'train_classifier', 'at_chance', 'channel_stats']
 
 # %% ../nbs/04_train.ipynb #759eedd6
 @dataclass(frozen=True)
@@ -37,7 +38,6 @@ class TrainConfig(Config):
     step_every: int = 10                                         # step schedule: epochs between decays
     step_gamma: float = 0.1                                      # step schedule: decay factor
     seed: int = 0                                                # shuffling seed
-    device: str = "auto"                                         # auto, cpu, cuda, cuda:N
 
     def validate(self):
         check_range("lr", self.lr, lo=0, lo_open=True)
@@ -48,15 +48,27 @@ class TrainConfig(Config):
         check_range("step_every", self.step_every, lo=1)
         check_range("step_gamma", self.step_gamma, 0, 1, lo_open=True)
 
+    def lr_factor(self, step: int, steps_per_epoch: int) -> float:
+        "Multiplier of the peak learning rate at optimisation step `step` (0-based)."
+        decay = {"constant": "none", "cosine": "cosine", "step": "step"}[self.schedule]
+        return lr_factor(step, self.epochs * steps_per_epoch, decay=decay, step_every=self.step_every * steps_per_epoch,
+                         step_gamma=self.step_gamma)
 
-def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    "Multiplier of the peak learning rate at optimisation step `step` (0-based)."
-    if cfg.schedule == "constant":
-        return 1.0
-    if cfg.schedule == "step":
-        return cfg.step_gamma ** ((step // steps_per_epoch) // cfg.step_every)
-    total = cfg.epochs * steps_per_epoch
-    return 0.5 * (1 + math.cos(math.pi * step / total))
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int = 0, decay: str = "none", decay_start: float = 0.0,
+              step_every: int = 1, step_gamma: float = 0.1) -> float:
+    """Multiplier of a peak learning rate at step `step` (0-based) of `total_steps`: a linear warm-up
+    over `warmup_steps`, then constant (`decay` "none"), decaying to 0 at the end (`linear` or
+    `cosine`, from `decay_start`, a fraction of the steps), or multiplied by `step_gamma` every
+    `step_every` steps (`step`). The classifier and the SAE trainer share it."""
+    f = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    if decay == "step":
+        return f * step_gamma ** (step // step_every)
+    start = decay_start * total_steps
+    if decay in ("linear", "cosine") and step >= start:
+        frac = (step - start) / max(1.0, total_steps - start)
+        f *= 1 - frac if decay == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
+    return f
 
 # %% ../nbs/04_train.ipynb #3c6442e2
 @torch.inference_mode()
@@ -79,14 +91,25 @@ def evaluate_classifier(model: VisionModel, images: ImageSet, batch_size: int = 
                                    zip(images.class_names, per_class, count.tolist())}}
 
 # %% ../nbs/04_train.ipynb #c7525c3a
-def _checkpoints(out_dir: Path) -> list[int]:
-    "Epochs training can resume after: model checkpoint and optimiser state both committed."
-    done = []
-    for p in out_dir.glob("epoch_*.json"):
-        m = re.fullmatch(r"epoch_(\d+)", p.stem)
-        if m and (out_dir / f"optim_{m.group(1)}.json").exists():
+def list_checkpoints(out_dir: str | Path, prefix: str = "epoch", with_state: str | None = None) -> list[int]:
+    """Numbers `N` of the committed checkpoints `{prefix}_N.json` in `out_dir`, sorted; with `with_state`,
+    only those whose training state `{with_state}_N.json` is committed too (the ones to resume from).
+    The classifier's checkpoints count epochs, the SAE trainer's count steps."""
+    out_dir, done = Path(out_dir), []
+    for p in out_dir.glob(f"{prefix}_*.json"):
+        m = re.fullmatch(rf"{re.escape(prefix)}_(\d+)", p.stem)
+        if m and (with_state is None or (out_dir / f"{with_state}_{m.group(1)}.json").exists()):
             done.append(int(m.group(1)))
     return sorted(done)
+
+
+class TrainingDiverged(RuntimeError):
+    """Training diverged (a non-finite loss, a loss far above its start, every SAE latent dead, a
+    classifier at chance); the message names the setting to change, the step and the likely fix.
+    Nothing is checkpointed from the diverged state: the last good checkpoint is kept."""
+
+
+DIVERGENCE_FACTOR = 100   # a (running) loss this many times its value at the start has diverged
 
 
 def _make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -95,19 +118,29 @@ def _make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+def _diverged(cfg: TrainConfig, what: str, step: int, epoch: int) -> TrainingDiverged:
+    return TrainingDiverged(f"classifier training diverged: {what} at step {step} (epoch {epoch}); likely fix: lower "
+                            f"train.lr ({cfg.lr:g}){' or use the cosine schedule' if cfg.schedule != 'cosine' else ''}. "
+                            f"Training stopped; epochs already checkpointed are kept.")
+
+
 def train_classifier(model: VisionModel, data: ImageData, cfg: TrainConfig, out_dir: str | Path | None = None,
-                     progress: bool = True) -> list[dict]:
-    """Train `model` on `data.train`, evaluating on `data.test` after each epoch; return the history.
+                     progress: bool = True, device: str | torch.device = "auto") -> list[dict]:
+    """Train `model` on `data.train` on `device`, evaluating on `data.test` after each epoch; return the history.
 
     With `out_dir`, each epoch is checkpointed there and training resumes after the last complete
-    checkpoint found (a finished run returns its history without training)."""
-    device = resolve_device(cfg.device)
+    checkpoint found (a finished run returns its history without training). Raises
+    `TrainingDiverged` (before checkpointing that epoch) when a step's loss is not finite or exceeds
+    `DIVERGENCE_FACTOR` times the first step's, or when the trained model learned nothing (test
+    accuracy at chance and the last epoch's training loss not below the first step's: an
+    under-trained model that learns a little is not refused)."""
+    device = resolve_device(device) if isinstance(device, str) else device
     model.to(device)
     opt = _make_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
-    history, start = [], 0
+    history, start, first_loss = [], 0, None
     out_dir = Path(out_dir) if out_dir is not None else None
-    if out_dir is not None and (done := _checkpoints(out_dir)):
+    if out_dir is not None and (done := list_checkpoints(out_dir, "epoch", with_state="optim")):
         start = done[-1]
         state, meta = load_tensors(out_dir / f"epoch_{start:03d}.safetensors", device=device)
         if meta.get("train") != cfg.to_dict() or meta.get("model") != model.cfg.to_dict():
@@ -115,21 +148,32 @@ def train_classifier(model: VisionModel, data: ImageData, cfg: TrainConfig, out_
         load_weights(model, state)
         load_optimizer_state(opt, *load_tensors(out_dir / f"optim_{start:03d}.safetensors", device=device))
         history = meta["history"]
+        first_loss = meta.get("first_loss")
     for epoch in range(start, cfg.epochs):
         model.train()
         bar = tqdm(data.train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch),
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         total, seen = 0.0, 0
         for i, (x, y, _) in enumerate(bar):
+            step = epoch * steps_per_epoch + i
             for group in opt.param_groups:
-                group["lr"] = cfg.lr * lr_factor(cfg, epoch * steps_per_epoch + i, steps_per_epoch)
+                group["lr"] = cfg.lr * cfg.lr_factor(step, steps_per_epoch)
             loss = F.cross_entropy(model(x.to(device)), y.to(device))
+            value = loss.item()
+            first_loss = value if first_loss is None else first_loss
+            if not math.isfinite(value) or value > DIVERGENCE_FACTOR * first_loss:
+                raise _diverged(cfg, f"the loss became {value:.3g} (it started at {first_loss:.3g})", step, epoch + 1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item() * len(y); seen += len(y)
+            total += value * len(y); seen += len(y)
             bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
         test = evaluate_classifier(model, data.test, device=device)
+        if epoch + 1 == cfg.epochs and test["accuracy"] <= at_chance(data.test) and total / seen >= first_loss:
+            raise _diverged(cfg, f"the classifier learned nothing: its test accuracy is at chance ({test['accuracy']:.3f}; "
+                                 f"the largest class is {at_chance(data.test):.3f} of the images) and its training loss "
+                                 f"({total / seen:.3g}) is not below its start ({first_loss:.3g})",
+                            (epoch + 1) * steps_per_epoch, epoch + 1)
         history.append({"epoch": epoch + 1, "train_loss": total / seen, "test_loss": test["loss"],
                         "test_accuracy": test["accuracy"], "per_class_accuracy": test["per_class_accuracy"]})
         if progress:
@@ -138,11 +182,16 @@ def train_classifier(model: VisionModel, data: ImageData, cfg: TrainConfig, out_
             tag = f"{epoch + 1:03d}"
             save_tensors(out_dir / f"optim_{tag}.safetensors", *optimizer_state_to_tensors(opt))
             save_model(model, model.cfg, out_dir / f"epoch_{tag}.safetensors", data.image_shape, data.num_classes,
-                       extra={"epoch": epoch + 1, "train": cfg.to_dict(), "history": history})
+                       extra={"epoch": epoch + 1, "train": cfg.to_dict(), "history": history, "first_loss": first_loss})
             for old in out_dir.glob("optim_*"):  # only the newest optimiser state is needed to resume
                 if not old.stem.endswith(tag):
                     old.unlink()
     return history
+
+
+def at_chance(images: ImageSet) -> float:
+    "The accuracy of always predicting the most frequent class of `images`: a classifier no better than this learned nothing."
+    return torch.bincount(images.labels).max().item() / len(images)
 
 # %% ../nbs/04_train.ipynb #ef0f95e9
 def channel_stats(images: ImageSet, limit: int = 10000) -> tuple[list[float], list[float]]:
