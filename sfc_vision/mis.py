@@ -153,7 +153,7 @@ def _batched(fn: Callable, batch_size: int, device: torch.device) -> Callable:
 NOT_COMPARABLE = "not comparable to published MIS"
 
 
-@register_backbone("proxy", "penultimate features of the analysed model (offline stand-in for DreamSim)")
+@register_backbone("proxy", "penultimate features of the analysed model itself (not independent of the units scored)")
 def _build_proxy(cfg, model, device, batch_size):
     if model is None:
         raise ConfigError("backbone proxy embeds images with the analysed model's penultimate features: pass model=")
@@ -279,7 +279,7 @@ def _build_dreamsim(cfg, model, device, batch_size):
     return Backbone("dreamsim", _batched(lambda x: net.embed(_rgb(x, 224)), batch_size, device), identity, True,
                     "DreamSim backbone (as in Zimmermann et al. 2024)")
 
-# %% ../nbs/11b_mis.ipynb #c80703ec
+# %% ../nbs/11b_mis.ipynb #51c768a2
 GRADIENT_SIZE, GRADIENT_BINS, GRADIENT_GRIDS, GRADIENT_COLOUR_WEIGHT = 32, 8, (1, 2, 4), 0.25
 
 

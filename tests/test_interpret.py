@@ -61,6 +61,7 @@ def test_sparse_units_are_never_scored_on_padded_ties(tmp_path):
     cfg = MISConfig(n_tasks=6, n_refs=5)
     res, top = run_mis(model, "relu3", IdentityDictionary(128), data.train, cfg, device="cpu", progress=False)
     n = cfg.n_candidates
+    assert {"scored", "sparse"} <= set(res.status)  # the untrained CNN's relu3 has both (and dead ones)
     for unit, status, mis in zip(res.units.tolist(), res.status, res.mis.tolist()):
         row = top.row(unit)
         ties = bool(top.top_score[row, n - 1] <= top.bottom_score[row, n - 1])
