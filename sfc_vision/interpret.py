@@ -10,20 +10,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .activations import from_vectors, read_layers, to_vectors
 from .artifacts import ArtifactError
-from .config import ConfigError
+from .config import ConfigError, check_choice
 from .data import ImageSet
-from .models import VisionModel
-from .sae import Dictionary, IdentityDictionary
-from .models import resolve_device
+from .models import VisionModel, resolve_device
+from .sae import Dictionary
 
 # %% auto #0
-__all__ = ['StopForward', 'site_features', 'unit_scores', 'ordered_keys', 'tie_ranks', 'RunningTopK', 'TopImages', 'top_images',
-           'unit_maps', 'GridRow', 'plot_image_rows', 'plot_top_images', 'plot_feature_grid']
+__all__ = ['ACTIVATIONS', 'StopForward', 'site_activations', 'encode_site', 'site_features', 'unit_scores', 'ordered_keys',
+           'tie_ranks', 'RunningTopK', 'TopImages', 'top_images', 'unit_maps']
 
 # %% ../nbs/11_interpret.ipynb #ef8ece40
 class StopForward(Exception):
@@ -34,8 +32,11 @@ def _stop_forward(module, inputs, output):
     raise StopForward
 
 
-def site_features(model: VisionModel, site: str, dictionary: Dictionary, x: torch.Tensor) -> torch.Tensor:
-    "Features of `dictionary` at `site` for images `x`: `(B, d_sae, H, W)` at conv sites, `(B, d_sae)` at dense ones."
+ACTIVATIONS = ("post", "pre")
+
+
+def site_activations(model: VisionModel, site: str, x: torch.Tensor) -> torch.Tensor:
+    "The output of `site` for images `x`, running the model only up to it."
     with read_layers(model, [site]) as store:
         handle = model.layer(site).register_forward_hook(_stop_forward)  # runs after read_layers' hook
         try:
@@ -44,16 +45,29 @@ def site_features(model: VisionModel, site: str, dictionary: Dictionary, x: torc
             pass
         finally:
             handle.remove()
-    acts = store[site]
+    return store[site]
+
+
+def encode_site(dictionary: Dictionary, acts: torch.Tensor, site: str, activation: str = "post") -> torch.Tensor:
+    "`dictionary`'s features (`post`) or pre-activations (`pre`) of site activations `acts`, in the layout of `acts`."
+    check_choice("activation", activation, ACTIVATIONS)
     if acts.shape[1] != dictionary.d_in:
         raise ConfigError(f"the dictionary expects {dictionary.d_in}-dim vectors but site {site!r} has "
                           f"{acts.shape[1]} channels; use a dictionary trained on {site!r}")
-    return from_vectors(dictionary.encode(to_vectors(acts)), acts.shape)
+    encode = getattr(dictionary, "pre_acts", dictionary.encode) if activation == "pre" else dictionary.encode
+    return from_vectors(encode(to_vectors(acts)), acts.shape)
+
+
+def site_features(model: VisionModel, site: str, dictionary: Dictionary, x: torch.Tensor,
+                  activation: str = "post") -> torch.Tensor:
+    "Features of `dictionary` at `site` for images `x`: `(B, d_sae, H, W)` at conv sites, `(B, d_sae)` at dense ones."
+    return encode_site(dictionary, site_activations(model, site, x), site, activation)
 
 
 def unit_scores(features: torch.Tensor) -> torch.Tensor:
     "One score per image and unit, `(B, d_sae)`: the spatial mean at conv sites, the value at dense ones."
     return features.mean(dim=(2, 3)) if features.ndim == 4 else features
+
 
 # %% ../nbs/11_interpret.ipynb #83ecdf11
 def ordered_keys(scores: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
@@ -102,20 +116,24 @@ class TopImages:
     top_score: torch.Tensor     # (U, k)
     bottom_index: torch.Tensor  # (U, k) dataset indices, lowest score first
     bottom_score: torch.Tensor  # (U, k)
-    frequency: torch.Tensor     # (U,) share of images with score > 0
+    frequency: torch.Tensor     # (U,) share of images on which the unit is active (its output's score > 0)
     n_images: int               # size of the ranked image set
     seed: int                   # seed of the tie-breaking ranks
     spatial: bool               # scores are spatial means of a conv site's maps
     site: str | None = None
+    activation: str = "post"    # the value ranked: `post` (the unit's output) or `pre` (its pre-activation)
 
     @property
     def k(self) -> int:
         return self.top_index.shape[1]
 
     def status(self) -> list[str]:
-        "`dead` (score 0 on every image), `constant` (same nonzero score on every image) or `varies`, per unit."
+        """`dead`, `constant` (same nonzero score on every image) or `varies`, per unit.
+
+        Dead: score 0 on every image (ranked by output), never active (ranked by pre-activation)."""
         hi, lo = self.top_score[:, 0], self.bottom_score[:, 0]
-        return ["dead" if h == 0 and l == 0 else "constant" if h == l else "varies" for h, l in zip(hi.tolist(), lo.tolist())]
+        dead = self.frequency == 0 if self.activation == "pre" else (hi == 0) & (lo == 0)
+        return ["dead" if d else "constant" if h == l else "varies" for d, h, l in zip(dead.tolist(), hi.tolist(), lo.tolist())]
 
     def row(self, unit: int) -> int:
         "Row of unit id `unit` in the tensors."
@@ -126,26 +144,33 @@ class TopImages:
 
     @classmethod
     def from_scores(cls, scores: torch.Tensor, k: int, seed: int = 0, units=None, spatial: bool = False,
-                    batch_size: int | None = None, site: str | None = None) -> TopImages:
-        "Rank precomputed scores `(n_images, U)` (streamed in batches when `batch_size` is given)."
+                    batch_size: int | None = None, site: str | None = None, activation: str = "post",
+                    active: torch.Tensor | None = None) -> TopImages:
+        """Rank precomputed scores `(n_images, U)` (streamed in batches when `batch_size` is given).
+
+        `active` `(n_images, U)` marks where each unit is active: by default `scores > 0`; pass it with pre-activations."""
+        check_choice("activation", activation, ACTIVATIONS)
         n = len(scores)
+        active = scores > 0 if active is None else active
         ranker = _Ranker(scores.shape[1], k, n, seed)
         step = batch_size or n
         for start in range(0, n, step):
-            ranker.update(scores[start:start + step], torch.arange(start, min(start + step, n)))
+            ranker.update(scores[start:start + step], torch.arange(start, min(start + step, n)), active[start:start + step])
         units = torch.arange(scores.shape[1]) if units is None else torch.as_tensor(units)
-        return ranker.result(units, spatial, site)
+        return ranker.result(units, spatial, site, activation)
 
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
         "Tensors and JSON-safe metadata, for `save_tensors`."
         tensors = {k: getattr(self, k) for k in ("units", "top_index", "top_score", "bottom_index", "bottom_score", "frequency")}
-        return tensors, {"kind": "top_images", "n_images": self.n_images, "seed": self.seed, "spatial": self.spatial, "site": self.site}
+        return tensors, {"kind": "top_images", "n_images": self.n_images, "seed": self.seed, "spatial": self.spatial,
+                         "site": self.site, "activation": self.activation}
 
     @classmethod
     def from_tensors(cls, tensors: dict, meta: dict) -> TopImages:
         if meta.get("kind") != "top_images":
             raise ArtifactError(f"not a top-images file (kind: {meta.get('kind')!r})")
-        return cls(**tensors, n_images=meta["n_images"], seed=meta["seed"], spatial=meta["spatial"], site=meta["site"])
+        return cls(**tensors, n_images=meta["n_images"], seed=meta["seed"], spatial=meta["spatial"], site=meta["site"],
+                   activation=meta.get("activation", "post"))
 
 
 class _Ranker:
@@ -160,27 +185,31 @@ class _Ranker:
         self.active = torch.zeros(n_units)
         self.n_images, self.seed, self.seen = n_images, seed, 0
 
-    def update(self, scores: torch.Tensor, index: torch.Tensor) -> None:
+    def update(self, scores: torch.Tensor, index: torch.Tensor, active: torch.Tensor) -> None:
+        "Merge a batch: `scores` `(B, U)`, dataset indices `index` `(B,)`, `active` `(B, U)` where each unit is active."
         self.top.update(scores, index)
         self.bottom.update(scores, index)
-        self.active = self.active.to(scores.device) + (scores > 0).sum(0)
+        self.active = self.active.to(scores.device) + active.sum(0)
         self.seen += len(index)
 
-    def result(self, units, spatial, site) -> TopImages:
+    def result(self, units, spatial, site, activation) -> TopImages:
         if self.seen != self.n_images:
             raise ValueError(f"ranked {self.seen} images, expected {self.n_images}")
         cpu = lambda t: t.cpu()
         return TopImages(units.cpu(), cpu(self.top.index), cpu(self.top.scores), cpu(self.bottom.index),
-                         cpu(self.bottom.scores), cpu(self.active) / self.n_images, self.n_images, self.seed, spatial, site)
+                         cpu(self.bottom.scores), cpu(self.active) / self.n_images, self.n_images, self.seed, spatial, site,
+                         activation)
 
 
 @torch.no_grad()
 def top_images(model: VisionModel, site: str, dictionary: Dictionary, images: ImageSet, k: int = 16, seed: int = 0,
-               units: Sequence[int] | None = None, batch_size: int = 256, device: str = "auto",
-               progress: bool = True) -> TopImages:
+               units: Sequence[int] | None = None, activation: str = "post", batch_size: int = 256,
+               device: str | torch.device = "auto", progress: bool = True) -> TopImages:
     """The `k` top and bottom images of every unit (or of `units`) of `dictionary` at `site`, in one pass over `images`.
 
-    Memory is `O(units · k)` whatever the size of `images`."""
+    Ranks by the units' output (`activation="post"`) or pre-activation (`"pre"`); the activation
+    frequency always counts the output. Memory is `O(units · k)` whatever the size of `images`."""
+    check_choice("activation", activation, ACTIVATIONS)
     site = model.resolve(site)
     n_units = dictionary.d_sae if units is None else len(units)
     ranker = _Ranker(n_units, k, len(images), seed)  # checks k before any compute
@@ -193,11 +222,14 @@ def top_images(model: VisionModel, site: str, dictionary: Dictionary, images: Im
     bar = tqdm(images.batches(batch_size), total=math.ceil(len(images) / batch_size), desc=f"top images {site}",
                disable=not progress, leave=False)
     for x, _, idx in bar:
-        feats = site_features(model, site, dictionary, x.to(dev))
-        spatial = feats.ndim == 4
-        scores = unit_scores(feats).float()
-        ranker.update(scores if units is None else scores[:, unit_ids.to(dev)], idx)
-    return ranker.result(unit_ids, spatial, site)
+        acts = site_activations(model, site, x.to(dev))
+        post = unit_scores(encode_site(dictionary, acts, site)).float()
+        scores = post if activation == "post" else unit_scores(encode_site(dictionary, acts, site, "pre")).float()
+        spatial = acts.ndim == 4
+        pick = slice(None) if units is None else unit_ids.to(dev)
+        ranker.update(scores[:, pick], idx, post[:, pick] > 0)
+    return ranker.result(unit_ids, spatial, site, activation)
+
 
 # %% ../nbs/11_interpret.ipynb #5714443c
 @torch.no_grad()
@@ -209,108 +241,3 @@ def unit_maps(model: VisionModel, site: str, dictionary: Dictionary, x: torch.Te
     f = site_features(model, model.resolve(site), dictionary, x.to(dev))
     return f[:, torch.as_tensor(list(units), dtype=torch.long, device=f.device)].float().cpu()
 
-
-@dataclass
-class GridRow:
-    "One row of an image grid: images (dataset indices), their scores, and optional heatmaps at image size."
-    label: str
-    index: torch.Tensor            # (n,) dataset indices
-    score: torch.Tensor            # (n,) the unit's score on each image
-    maps: torch.Tensor | None = None  # (n, H, W) heatmaps at image resolution, or None
-    vmax: float | None = None         # top of the heatmap colour scale (default: the row's largest value)
-
-
-def _show_image(ax, img: torch.Tensor) -> None:
-    if img.shape[0] == 1:
-        ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
-    else:
-        ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy())
-
-
-def plot_image_rows(rows: Sequence[GridRow], images: ImageSet, title: str, cell: float = 1.25):
-    "A grid with one row per `GridRow`: each image titled with its score, heatmaps overlaid where given."
-    import matplotlib.pyplot as plt
-    n = max(len(r.index) for r in rows)
-    fig, axes = plt.subplots(len(rows), n, figsize=(cell * n + 1.2, cell * len(rows) + 0.6), squeeze=False)
-    for r, row in enumerate(rows):
-        imgs = images.images(row.index)
-        vmax = row.vmax or (float(row.maps.max()) if row.maps is not None and row.maps.max() > 0 else 1.0)
-        for c, ax in enumerate(axes[r]):
-            ax.set_xticks([]); ax.set_yticks([])
-            if c >= len(row.index):
-                ax.axis("off")
-                continue
-            _show_image(ax, imgs[c])
-            if row.maps is not None:
-                ax.imshow(row.maps[c].clamp(min=0).numpy(), cmap="inferno", alpha=0.5, vmin=0, vmax=vmax)
-            ax.set_title(f"{row.score[c]:.3g}", fontsize=7, pad=2)
-        axes[r, 0].set_ylabel(row.label, fontsize=7, rotation=0, ha="right", va="center")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def _rows_for(model, site, dictionary, images, top: TopImages, units, n, bottom, heatmap, device, label) -> list[GridRow]:
-    "Rows of a unit's top (and bottom) images; top and bottom heatmaps share one colour scale."
-    rows = []
-    for u in units:
-        r = top.row(u)
-        sides = [("top", top.top_index[r, :n], top.top_score[r, :n])]
-        if bottom:
-            sides.append(("bottom", top.bottom_index[r, :n], top.bottom_score[r, :n]))
-        unit_rows = []
-        for side, idx, score in sides:
-            maps = None
-            if heatmap and top.spatial:
-                x = images.images(idx)
-                m = unit_maps(model, site, dictionary, x, [u], device)[:, :1]
-                maps = F.interpolate(m, size=tuple(x.shape[2:]), mode="bilinear", align_corners=False)[:, 0]
-            unit_rows.append(GridRow(f"{label(u)}\n{side}" if bottom else label(u), idx, score, maps))
-        if heatmap and top.spatial:
-            vmax = max(float(row.maps.max()) for row in unit_rows)
-            for row in unit_rows:
-                row.vmax = vmax if vmax > 0 else None
-        rows += unit_rows
-    return rows
-
-
-def plot_top_images(model: VisionModel, site: str, dictionary: Dictionary, images: ImageSet, top: TopImages,
-                    units: Sequence[int], n: int = 8, bottom: bool = False, heatmap: bool = True,
-                    device: str = "auto", title: str | None = None):
-    "Grid of the top `n` images (and, `bottom`, the bottom `n`) of each of `units`, with scores and heatmaps (conv sites)."
-    if n > top.k:
-        raise ConfigError(f"n: {n} images per row asked for, the ranking keeps {top.k}")
-    kind = "neurons" if isinstance(dictionary, IdentityDictionary) else "SAE features"
-    score = "spatial mean" if top.spatial else "value"
-    rows = _rows_for(model, site, dictionary, images, top, units, n, bottom, heatmap, device, lambda u: f"unit {u}")
-    heat = "; heatmap: where the unit fires" if heatmap and top.spatial else ""
-    which = "top and bottom" if bottom else "top"
-    return plot_image_rows(rows, images, title or f"{site} {kind}: {which} images (title: {score} of the unit){heat}")
-
-
-def plot_feature_grid(model: VisionModel, images: ImageSet, features: Sequence[tuple[str, int]],
-                      dictionaries: dict[str, Dictionary], n: int = 6, seed: int = 0, labels: Sequence[str] | None = None,
-                      heatmap: bool = True, batch_size: int = 256, device: str = "auto", progress: bool = False,
-                      title: str = "top images of selected features"):
-    """Top `n` images of each `(site, feature)` pair — e.g. a circuit's most important features — one row each.
-
-    `dictionaries` maps each site to its dictionary; each site is ranked in one pass, for its listed features only."""
-    features = [(s, int(u)) for s, u in features]
-    for s, u in features:
-        if s not in dictionaries:
-            raise ConfigError(f"features: no dictionary for site {s!r}; dictionaries are given for {', '.join(dictionaries)}")
-        if not 0 <= u < dictionaries[s].d_sae:
-            raise ConfigError(f"features: {s!r} feature {u} does not exist; valid: 0 … {dictionaries[s].d_sae - 1}")
-    if labels is not None and len(labels) != len(features):
-        raise ConfigError(f"labels: {len(labels)} labels for {len(features)} features")
-    tops = {}
-    for s in dict.fromkeys(site for site, _ in features):
-        units = sorted({u for site, u in features if site == s})
-        tops[s] = top_images(model, s, dictionaries[s], images, k=n, seed=seed, units=units, batch_size=batch_size,
-                             device=device, progress=progress)
-    rows = []
-    for i, (s, u) in enumerate(features):
-        extra = f"\n{labels[i]}" if labels is not None else ""
-        rows += _rows_for(model, s, dictionaries[s], images, tops[s], [u], n, False, heatmap, device,
-                          lambda u, s=s, extra=extra: f"{s} #{u}{extra}")
-    return plot_image_rows(rows, images, title)

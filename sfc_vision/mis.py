@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 from pathlib import Path
 
 import torch
@@ -20,19 +21,20 @@ from tqdm import tqdm
 
 from .artifacts import ArtifactError, json_safe, load_tensors, save_tensors, sha256_file
 from .config import Config, ConfigError, check_choice, check_range
-from .data import FolderImageSet, ImageSet, TensorImageSet
+from .data import FolderImageSet, ImageData, ImageSet, TensorImageSet, stratified_subset
 from .interpret import StopForward, TopImages, top_images
-from .models import GOOGLENET_ALIASES, IMAGENET_MEAN, IMAGENET_STD, VisionModel, read_state_dict
+from .models import GOOGLENET_ALIASES, IMAGENET_MEAN, IMAGENET_STD, VisionModel, read_state_dict, resolve_device
 from .sae import Dictionary, IdentityDictionary
-from .models import resolve_device
 
 # %% auto #0
-__all__ = ['BACKBONES', 'NOT_COMPARABLE', 'COLOUR_BINS', 'COLOUR_THRESHOLD', 'DREAMSIM_FILES', 'PUBLISHED_GOOGLENET_MEDIANS',
+__all__ = ['BACKBONES', 'NOT_COMPARABLE', 'COLOUR_BINS', 'COLOUR_THRESHOLD', 'DREAMSIM_FILES', 'GRADIENT_SIZE', 'GRADIENT_BINS',
+           'GRADIENT_GRIDS', 'GRADIENT_COLOUR_WEIGHT', 'MIS_STATUSES', 'PUBLISHED_GOOGLENET_MEDIANS',
            'PUBLISHED_SOURCE', 'BackboneNotFoundError', 'Backbone', 'BackboneSpec', 'register_backbone',
            'BackboneConfig', 'build_backbone', 'colour_histogram', 'dreamsim_folders', 'find_dreamsim',
-           'dataset_fingerprint', 'EmbeddingCache', 'MISConfig', 'task_ranks', 'task_deltas', 'MISResult',
-           'mis_from_top', 'run_mis', 'published_median', 'layer_table', 'plot_mis_by_layer', 'plot_mis_over_epochs',
-           'mis_exclusion', 'plot_mis_exclusion']
+           'centre_on_edges', 'orientation_histograms', 'gradient_embedding', 'dataset_fingerprint', 'EmbeddingCache',
+           'MISConfig', 'task_ranks', 'unit_task_ranks', 'mis_images', 'task_deltas', 'MISResult', 'unit_status',
+           'mis_from_top', 'run_mis', 'published_median', 'common_backbone', 'dictionary_kind', 'layer_table',
+           'mis_exclusion']
 
 # %% ../nbs/11b_mis.ipynb #2cdc4b66
 class BackboneNotFoundError(FileNotFoundError):
@@ -57,7 +59,7 @@ class Backbone:
 @dataclass(frozen=True)
 class BackboneSpec:
     "A registered backbone: builder, description, and what its config must name."
-    build: Callable       # (BackboneConfig, model or None, device) -> Backbone
+    build: Callable       # (BackboneConfig, model or None, device, batch_size) -> Backbone
     doc: str
     needs_arch: bool = False
     needs_weights: bool = False
@@ -67,7 +69,7 @@ BACKBONES: dict[str, BackboneSpec] = {}
 
 
 def register_backbone(name: str, doc: str, needs_arch: bool = False, needs_weights: bool = False):
-    "Decorator: register `build(cfg, model, device) -> Backbone` under `name`."
+    "Decorator: register `build(cfg, model, device, batch_size) -> Backbone` under `name`."
     def deco(build):
         BACKBONES[name] = BackboneSpec(build, doc, needs_arch, needs_weights)
         return build
@@ -77,12 +79,10 @@ def register_backbone(name: str, doc: str, needs_arch: bool = False, needs_weigh
 @dataclass(frozen=True)
 class BackboneConfig(Config):
     "The perceptual backbone whose embedding space MIS measures similarity in."
-    name: str = "proxy"            # registered backbone: proxy, dreamsim, torchvision, timm, colour_histogram
+    name: str = "gradients"        # registered backbone: gradients, proxy, dreamsim, torchvision, timm, colour_histogram
     arch: str | None = None        # torchvision / timm: architecture name, e.g. resnet50
     weights: str | None = None     # torchvision / timm: local weights file; dreamsim: folder of its checkpoints (None: the usual caches)
     image_size: int = 224          # torchvision / timm: images are resized to this side (DreamSim always uses 224)
-    batch_size: int = 64           # images per embedding pass
-    device: str = "auto"           # auto, cpu, cuda, cuda:N
 
     def validate(self):
         check_choice("name", self.name, BACKBONES)
@@ -91,14 +91,17 @@ class BackboneConfig(Config):
             raise ConfigError(f"arch: backbone {self.name!r} needs an architecture name (e.g. backbone.arch: resnet50)")
         if spec.needs_weights and not self.weights:
             raise ConfigError(f"weights: backbone {self.name!r} needs a local weights file (backbone.weights: /path/to/file); "
-                              f"nothing is downloaded. Always available: backbone.name: proxy")
+                              f"nothing is downloaded. Always available: backbone.name: gradients")
         check_range("image_size", self.image_size, lo=8)
-        check_range("batch_size", self.batch_size, lo=1)
 
 
-def build_backbone(cfg: BackboneConfig, model: VisionModel | None = None) -> Backbone:
-    "The backbone `cfg` describes, with its weights loaded; missing packages or files fail here, before any compute."
-    return BACKBONES[cfg.name].build(cfg, model, resolve_device(cfg.device))
+def build_backbone(cfg: BackboneConfig, model: VisionModel | None = None, device: str | torch.device = "auto",
+                   batch_size: int = 64) -> Backbone:
+    """The backbone `cfg` describes, with its weights loaded; missing packages or files fail here, before any compute.
+
+    It embeds on `device`, `batch_size` images at a time (neither changes the embedding)."""
+    check_range("batch_size", batch_size, lo=1)
+    return BACKBONES[cfg.name].build(cfg, model, resolve_device(device), batch_size)
 
 # %% ../nbs/11b_mis.ipynb #4cf642cc
 def _rgb(x: torch.Tensor, size: int | None = None) -> torch.Tensor:
@@ -150,14 +153,14 @@ def _batched(fn: Callable, batch_size: int, device: torch.device) -> Callable:
 NOT_COMPARABLE = "not comparable to published MIS"
 
 
-@register_backbone("proxy", "penultimate features of the analysed model (offline stand-in for DreamSim)")
-def _build_proxy(cfg, model, device):
+@register_backbone("proxy", "penultimate features of the analysed model itself (not independent of the units scored)")
+def _build_proxy(cfg, model, device, batch_size):
     if model is None:
         raise ConfigError("backbone proxy embeds images with the analysed model's penultimate features: pass model=")
     model = model.to(device).eval()
     last = model.layer(model.layer_names[-1])
     identity = {"name": "proxy", "arch": model.arch, "model_state": _state_hash(model), "layer": f"input of {model.layer_names[-1]}"}
-    return Backbone("proxy", _batched(lambda x: _last_linear_input(model, x, last), cfg.batch_size, device), identity,
+    return Backbone("proxy", _batched(lambda x: _last_linear_input(model, x, last), batch_size, device), identity,
                     False, f"proxy backbone: {model.arch} penultimate features ({NOT_COMPARABLE})")
 
 
@@ -175,9 +178,9 @@ def colour_histogram(x: torch.Tensor) -> torch.Tensor:
 
 
 @register_backbone("colour_histogram", "joint colour histogram of bright pixels: a known embedding, no weights")
-def _build_colour_histogram(cfg, model, device):
+def _build_colour_histogram(cfg, model, device, batch_size):
     identity = {"name": "colour_histogram", "bins": COLOUR_BINS, "threshold": COLOUR_THRESHOLD}
-    return Backbone("colour_histogram", _batched(colour_histogram, cfg.batch_size, device), identity, False,
+    return Backbone("colour_histogram", _batched(colour_histogram, batch_size, device), identity, False,
                     f"colour-histogram backbone ({NOT_COMPARABLE})")
 
 # %% ../nbs/11b_mis.ipynb #2613d722
@@ -185,7 +188,7 @@ def _weights_file(cfg) -> Path:
     path = Path(cfg.weights).expanduser()
     if not path.is_file():
         raise BackboneNotFoundError(f"{cfg.name} backbone {cfg.arch}: weights file not found: {path}. "
-                                    f"Nothing is downloaded; put the file there or use backbone.name: proxy")
+                                    f"Nothing is downloaded; put the file there or use backbone.name: gradients")
     return path
 
 
@@ -203,7 +206,7 @@ def _normalised(x, size, mean, std):
 
 @register_backbone("torchvision", "penultimate features of a torchvision model from a local weights file",
                    needs_arch=True, needs_weights=True)
-def _build_torchvision(cfg, model, device):
+def _build_torchvision(cfg, model, device, batch_size):
     import torchvision
     if cfg.arch not in torchvision.models.list_models():
         raise ConfigError(f"arch: {cfg.arch!r} is not a torchvision model; e.g. "
@@ -214,18 +217,18 @@ def _build_torchvision(cfg, model, device):
     net = net.to(device).eval()
     fn = lambda x: _last_linear_input(net, _normalised(x, cfg.image_size, IMAGENET_MEAN, IMAGENET_STD))
     identity = {"name": "torchvision", "arch": cfg.arch, "weights_sha256": sha256_file(path), "image_size": cfg.image_size}
-    return Backbone("torchvision", _batched(fn, cfg.batch_size, device), identity, False,
+    return Backbone("torchvision", _batched(fn, batch_size, device), identity, False,
                     f"torchvision {cfg.arch} backbone ({NOT_COMPARABLE})")
 
 
 @register_backbone("timm", "pre-logits features of a timm model from a local weights file (timm optional)",
                    needs_arch=True, needs_weights=True)
-def _build_timm(cfg, model, device):
+def _build_timm(cfg, model, device, batch_size):
     try:
         import timm
     except ImportError:
         raise BackboneNotFoundError("timm backbone: the timm package is not installed (pip install timm; it is optional "
-                                    "and not a dependency of sfc_vision). Always available: backbone.name: proxy") from None
+                                    "and not a dependency of sfc_vision). Always available: backbone.name: gradients") from None
     path = _weights_file(cfg)
     net = timm.create_model(cfg.arch, pretrained=False)
     _load_into(net, read_state_dict(path), f"timm {cfg.arch}")
@@ -233,7 +236,7 @@ def _build_timm(cfg, model, device):
     mean = tuple(net.pretrained_cfg.get("mean", IMAGENET_MEAN)); std = tuple(net.pretrained_cfg.get("std", IMAGENET_STD))
     fn = lambda x: net.forward_head(net.forward_features(_normalised(x, cfg.image_size, mean, std)), pre_logits=True)
     identity = {"name": "timm", "arch": cfg.arch, "weights_sha256": sha256_file(path), "image_size": cfg.image_size}
-    return Backbone("timm", _batched(fn, cfg.batch_size, device), identity, False, f"timm {cfg.arch} backbone ({NOT_COMPARABLE})")
+    return Backbone("timm", _batched(fn, batch_size, device), identity, False, f"timm {cfg.arch} backbone ({NOT_COMPARABLE})")
 
 # %% ../nbs/11b_mis.ipynb #d9abbc6a
 DREAMSIM_FILES = ("dino_vitb16_pretrain.pth", "open_clip_vitb16_pretrain.pth.tar", "clip_vitb16_pretrain.pth.tar",
@@ -259,11 +262,11 @@ def find_dreamsim(cfg: BackboneConfig) -> Path:
     where = "; ".join(f"{folder}: missing {', '.join(files)}" for folder, files in missing.items())
     raise BackboneNotFoundError(f"DreamSim checkpoints not found ({where}). Unzip DreamSim's dreamsim_checkpoint.zip "
                                 f"into one of these folders or set backbone.weights to its folder; nothing is downloaded. "
-                                f"Always available: backbone.name: proxy")
+                                f"Always available: backbone.name: gradients")
 
 
 @register_backbone("dreamsim", "DreamSim ensemble (the published MIS backbone), from a local cache only")
-def _build_dreamsim(cfg, model, device):
+def _build_dreamsim(cfg, model, device, batch_size):
     folder = find_dreamsim(cfg)
     try:
         import dreamsim
@@ -273,8 +276,64 @@ def _build_dreamsim(cfg, model, device):
     net, _ = dreamsim.dreamsim(pretrained=True, device=str(device), cache_dir=str(folder))  # finds the files: no download
     identity = {"name": "dreamsim", "files": {f: sorted(p.name for p in (folder / f).iterdir()) if (folder / f).is_dir()
                                               else (folder / f).stat().st_size for f in DREAMSIM_FILES}, "image_size": 224}
-    return Backbone("dreamsim", _batched(lambda x: net.embed(_rgb(x, 224)), cfg.batch_size, device), identity, True,
+    return Backbone("dreamsim", _batched(lambda x: net.embed(_rgb(x, 224)), batch_size, device), identity, True,
                     "DreamSim backbone (as in Zimmermann et al. 2024)")
+
+# %% ../nbs/11b_mis.ipynb #51c768a2
+GRADIENT_SIZE, GRADIENT_BINS, GRADIENT_GRIDS, GRADIENT_COLOUR_WEIGHT = 32, 8, (1, 2, 4), 0.25
+
+
+def _gradients(grey: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "Horizontal and vertical central differences of grey images `(B, 1, H, W)` (replicated borders)."
+    k = torch.tensor([-1.0, 0.0, 1.0], device=grey.device)
+    gx = F.conv2d(F.pad(grey, (1, 1, 0, 0), mode="replicate"), k.view(1, 1, 1, 3))
+    gy = F.conv2d(F.pad(grey, (0, 0, 1, 1), mode="replicate"), k.view(1, 1, 3, 1))
+    return gx, gy
+
+
+def centre_on_edges(x: torch.Tensor, size: int = GRADIENT_SIZE) -> torch.Tensor:
+    "Images resized to `size`², shifted (borders replicated) so that the centroid of their gradient magnitude is the centre."
+    x = _rgb(x, size)
+    gx, gy = _gradients(x.mean(1, keepdim=True))
+    w = (gx ** 2 + gy ** 2).sqrt()[:, 0]
+    w = w / w.sum((1, 2), keepdim=True).clamp(min=1e-12)
+    pos = (torch.arange(size, device=x.device) + 0.5) / size * 2 - 1   # pixel centres in [-1, 1]
+    theta = torch.zeros(len(x), 2, 3, device=x.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, 0, 2], theta[:, 1, 2] = (w.sum(1) * pos).sum(1), (w.sum(2) * pos).sum(1)   # centroid x, y
+    grid = F.affine_grid(theta, [len(x), 3, size, size], align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
+def orientation_histograms(x: torch.Tensor, bins: int = GRADIENT_BINS, grids: Sequence[int] = GRADIENT_GRIDS) -> torch.Tensor:
+    """Gradient-orientation histograms of grey `x`, pooled over g × g cells per g in `grids`; each block L2-normalised.
+
+    Orientations are taken mod π; bin `b` is centred on `b·π/bins`, and each pixel's gradient
+    magnitude is shared linearly between the two nearest bins (cyclically), so an orientation
+    near a bin border does not jump between bins."""
+    gx, gy = _gradients(x.mean(1, keepdim=True))
+    mag, pos = (gx ** 2 + gy ** 2).sqrt(), torch.atan2(gy, gx) % math.pi / math.pi * bins
+    lo = pos.floor()
+    frac = pos - lo
+    lo = lo.long() % bins
+    hist = torch.zeros(len(x), bins, *x.shape[2:], device=x.device)
+    hist.scatter_add_(1, lo, mag * (1 - frac)).scatter_add_(1, (lo + 1) % bins, mag * frac)
+    return torch.cat([F.normalize(F.adaptive_avg_pool2d(hist, g).flatten(1), dim=1) for g in grids], 1)
+
+
+def gradient_embedding(x: torch.Tensor) -> torch.Tensor:
+    "The `gradients` backbone: orientation histograms of the edge-centred image, then the weighted colour histogram."
+    return torch.cat([orientation_histograms(centre_on_edges(x)),
+                      GRADIENT_COLOUR_WEIGHT * F.normalize(colour_histogram(x), dim=1)], 1)
+
+
+@register_backbone("gradients", "multi-scale gradient-orientation histograms of the edge-centred image and a weak colour "
+                                "histogram: fixed, independent of the analysed model, no weights")
+def _build_gradients(cfg, model, device, batch_size):
+    identity = {"name": "gradients", "size": GRADIENT_SIZE, "bins": GRADIENT_BINS, "grids": list(GRADIENT_GRIDS),
+                "colour_weight": GRADIENT_COLOUR_WEIGHT, "colour_bins": COLOUR_BINS, "colour_threshold": COLOUR_THRESHOLD}
+    return Backbone("gradients", _batched(gradient_embedding, batch_size, device), identity, False,
+                    f"gradient-histogram backbone ({NOT_COMPARABLE})")
 
 # %% ../nbs/11b_mis.ipynb #217a6eb1
 def dataset_fingerprint(images: ImageSet) -> str:
@@ -339,9 +398,11 @@ class MISConfig(Config):
     ref_start: int = 0                      # rank (0 = most extreme) of the first reference image on each side
     query_start: int | None = None          # rank of the first query image on each side; None: right after the references
     temperature: float = 0.16               # T in p = sigmoid(Δ / T), calibrated to human data (see the notebook); inf gives 0.5
-    seed: int = 0                           # seed of the tie-breaking ranks of the images
-    batch_size: int = 256                   # images per forward pass of the analysed model
-    device: str = "auto"                    # where the analysed model runs
+    seed: int = 0                           # seed of the tie-breaking ranks of the images, the pool subset and the task shuffles
+    fair_shuffle: bool = True               # shuffle each bin's images before dealing them to the tasks (the paper's fair batches)
+    pool: Literal["train", "test"] = "train"  # split whose images are ranked (references should be a small top fraction)
+    pool_size: int | None = None            # rank a stratified subset of this many pool images; None: all
+    sae_activation: Literal["pre", "post"] = "pre"  # rank SAE features by encoder pre-activation (no ties) or output; neurons: output
     backbone: BackboneConfig = BackboneConfig()  # the perceptual embedding
 
     def validate(self):
@@ -349,7 +410,8 @@ class MISConfig(Config):
         check_range("n_refs", self.n_refs, lo=1)
         check_range("ref_start", self.ref_start, lo=0)
         check_range("temperature", self.temperature, lo=0, lo_open=True)
-        check_range("batch_size", self.batch_size, lo=1)
+        if self.pool_size is not None:
+            check_range("pool_size", self.pool_size, lo=2 * self.n_candidates)
         if self.query_start is not None:
             check_range("query_start", self.query_start, lo=0)
             refs = range(self.ref_start, self.ref_start + self.n_tasks * self.n_refs)
@@ -381,25 +443,58 @@ class MISConfig(Config):
 
 
 def task_ranks(cfg: MISConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    "Ranks on each side: references `(N, K)` (fair batches) and queries `(N,)` of every task."
+    "Ranks on each side, unshuffled: references `(N, K)` (task `t` takes the `t`-th rank of every bin) and queries `(N,)`."
     t, b = torch.arange(cfg.n_tasks), torch.arange(cfg.n_refs)
     return cfg.ref_start + b[None, :] * cfg.n_tasks + t[:, None], cfg.first_query + t
 
+
+def unit_task_ranks(cfg: MISConfig, units: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ranks of every task of every unit, per side (0: top, 1: bottom): references `(U, 2, N, K)`, queries `(U, 2, N)`.
+
+    With `fair_shuffle`, the `N` ranks of each bin and the `N` query ranks are permuted per unit and
+    side with a generator seeded by `(seed, unit id)`, so a unit's tasks do not depend on which other
+    units are scored; without it every unit gets `task_ranks`."""
+    refs, queries = task_ranks(cfg)
+    units = torch.as_tensor(list(units), dtype=torch.long)
+    n, k = cfg.n_tasks, cfg.n_refs
+    if not cfg.fair_shuffle:
+        return refs.expand(len(units), 2, n, k).clone(), queries.expand(len(units), 2, n).clone()
+    perms = torch.stack([torch.rand(2, k + 1, n, generator=torch.Generator().manual_seed((cfg.seed << 32) + int(u))).argsort(-1)
+                         for u in units.tolist()]) if len(units) else torch.empty(0, 2, k + 1, n, dtype=torch.long)
+    ref_ranks = cfg.ref_start + torch.arange(k).view(1, 1, k, 1) * n + perms[:, :, :k]   # (U, 2, K, N): bin b, task t
+    return ref_ranks.transpose(2, 3).contiguous(), cfg.first_query + perms[:, :, k]
+
+
+def mis_images(data: ImageData, cfg: MISConfig) -> ImageSet:
+    "The pool MIS ranks: the `cfg.pool` split of `data`, or a stratified `cfg.pool_size` of it (seed `cfg.seed`)."
+    images = data.train if cfg.pool == "train" else data.test
+    if cfg.pool_size is None:
+        return images
+    if cfg.pool_size > len(images):
+        raise ConfigError(f"pool_size: {cfg.pool_size} images asked for, the {cfg.pool} split has {len(images)}; "
+                          f"use at most {len(images)} or None (all)")
+    return images.subset(stratified_subset(images.labels, cfg.pool_size, cfg.seed))
+
 # %% ../nbs/11b_mis.ipynb #7c93de0a
 def task_deltas(top_index: torch.Tensor, bottom_index: torch.Tensor, emb: Callable[[torch.Tensor], torch.Tensor],
-                cfg: MISConfig, chunk: int = 256) -> torch.Tensor:
-    "Δ of every task, `(U, N)`, from ranked dataset indices `(U, ≥ n_candidates)` and `emb(index) -> (len, D)`."
-    refs, queries = task_ranks(cfg)
+                cfg: MISConfig, units: Sequence[int] | None = None, chunk: int = 256) -> torch.Tensor:
+    """Δ of every task, `(U, N)`, from ranked dataset indices `(U, ≥ n_candidates)` and `emb(index) -> (len, D)`.
+
+    `units` (default `0 … U − 1`) are the unit ids that seed each unit's task shuffle (`unit_task_ranks`)."""
+    units = range(len(top_index)) if units is None else units
+    ref_ranks, query_ranks = unit_task_ranks(cfg, units)
     n = cfg.n_candidates
     used = torch.unique(torch.cat([top_index[:, :n].flatten(), bottom_index[:, :n].flatten()]))
     unit = F.normalize(emb(used).float(), dim=1)
     row = torch.full((int(used.max()) + 1,), -1, dtype=torch.long)
     row[used] = torch.arange(len(used))
+    pick = lambda lists, ranks: unit[lists.gather(1, ranks.flatten(1)).view(*ranks.shape)]  # rows of `ranks` → embeddings
     out = []
     for start in range(0, len(top_index), chunk):
         top, bottom = row[top_index[start:start + chunk]], row[bottom_index[start:start + chunk]]
-        m_pos, m_neg = unit[top[:, refs]].mean(2), unit[bottom[:, refs]].mean(2)   # (u, N, D) mean reference
-        q_pos, q_neg = unit[top[:, queries]], unit[bottom[:, queries]]             # (u, N, D)
+        refs, queries = ref_ranks[start:start + chunk], query_ranks[start:start + chunk]
+        m_pos, m_neg = pick(top, refs[:, 0]).mean(2), pick(bottom, refs[:, 1]).mean(2)   # (u, N, D) mean reference
+        q_pos, q_neg = pick(top, queries[:, 0]), pick(bottom, queries[:, 1])             # (u, N, D)
         out.append(((q_pos - q_neg) * (m_pos - m_neg)).sum(-1))
     return torch.cat(out) if out else torch.empty(0, cfg.n_tasks)
 
@@ -415,11 +510,11 @@ def _stats(values: torch.Tensor) -> dict:
 class MISResult:
     "MIS of every unit of a site: per-unit scores, task deltas, statuses and what they depend on."
     units: torch.Tensor      # (U,) unit ids
-    status: list[str]        # per unit: scored, dead, constant
+    status: list[str]        # per unit: scored, dead, constant, sparse
     mis: torch.Tensor        # (U,) mean p over tasks; NaN where not scored
     accuracy: torch.Tensor   # (U,) share of tasks with Δ > 0; NaN where not scored
     delta: torch.Tensor      # (U, N) Δ of each task; NaN where not scored
-    frequency: torch.Tensor  # (U,) share of images on which the unit's score is > 0
+    frequency: torch.Tensor  # (U,) share of images on which the unit is active (its output's score > 0)
     meta: dict               # JSON-safe: site, dictionary, backbone, MIS config, image set
 
     def units_with(self, status: str) -> list[int]:
@@ -431,9 +526,10 @@ class MISResult:
         return {"mis": _stats(self.mis[keep]), "accuracy": _stats(self.accuracy[keep])}
 
     def summary(self) -> dict:
-        "JSON-safe summary: statistics over scored units, the dead and constant units, and the metadata."
+        "JSON-safe summary: statistics over scored units, the dead, constant and sparse units, and the metadata."
         return json_safe({**self.stats(), "n_units": len(self.units), "n_scored": self.status.count("scored"),
-                          "dead_units": self.units_with("dead"), "constant_units": self.units_with("constant"), **self.meta})
+                          "dead_units": self.units_with("dead"), "constant_units": self.units_with("constant"),
+                          "sparse_units": self.units_with("sparse"), **self.meta})
 
     def to_json(self) -> dict:
         "The summary plus per-unit lists (None where not scored)."
@@ -453,6 +549,15 @@ class MISResult:
         return cls(status=meta.pop("status"), meta=meta, **tensors)
 
 # %% ../nbs/11b_mis.ipynb #58ec0849
+MIS_STATUSES = ("scored", "dead", "constant", "sparse")
+
+
+def unit_status(top: TopImages, n_candidates: int) -> list[str]:
+    "Per unit: `dead` / `constant` (see `TopImages.status`), `sparse` (its top `n_candidates` do not all score above its bottom ones) or `scored`."
+    separated = (top.top_score[:, n_candidates - 1] > top.bottom_score[:, n_candidates - 1]).tolist()
+    return [s if s != "varies" else "scored" if ok else "sparse" for s, ok in zip(top.status(), separated)]
+
+
 def mis_from_top(top: TopImages, embeddings: EmbeddingCache, cfg: MISConfig, meta: dict | None = None) -> MISResult:
     "MIS of every unit ranked in `top` (which must hold ≥ `cfg.n_candidates` images per side), embeddings from `embeddings`."
     cfg.check_fits(top.n_images)
@@ -460,41 +565,49 @@ def mis_from_top(top: TopImages, embeddings: EmbeddingCache, cfg: MISConfig, met
         raise ConfigError(f"the ranking keeps {top.k} images per unit, MIS needs {cfg.n_candidates}; rank with k ≥ {cfg.n_candidates}")
     if top.seed != cfg.seed:
         raise ConfigError(f"seed: the images were ranked with tie seed {top.seed}, the MIS config says {cfg.seed}")
-    status = ["scored" if s == "varies" else s for s in top.status()]
+    status = unit_status(top, cfg.n_candidates)
     scored = torch.tensor([s == "scored" for s in status], dtype=torch.bool)
     delta = torch.full((len(status), cfg.n_tasks), float("nan"))
     if scored.any():
-        delta[scored] = task_deltas(top.top_index[scored], top.bottom_index[scored], embeddings.get, cfg)
+        delta[scored] = task_deltas(top.top_index[scored], top.bottom_index[scored], embeddings.get, cfg, top.units[scored])
     p = torch.sigmoid(delta / cfg.temperature)
     accuracy = torch.where(torch.isnan(delta), float("nan"), (delta > 0).float()).mean(1)
     backbone = embeddings.backbone
-    info = {"site": top.site, "spatial": top.spatial, "n_images": top.n_images, "dataset_id": embeddings.dataset_id,
+    info = {"site": top.site, "spatial": top.spatial, "activation": top.activation, "n_images": top.n_images,
+            "top_fraction": cfg.n_candidates / top.n_images, "dataset_id": embeddings.dataset_id,
             "backbone": {"name": backbone.name, "label": backbone.label, "comparable_to_published": backbone.comparable,
                          "identity": backbone.identity},
             "mis_config": cfg.to_dict(), "T": cfg.temperature, "N": cfg.n_tasks, "K": cfg.n_refs,
             "reference_ranks": [cfg.ref_start, cfg.ref_start + cfg.n_tasks * cfg.n_refs - 1],
-            "query_ranks": [cfg.first_query, cfg.first_query + cfg.n_tasks - 1], "seed": cfg.seed, **(meta or {})}
+            "query_ranks": [cfg.first_query, cfg.first_query + cfg.n_tasks - 1], "seed": cfg.seed,
+            "fair_shuffle": cfg.fair_shuffle, **(meta or {})}
     return MISResult(top.units.clone(), status, p.mean(1), accuracy, delta, top.frequency.clone(), json_safe(info))
 
 
 def run_mis(model: VisionModel, site: str, dictionary: Dictionary, images: ImageSet, cfg: MISConfig,
             embeddings: EmbeddingCache | None = None, units: Sequence[int] | None = None,
             cache_dir: str | Path | None = None, dataset_id: str | None = None, meta: dict | None = None,
+            device: str | torch.device = "auto", batch_size: int = 256, embed_batch_size: int = 64,
             progress: bool = True) -> tuple[MISResult, TopImages]:
-    """MIS of every unit (or of `units`) of `dictionary` at `site` of `model` over `images`.
+    """MIS of every unit (or of `units`) of `dictionary` at `site` of `model`, ranked over `images` (see `mis_images`).
 
-    Pass one `embeddings` cache to share embeddings across sites and dictionaries (else one is built
-    from `cfg.backbone`, on disk under `cache_dir` if given). Returns the result and the ranking."""
+    SAE features are ranked by `cfg.sae_activation`, neurons by their output. Pass one `embeddings`
+    cache to share embeddings across sites and dictionaries (else one is built from `cfg.backbone`,
+    on disk under `cache_dir` if given). The model runs on `device`, `batch_size` images at a time;
+    the backbone embeds `embed_batch_size` at a time. Returns the result and the ranking."""
     site = model.resolve(site)
     cfg.check_fits(len(images))
     if embeddings is None:
-        embeddings = EmbeddingCache(build_backbone(cfg.backbone, model), images, dataset_id, cache_dir, progress)
+        embeddings = EmbeddingCache(build_backbone(cfg.backbone, model, device, embed_batch_size), images, dataset_id,
+                                    cache_dir, progress)
     elif len(embeddings.images) != len(images):
         raise ConfigError(f"the embedding cache is for an image set of {len(embeddings.images)} images, not {len(images)}")
+    neurons = isinstance(dictionary, IdentityDictionary)
     top = top_images(model, site, dictionary, images, k=cfg.n_candidates, seed=cfg.seed, units=units,
-                     batch_size=cfg.batch_size, device=cfg.device, progress=progress)
-    kind = "neurons" if isinstance(dictionary, IdentityDictionary) else "sae"
-    info = {"dictionary": {"kind": kind, "class": type(dictionary).__name__, "d_in": dictionary.d_in, "d_sae": dictionary.d_sae},
+                     activation="post" if neurons else cfg.sae_activation, batch_size=batch_size, device=device,
+                     progress=progress)
+    info = {"dictionary": {"kind": "neurons" if neurons else "sae", "class": type(dictionary).__name__,
+                           "d_in": dictionary.d_in, "d_sae": dictionary.d_sae},
             "model_arch": model.arch, **(meta or {})}
     return mis_from_top(top, embeddings, cfg, info), top
 
@@ -511,7 +624,7 @@ def published_median(arch: str | None, site: str) -> float | None:
     return PUBLISHED_GOOGLENET_MEDIANS.get({v: k for k, v in GOOGLENET_ALIASES.items()}.get(site, site))
 
 
-def _backbone_of(results: Sequence[MISResult]) -> dict:
+def common_backbone(results: Sequence[MISResult]) -> dict:
     "The one backbone all `results` were computed with; mixing backbones fails."
     if not results:
         raise ConfigError("results: give at least one MIS result")
@@ -521,98 +634,26 @@ def _backbone_of(results: Sequence[MISResult]) -> dict:
     return results[0].meta["backbone"]
 
 
-def _kind(r: MISResult) -> str:
+def dictionary_kind(r: MISResult) -> str:
+    "What a result's units are: `neurons`, `sae` (or `units` when not recorded)."
     return r.meta.get("dictionary", {}).get("kind", "units")
 
 
 def layer_table(results: Sequence[MISResult]) -> list[dict]:
-    "One JSON-safe row per result (site × dictionary): median/mean MIS and accuracy of scored units, counts, published median."
-    backbone = _backbone_of(results)
+    "One JSON-safe row per result (site × dictionary): median/mean MIS and accuracy of scored units, counts by status, published median."
+    backbone = common_backbone(results)
     rows = []
     for r in results:
         st = r.stats()
-        rows.append({"site": r.meta["site"], "dictionary": _kind(r), "median_mis": st["mis"]["median"],
+        rows.append({"site": r.meta["site"], "dictionary": dictionary_kind(r), "median_mis": st["mis"]["median"],
                      "mean_mis": st["mis"]["mean"], "median_accuracy": st["accuracy"]["median"], "n_units": len(r.units),
                      "n_scored": st["mis"]["n"], "n_dead": r.status.count("dead"), "n_constant": r.status.count("constant"),
+                     "n_sparse": r.status.count("sparse"),
                      "published_median": published_median(r.meta.get("model_arch"), r.meta["site"]),
                      "backbone": backbone["label"], "comparable_to_published": backbone["comparable_to_published"]})
     return json_safe(rows)
 
-
-def _flag_backbone(ax, backbone: dict) -> None:
-    if not backbone["comparable_to_published"]:
-        ax.text(0.01, 0.99, f"{backbone['name']} backbone: NOT comparable to published MIS", transform=ax.transAxes,
-                ha="left", va="top", fontsize=8, color="darkred")
-
-
-def plot_mis_by_layer(results: Sequence[MISResult], title: str | None = None):
-    """Per-unit MIS (dots), median (line) and mean (dashed) per site, one colour per dictionary kind (neurons, SAE);
-    GoogLeNet's published medians as black crosses. Sites appear in the order of `results`."""
-    import matplotlib.pyplot as plt
-    backbone = _backbone_of(results)
-    sites = list(dict.fromkeys(r.meta["site"] for r in results))
-    kinds = list(dict.fromkeys(_kind(r) for r in results))
-    by_key = {}
-    for r in results:
-        if (r.meta["site"], _kind(r)) in by_key:
-            raise ConfigError(f"results: two results for site {r.meta['site']!r} and {_kind(r)}; give one per pair")
-        by_key[r.meta["site"], _kind(r)] = r
-    fig, ax = plt.subplots(figsize=(1.4 * len(sites) + 5, 4))
-    width = 0.8 / len(kinds)
-    gen = torch.Generator().manual_seed(0)
-    for j, kind in enumerate(kinds):
-        colour = f"C{j}"
-        xs, medians, means = [], [], []
-        for i, site in enumerate(sites):
-            if (site, kind) not in by_key:
-                continue
-            r = by_key[site, kind]
-            v = r.mis[~torch.isnan(r.mis)]
-            x0 = i + (j - (len(kinds) - 1) / 2) * width
-            ax.scatter(x0 + (torch.rand(len(v), generator=gen) - 0.5) * 0.6 * width, v, s=5, alpha=0.3, color=colour, lw=0)
-            st = r.stats()["mis"]
-            if st["n"]:
-                xs.append(x0); medians.append(st["median"]); means.append(st["mean"])
-        ax.plot(xs, medians, marker="o", color=colour, label=f"{kind}: median")
-        ax.plot(xs, means, marker="D", mfc="none", ls="--", color=colour, label=f"{kind}: mean")
-    arch_of = {r.meta["site"]: r.meta.get("model_arch") for r in results}
-    published = [(i, published_median(arch_of[s], s)) for i, s in enumerate(sites)]
-    published = [(i, p) for i, p in published if p is not None]
-    if published:
-        ax.plot(*zip(*published), "kx", ms=9, mew=2, ls="none", label=PUBLISHED_SOURCE)
-    ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance (0.5)")
-    ax.set_xticks(range(len(sites)), sites)
-    ax.set_xlabel("site (layer)")
-    ax.set_ylabel("MIS (mean choice probability)")
-    ax.set_ylim(0, 1.05)
-    ax.set_title(title or f"MIS per layer: {backbone['label']}", fontsize=9)
-    _flag_backbone(ax, backbone)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    fig.tight_layout()
-    return fig
-
 # %% ../nbs/11b_mis.ipynb #dcaf33f9
-def plot_mis_over_epochs(series: Mapping[str, Mapping[int, MISResult]], title: str | None = None):
-    "Median MIS (line) and inter-quartile range (band) of scored units against the SAE training epoch, one line per series."
-    import matplotlib.pyplot as plt
-    backbone = _backbone_of([r for by_epoch in series.values() for r in by_epoch.values()])
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for label, by_epoch in series.items():
-        epochs = sorted(by_epoch)
-        q = torch.stack([torch.quantile(by_epoch[e].mis[~torch.isnan(by_epoch[e].mis)].double(), torch.tensor([0.25, 0.5, 0.75],
-                         dtype=torch.float64)) for e in epochs])
-        ax.plot(epochs, q[:, 1], marker="o", label=f"{label}: median")
-        ax.fill_between(epochs, q[:, 0], q[:, 2], alpha=0.2)
-        ax.set_xticks(epochs)
-    ax.set_xlabel("SAE training epoch")
-    ax.set_ylabel("MIS (median; band: 25–75 %)")
-    ax.set_title(title or f"MIS over SAE training\n{backbone['label']}", fontsize=8)
-    _flag_backbone(ax, backbone)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
 def mis_exclusion(result: MISResult, groups: Mapping[str, Sequence[int]]) -> list[dict]:
     "Median/mean MIS of scored units: all, without each named group of unit ids, and without all groups together."
     rows = [{"units": "all scored", "n_left_out": 0, **result.stats()["mis"]}]
@@ -623,20 +664,3 @@ def mis_exclusion(result: MISResult, groups: Mapping[str, Sequence[int]]) -> lis
     for label, ids in variants:
         rows.append({"units": label, "n_left_out": len(scored & set(ids)), **result.stats(exclude=ids)["mis"]})
     return json_safe(rows)
-
-
-def plot_mis_exclusion(rows: Sequence[dict], title: str = "MIS with latent groups excluded"):
-    "Median and mean MIS of each row of `mis_exclusion`, as horizontal bars."
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5.5, 0.45 * len(rows) + 1.2))
-    y = torch.arange(len(rows), dtype=torch.float64)
-    ax.barh(y - 0.2, [r["median"] or 0 for r in rows], height=0.4, label="median")
-    ax.barh(y + 0.2, [r["mean"] or 0 for r in rows], height=0.4, label="mean")
-    ax.set_yticks(y.tolist(), [f"{r['units']} (n={r['n']})" for r in rows])
-    ax.invert_yaxis()
-    ax.set_xlabel("MIS (mean choice probability)")
-    ax.set_xlim(0, 1)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
