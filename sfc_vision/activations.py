@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .artifacts import ArtifactError, atomic_path, load_tensors, read_json, save_tensors, write_json
-from .config import Config, ConfigError, check_range
+from .config import Config, ConfigError, check_range, setting
 from .data import ImageSet
 from .models import VisionModel
 from .models import resolve_device
@@ -75,14 +75,12 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 @dataclass(frozen=True)
 class CaptureConfig(Config):
     "Which layers to cache, over which split, and how."
-    layers: tuple[str, ...] = ("pool1", "pool2", "relu3")               # sites (layer names or aliases of the model)
-    split: Literal["train", "test"] = "train"                           # which side of the dataset
-    dtype: Literal["float16", "bfloat16", "float32"] = "float16"        # storage type of the vectors
-    positions_per_image: int | None = None                               # conv layers: keep this many random positions per image; None keeps all
-    shard_mb: float = 64.0                                               # target shard size in MiB
-    batch_size: int = 256                                                # images per forward pass
-    seed: int = 0                                                        # image order and position sampling
-    device: str = "auto"                                                 # where the model runs
+    layers: tuple[str, ...] = setting(("pool1", "pool2", "relu3"), "sites (layer names or aliases of the model)")
+    split: Literal["train", "test"] = setting("train", "which side of the dataset")
+    dtype: Literal["float16", "bfloat16", "float32"] = setting("float16", "storage type of the vectors")
+    positions_per_image: int | None = setting(None, "conv layers: keep this many random positions per image; None keeps all")
+    shard_mb: float = setting(64.0, "target shard size in MiB")
+    seed: int = setting(0, "image order and position sampling")
 
     def validate(self):
         if not self.layers:
@@ -90,7 +88,6 @@ class CaptureConfig(Config):
         if self.positions_per_image is not None:
             check_range("positions_per_image", self.positions_per_image, lo=1)
         check_range("shard_mb", self.shard_mb, lo=0, lo_open=True)
-        check_range("batch_size", self.batch_size, lo=1)
 
 # %% ../nbs/05_activations.ipynb #3eba3701
 class _ShardWriter:
@@ -134,13 +131,15 @@ class _ShardWriter:
 
 @torch.inference_mode()
 def cache_activations(model: VisionModel, images: ImageSet, cfg: CaptureConfig, out_dir: str | Path,
-                      meta: dict | None = None, progress: bool = True) -> dict[str, dict]:
+                      meta: dict | None = None, progress: bool = True, device: str | torch.device = "auto",
+                      batch_size: int = 256) -> dict[str, dict]:
     """Stream the activations of `cfg.layers` over `images` into `out_dir`, one folder per layer.
 
-    `meta` (e.g. dataset, model checkpoint SHA-256) is stored in every layer's `cache.json`.
+    `meta` (e.g. dataset, model checkpoint SHA-256) is stored in every layer's `cache.json`. The model
+    runs on `device`, `batch_size` images at a time (execution settings: the vectors do not depend on them).
     Returns the `cache.json` contents per layer."""
     layers = [model.resolve(l) for l in cfg.layers]
-    device = resolve_device(cfg.device)
+    device = resolve_device(device)
     model = model.to(device).eval()
     dtype = DTYPES[cfg.dtype]
     pos_gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -148,8 +147,8 @@ def cache_activations(model: VisionModel, images: ImageSet, cfg: CaptureConfig, 
     shapes: dict[str, tuple[int, ...]] = {}
     # the pool is left (waiting for every write) before the folder is committed or removed
     with atomic_path(out_dir, is_dir=True) as tmp, read_layers(model, layers) as acts, ThreadPoolExecutor(2) as pool:
-        bar = tqdm(images.batches(cfg.batch_size, shuffle=True, seed=cfg.seed),
-                   total=math.ceil(len(images) / cfg.batch_size), desc="caching", disable=not progress, leave=False)
+        bar = tqdm(images.batches(batch_size, shuffle=True, seed=cfg.seed),
+                   total=math.ceil(len(images) / batch_size), desc="caching", disable=not progress, leave=False)
         for x, _, idx in bar:
             model(x.to(device))
             for layer in layers:

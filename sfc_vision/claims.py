@@ -101,8 +101,8 @@ def _random_gap(m: dict) -> float | None:
 
 def _mis_after_peak(layer: str) -> Callable[[dict], float | None]:
     def f(m):
-        epochs = m.get("mis", {}).get("layers", {}).get(layer, {}).get("epochs", [])
-        values = [e["median"] for e in epochs if e["median"] is not None]
+        points = m.get("mis", {}).get("layers", {}).get(layer, {}).get("checkpoints", [])
+        values = [e["median"] for e in points if e["median"] is not None]
         if len(values) < 3:
             return None
         return max(values[:-1]) - values[-1]  # > 0: the final SAE scores below an earlier peak

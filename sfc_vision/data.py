@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Config, ConfigError, check_choice, check_range
+from .config import Config, ConfigError, check_choice, check_range, setting
 
 # %% auto #0
 __all__ = ['DATASETS', 'MNIST_CLASSES', 'IMAGE_EXTENSIONS', 'SHAPES', 'COLOURS', 'ImageSet', 'TensorImageSet', 'stratified_split',
@@ -120,18 +120,22 @@ def register_dataset(name: str, doc: str, needs_root: bool = False):
 @dataclass(frozen=True)
 class DataConfig(Config):
     "Which images, where from, and how they are split."
-    name: str = "mnist5k"                 # registered dataset: mnist5k, mnist, fashion_mnist, cifar10, imagefolder, shapes
-    root: str | None = None               # folder holding the data (torchvision sets, imagefolder); ~ is expanded
-    download: bool = False                # let torchvision download missing data (needs network)
-    seed: int = 0                         # seed of the split and of subsampling
-    test_fraction: float = 0.2            # share of each class held out where the dataset has no official test split
-    limit_train: int | None = None        # keep this many training images (stratified); None keeps all
-    limit_test: int | None = None         # keep this many test images (stratified); None keeps all
-    classes: tuple[str, ...] = ()         # keep only these classes (names, e.g. "flamingo" or "3"); labels keep their ids
-    image_size: int | None = None         # imagefolder: resize (256/224 of it) then centre-crop to this; None keeps the size
-    shapes_n: int = 6000                  # shapes: number of images generated
-    shapes_size: int = 32                 # shapes: image side in pixels
-    workers: int = 0                      # imagefolder: DataLoader worker processes
+    name: str = setting("mnist5k", "registered dataset: mnist5k, mnist, fashion_mnist, cifar10, imagefolder, shapes")
+    root: str | None = setting(None, "folder holding the data (torchvision sets, imagefolder); ~ is expanded")
+    download: bool = setting(False, "let torchvision download missing data (needs network)")
+    seed: int = setting(0, "seed of the split and of subsampling")
+    test_fraction: float = setting(0.2, "share of each class held out where the dataset has no official test split")
+    limit_train: int | None = setting(None, "keep this many training images (stratified); None keeps all")
+    limit_test: int | None = setting(None, "keep this many test images (stratified); None keeps all")
+    classes: tuple[str, ...] = setting((), "keep only these classes (names, e.g. \"flamingo\" or \"3\"); labels keep their ids")
+    image_size: int | None = setting(None, "imagefolder: resize (256/224 of it) then centre-crop to this; None keeps the size")
+    shapes_n: int = setting(6000, "shapes: number of images generated")
+    shapes_size: int = setting(32, "shapes: image side in pixels")
+    workers: int = setting(0, "imagefolder: DataLoader worker processes (how images load, not which: no result depends on it)")
+
+    def used_settings(self) -> dict:
+        "The settings the images depend on: all but `workers`, which only says how they are read."
+        return {k: v for k, v in self.to_dict().items() if k != "workers"}
 
     def validate(self):
         check_choice("name", self.name, DATASETS)

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .artifacts import ArtifactError, json_safe, load_tensors, save_tensors, sha256_file
-from .config import Config, ConfigError, check_choice, check_range
+from .config import Config, ConfigError, check_choice, check_range, setting
 from .data import FolderImageSet, ImageData, ImageSet, TensorImageSet, stratified_subset
 from .interpret import StopForward, TopImages, top_images
 from .models import GOOGLENET_ALIASES, IMAGENET_MEAN, IMAGENET_STD, VisionModel, read_state_dict, resolve_device
@@ -79,10 +79,10 @@ def register_backbone(name: str, doc: str, needs_arch: bool = False, needs_weigh
 @dataclass(frozen=True)
 class BackboneConfig(Config):
     "The perceptual backbone whose embedding space MIS measures similarity in."
-    name: str = "gradients"        # registered backbone: gradients, proxy, dreamsim, torchvision, timm, colour_histogram
-    arch: str | None = None        # torchvision / timm: architecture name, e.g. resnet50
-    weights: str | None = None     # torchvision / timm: local weights file; dreamsim: folder of its checkpoints (None: the usual caches)
-    image_size: int = 224          # torchvision / timm: images are resized to this side (DreamSim always uses 224)
+    name: str = setting("gradients", "registered backbone: gradients, proxy, dreamsim, torchvision, timm, colour_histogram")
+    arch: str | None = setting(None, "torchvision / timm: architecture name, e.g. resnet50")
+    weights: str | None = setting(None, "torchvision / timm: local weights file; dreamsim: folder of its checkpoints (None: the usual caches)")
+    image_size: int = setting(224, "torchvision / timm: images are resized to this side (DreamSim always uses 224)")
 
     def validate(self):
         check_choice("name", self.name, BACKBONES)
@@ -393,17 +393,17 @@ class EmbeddingCache:
 @dataclass(frozen=True)
 class MISConfig(Config):
     "How the Machine Interpretability Score is computed (Zimmermann, Klindt & Brendel 2024)."
-    n_tasks: int = 20                       # N: two-choice tasks per unit
-    n_refs: int = 9                         # K: reference images per side in each task
-    ref_start: int = 0                      # rank (0 = most extreme) of the first reference image on each side
-    query_start: int | None = None          # rank of the first query image on each side; None: right after the references
-    temperature: float = 0.16               # T in p = sigmoid(Δ / T), calibrated to human data (see the notebook); inf gives 0.5
-    seed: int = 0                           # seed of the tie-breaking ranks of the images, the pool subset and the task shuffles
-    fair_shuffle: bool = True               # shuffle each bin's images before dealing them to the tasks (the paper's fair batches)
-    pool: Literal["train", "test"] = "train"  # split whose images are ranked (references should be a small top fraction)
-    pool_size: int | None = None            # rank a stratified subset of this many pool images; None: all
-    sae_activation: Literal["pre", "post"] = "pre"  # rank SAE features by encoder pre-activation (no ties) or output; neurons: output
-    backbone: BackboneConfig = BackboneConfig()  # the perceptual embedding
+    n_tasks: int = setting(20, "N: two-choice tasks per unit")
+    n_refs: int = setting(9, "K: reference images per side in each task")
+    ref_start: int = setting(0, "rank (0 = most extreme) of the first reference image on each side")
+    query_start: int | None = setting(None, "rank of the first query image on each side; None: right after the references")
+    temperature: float = setting(0.16, "T in p = sigmoid(Δ / T), calibrated to human data (see the notebook); inf gives 0.5")
+    seed: int = setting(0, "seed of the tie-breaking ranks of the images, the pool subset and the task shuffles")
+    fair_shuffle: bool = setting(True, "shuffle each bin's images before dealing them to the tasks (the paper's fair batches)")
+    pool: Literal["train", "test"] = setting("train", "split whose images are ranked (references should be a small top fraction)")
+    pool_size: int | None = setting(None, "rank a stratified subset of this many pool images; None: all")
+    sae_activation: Literal["pre", "post"] = setting("pre", "rank SAE features by encoder pre-activation (no ties) or output; neurons: output")
+    backbone: BackboneConfig = setting(BackboneConfig(), "the perceptual embedding")
 
     def validate(self):
         check_range("n_tasks", self.n_tasks, lo=1)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .artifacts import ArtifactError, load_tensors, meta_path, read_json, save_tensors
-from .config import Config, ConfigError, check_choice, check_range
+from .config import Config, ConfigError, check_choice, check_range, setting
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'MODELS', 'GOOGLENET_ALIASES', 'VisionModel', 'ModelSpec', 'WeightsNotFoundError',
@@ -70,13 +70,13 @@ class WeightsNotFoundError(FileNotFoundError):
 @dataclass(frozen=True)
 class ModelConfig(Config):
     "Which classifier, its shape, and its weights."
-    arch: str = "cnn"                        # registered architecture: mlp, cnn, resnet18, resnet18_small, googlenet
-    hidden: tuple[int, ...] = (256, 128)     # mlp: hidden widths
-    channels: tuple[int, ...] = (16, 32)     # cnn: output channels of the conv blocks
-    fc: int = 128                            # cnn: width of the dense layer
-    weights: str = "none"                    # "none" (random, or trained here), "default" (torchvision ImageNet weights from the torch cache) or a weights file
-    num_classes: int | None = None           # None: the dataset's number of classes (1000 with default weights)
-    seed: int = 0                            # seed of the random initialisation
+    arch: str = setting("cnn", "registered architecture: mlp, cnn, resnet18, resnet18_small, googlenet")
+    hidden: tuple[int, ...] = setting((256, 128), "mlp: hidden widths")
+    channels: tuple[int, ...] = setting((16, 32), "cnn: output channels of the conv blocks")
+    fc: int = setting(128, "cnn: width of the dense layer")
+    weights: str = setting("none", "\"none\" (random, or trained here), \"default\" (torchvision ImageNet weights from the torch cache) or a weights file")
+    num_classes: int | None = setting(None, "None: the dataset's number of classes (1000 with default weights)")
+    seed: int = setting(0, "seed of the random initialisation")
 
     def validate(self):
         check_choice("arch", self.arch, MODELS)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .artifacts import ArtifactError, load_tensors, meta_path, read_json, save_tensors
-from .config import Config, ConfigError, check_choice, check_range
+from .config import Config, ConfigError, check_choice, check_range, setting
 
 # %% auto #0
 __all__ = ['SAE_ARCHS', 'Dictionary', 'IdentityDictionary', 'SAELoss', 'SAE', 'SAEArch', 'register_sae', 'ReLUSAE', 'GatedSAE',
@@ -329,35 +329,35 @@ class JumpReLUSAE(SAE):
 class SAEConfig(Config):
     "A sparse autoencoder for one site, and how it is trained (values in normalised units, E‖x‖² = d_in)."
     # architecture
-    arch: str = "relu"                   # registered architecture: relu, gated, topk, batchtopk, jumprelu (see the table above)
-    expansion: int = 8                   # width d_sae = expansion × d_in
-    d_in: int | None = None              # expected input width; None takes it from the layer
-    l1_coeff: float = 0.3                # relu, gated: λ, weight of ‖f‖₁; jumprelu: weight of ‖f‖₀
-    k: int = 8                           # topk: active latents per vector; batchtopk: on average per vector
-    auxk_coeff: float = 1 / 32           # topk, batchtopk: weight α of the AuxK loss (0 switches it off)
-    auxk_k: int | None = None            # topk, batchtopk: dead latents AuxK may use per vector; None: d_in // 2
-    threshold_decay: float = 0.9         # batchtopk: EMA decay of the inference threshold estimate
-    jump_threshold: float = 0.1          # jumprelu: initial threshold θ of every latent
-    jump_bandwidth: float = 0.3          # jumprelu: width ε of the rectangle kernel of the straight-through estimator
+    arch: str = setting("relu", "registered architecture: relu, gated, topk, batchtopk, jumprelu (see the table above)")
+    expansion: int = setting(8, "width d_sae = expansion × d_in")
+    d_in: int | None = setting(None, "expected input width; None takes it from the layer")
+    l1_coeff: float = setting(0.3, "relu, gated: λ, weight of ‖f‖₁; jumprelu: weight of ‖f‖₀")
+    k: int = setting(8, "topk: active latents per vector; batchtopk: on average per vector")
+    auxk_coeff: float = setting(1 / 32, "topk, batchtopk: weight α of the AuxK loss (0 switches it off)")
+    auxk_k: int | None = setting(None, "topk, batchtopk: dead latents AuxK may use per vector; None: d_in // 2")
+    threshold_decay: float = setting(0.9, "batchtopk: EMA decay of the inference threshold estimate")
+    jump_threshold: float = setting(0.1, "jumprelu: initial threshold θ of every latent")
+    jump_bandwidth: float = setting(0.3, "jumprelu: width ε of the rectangle kernel of the straight-through estimator")
     # optimisation: a budget of optimiser steps, schedules as fractions of it
-    steps: int = 1000                    # optimiser steps per SAE, the same at every site (conv or dense)
-    batch_size: int = 256                # vectors per step
-    lr: float = 3e-3                     # Adam learning rate after warm-up
-    lr_warmup: float = 0.05              # linear learning-rate warm-up from 0 over this fraction of the steps
-    lr_decay: Literal["none", "linear", "cosine"] = "linear"  # decay to 0 over the last part of training
-    lr_decay_start: float = 0.8          # fraction of the steps after which the decay starts
-    l1_warmup: float = 0.0               # relu, gated, jumprelu: λ ramps linearly from 0 over this fraction of the steps
-    checkpoints: int = 4                 # evenly spaced checkpoints over training, the last at the end (SAEs over training)
-    b_dec_init: Literal["geometric_median", "mean", "zero"] = "geometric_median"  # initial b_dec from a sample
-    init_sample: int = 65536             # vectors used to estimate the normalisation scale and b_dec
+    steps: int = setting(1000, "optimiser steps per SAE, the same at every site (conv or dense)")
+    batch_size: int = setting(256, "vectors per step")
+    lr: float = setting(3e-3, "Adam learning rate after warm-up")
+    lr_warmup: float = setting(0.05, "linear learning-rate warm-up from 0 over this fraction of the steps")
+    lr_decay: Literal["none", "linear", "cosine"] = setting("linear", "decay to 0 over the last part of training")
+    lr_decay_start: float = setting(0.8, "fraction of the steps after which the decay starts")
+    l1_warmup: float = setting(0.0, "relu, gated, jumprelu: λ ramps linearly from 0 over this fraction of the steps")
+    checkpoints: int = setting(4, "evenly spaced checkpoints over training, the last at the end (SAEs over training)")
+    b_dec_init: Literal["geometric_median", "mean", "zero"] = setting("geometric_median", "initial b_dec from a sample")
+    init_sample: int = setting(65536, "vectors used to estimate the normalisation scale and b_dec")
     # dead latents
-    dead_window: int | None = None       # a latent is dead after this many training vectors without firing; None: a quarter of training, at most one pass over the site's vectors
-    resample: Literal["none", "bricken", "reinit"] = "none"  # revive dead latents: Bricken et al. or random re-initialisation
-    resample_every: float = 0.1          # fraction of the steps between resampling checks
-    resample_stop: float = 0.5           # no resampling after this fraction of the steps (latents need time to settle)
+    dead_window: int | None = setting(None, "a latent is dead after this many training vectors without firing; None: a quarter of training, at most one pass over the site's vectors")
+    resample: Literal["none", "bricken", "reinit"] = setting("none", "revive dead latents: Bricken et al. or random re-initialisation")
+    resample_every: float = setting(0.1, "fraction of the steps between resampling checks")
+    resample_stop: float = setting(0.5, "no resampling after this fraction of the steps (latents need time to settle)")
     # run
-    precision: Literal["float32", "bfloat16"] = "float32"  # bfloat16: autocast the forward pass (GPU)
-    seed: int = 0                        # initialisation, data order and resampling
+    precision: Literal["float32", "bfloat16"] = setting("float32", "bfloat16: autocast the forward pass (GPU)")
+    seed: int = setting(0, "initialisation, data order and resampling")
 
     def validate(self):
         check_choice("arch", self.arch, SAE_ARCHS)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .activations import from_vectors, read_layers, replace_layers, to_vectors
-from .config import Config, check_range
+from .config import Config, check_range, setting
 from .data import ImageSet
 from .models import VisionModel, resolve_device
 from .sae import SAE_ARCHS, Dictionary, SAEConfig
@@ -240,10 +240,10 @@ def evaluate_checkpoints(model: VisionModel, layer: str, out_dirs: list[str | Pa
 @dataclass(frozen=True)
 class GateConfig(Config):
     "The floors an SAE must meet on held-out images to count as trained."
-    min_fve: float = 0.90               # explained variance 1 − NMSE of the reconstruction
-    min_accuracy_ratio: float = 0.98    # spliced accuracy / the model's accuracy
-    max_dead_fraction: float = 0.10     # latents never active on the evaluation set
-    max_dense_fraction: float = 0.25    # latents active on more than 10 % of the vectors
+    min_fve: float = setting(0.90, "explained variance 1 − NMSE of the reconstruction")
+    min_accuracy_ratio: float = setting(0.98, "spliced accuracy / the model's accuracy")
+    max_dead_fraction: float = setting(0.10, "latents never active on the evaluation set")
+    max_dense_fraction: float = setting(0.25, "latents active on more than 10 % of the vectors")
 
     def validate(self):
         for key in ("min_fve", "min_accuracy_ratio", "max_dead_fraction", "max_dense_fraction"):

@@ -18,6 +18,7 @@ from .models import ModelConfig, resolve_layer
 from .train import TrainConfig
 from .activations import CaptureConfig
 from .sae import SAEConfig
+from .sae_eval import GateConfig
 from .attribution import AttributionConfig
 from .circuits import CircuitConfig
 from .mis import MISConfig
@@ -42,7 +43,7 @@ class RunConfig(Config):
 class EvalConfig(Config):
     "Which held-out images the SAE measurements and the MIS use."
     n_images: int | None = setting(None, "test images used (stratified); None: the whole test split")
-    epochs: bool = setting(True, "also measure every earlier SAE checkpoint (reconstruction and MIS over training)")
+    checkpoints: bool = setting(True, "also measure every earlier SAE checkpoint (reconstruction and MIS over training)")
 
     def validate(self):
         if self.n_images is not None:
@@ -73,8 +74,9 @@ class StudyConfig(Config):
     model: ModelConfig = setting(ModelConfig(), "the classifier")
     train: TrainConfig = setting(TrainConfig(), "how the classifier is trained (ignored with pretrained weights)")
     capture: CaptureConfig = setting(CaptureConfig(), "which layers' activations are cached, over which split")
-    sae: SAEConfig = setting(SAEConfig(batch_size=1024, lr_warmup_steps=10), "one SAE per captured layer, and its training")
+    sae: SAEConfig = setting(SAEConfig(), "one SAE per captured layer, and its training")
     evaluation: EvalConfig = setting(EvalConfig(), "held-out images for the SAE measurements and the MIS")
+    gate: GateConfig = setting(GateConfig(), "the floors an SAE must meet on held-out images to count as trained")
     attribution: AttributionConfig = setting(AttributionConfig(), "indirect effects of nodes (SAE features, errors, neurons)")
     circuit: CircuitConfig = setting(CircuitConfig(select="top_k", top_k=10), "circuit selection, faithfulness and completeness")
     mis: MISConfig = setting(MISConfig(), "machine interpretability score of SAE features and neurons")

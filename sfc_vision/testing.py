@@ -28,7 +28,7 @@ TINY = {
     "model": {"channels": [8, 16], "fc": 32},
     "train": {"epochs": 2, "batch_size": 20, "lr": 0.005},
     "capture": {"layers": ["pool2", "relu3"]},
-    "sae": {"expansion": 2, "epochs": 1, "batch_size": 256, "lr_warmup_steps": 0, "init_sample": 2000},
+    "sae": {"expansion": 2, "steps": 200, "batch_size": 256, "lr_warmup": 0.0, "checkpoints": 2, "init_sample": 2000},
     "evaluation": {"n_images": 100},
     "attribution": {"n_images": 50, "n_reference": 50},
     "circuit": {"n_eval": 50, "curve_points": 3, "n_random": 1},
@@ -38,7 +38,7 @@ TINY = {
 
 
 def tiny_config(**sections) -> dict:
-    "A copy of `TINY` with some sections updated (`sae=dict(epochs=3)` merges into its sae section)."
+    "A copy of `TINY` with some sections updated (`sae=dict(steps=300)` merges into its sae section)."
     cfg = copy.deepcopy(TINY)
     for name, values in sections.items():
         cfg.setdefault(name, {}).update(values)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .artifacts import load_optimizer_state, load_tensors, optimizer_state_to_tensors, save_tensors
-from .config import Config, ConfigError, check_range
+from .config import Config, ConfigError, check_range, setting
 from .data import ImageData, ImageSet
 from .models import VisionModel, load_weights, resolve_device, save_model
 
@@ -28,16 +28,16 @@ __all__ = ['DIVERGENCE_FACTOR', 'TrainConfig', 'lr_factor', 'evaluate_classifier
 @dataclass(frozen=True)
 class TrainConfig(Config):
     "How the classifier is trained."
-    optimizer: Literal["adam", "sgd"] = "adam"                   # Adam, or SGD with momentum
-    lr: float = 2e-3                                             # peak learning rate
-    momentum: float = 0.9                                        # SGD momentum
-    weight_decay: float = 0.0                                    # L2 penalty (decoupled for Adam: AdamW)
-    epochs: int = 4                                              # passes over the training set
-    batch_size: int = 64                                         # images per step
-    schedule: Literal["constant", "cosine", "step"] = "cosine"  # learning rate over steps
-    step_every: int = 10                                         # step schedule: epochs between decays
-    step_gamma: float = 0.1                                      # step schedule: decay factor
-    seed: int = 0                                                # shuffling seed
+    optimizer: Literal["adam", "sgd"] = setting("adam", "Adam, or SGD with momentum")
+    lr: float = setting(2e-3, "peak learning rate")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(0.0, "L2 penalty (decoupled for Adam: AdamW)")
+    epochs: int = setting(4, "passes over the training set")
+    batch_size: int = setting(64, "images per step")
+    schedule: Literal["constant", "cosine", "step"] = setting("cosine", "learning rate over steps")
+    step_every: int = setting(10, "step schedule: epochs between decays")
+    step_gamma: float = setting(0.1, "step schedule: decay factor")
+    seed: int = setting(0, "shuffling seed")
 
     def validate(self):
         check_range("lr", self.lr, lo=0, lo_open=True)

@@ -179,7 +179,7 @@ def test_rerunning_a_sweep_redoes_only_what_failed_or_is_missing(local_sweep, cl
 # kills, resumption, determinism
 
 
-KILL_CONFIG = tiny_config(sae={"epochs": 4}, run={"name": "resume", "stages": ["sae_eval"]})  # study notebook 1 only
+KILL_CONFIG = tiny_config(sae={"steps": 800, "checkpoints": 4}, run={"name": "resume", "stages": ["sae_eval"]})  # study notebook 1 only
 
 
 @pytest.fixture(scope="module")
@@ -217,9 +217,9 @@ def test_a_run_killed_mid_stage_resumes_without_recomputing_and_matches(referenc
     proc = subprocess.Popen(cli_command() + ["run", str(reference_run.cfg_file), "--runs", str(runs)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={"OMP_NUM_THREADS": "1", **os.environ})
     saes_dir = runs / "_cache" / "saes" / stage_key(cfg, "saes")
-    first_epoch = saes_dir / "pool2" / "epoch_001.json"  # the SAE stage is under way: one epoch of four done
+    first = saes_dir / "pool2" / "step_000200.json"  # the SAE stage is under way: one checkpoint of four done
     deadline = time.time() + 300
-    while not first_epoch.exists():
+    while not first.exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended before the SAE stage started"
         time.sleep(0.02)
     for pid in [proc.pid, *_descendants(proc.pid)]:  # SIGKILL: no cleanup, as when a node dies
@@ -232,7 +232,7 @@ def test_a_run_killed_mid_stage_resumes_without_recomputing_and_matches(referenc
     assert run_status(run_folder(runs, run_name(cfg))) == "interrupted"  # its status says so (its process is gone)
     done = {s: (runs / "_cache" / s / stage_key(cfg, s) / "stage.json") for s in ("model", "activations")}
     before = {s: p.read_bytes() for s, p in done.items()}
-    epoch1 = (saes_dir / "pool2" / "epoch_001.safetensors").read_bytes()
+    step200 = (saes_dir / "pool2" / "step_000200.safetensors").read_bytes()
 
     r = cli("run", reference_run.cfg_file, "--runs", runs)
     assert r.returncode == 0, r.stderr
@@ -240,7 +240,7 @@ def test_a_run_killed_mid_stage_resumes_without_recomputing_and_matches(referenc
     assert {s: v["reason"] for s, v in metrics["stages"].items()} == {
         "model": "cached", "activations": "cached", "saes": "incomplete", "sae_eval": "missing"}
     assert {s: p.read_bytes() for s, p in done.items()} == before  # completed stages untouched
-    assert (saes_dir / "pool2" / "epoch_001.safetensors").read_bytes() == epoch1  # resumed after epoch 1
+    assert (saes_dir / "pool2" / "step_000200.safetensors").read_bytes() == step200  # resumed after the first checkpoint
     assert comparable_metrics(metrics) == comparable_metrics(reference_run.metrics)  # as if never killed
 
 

@@ -20,7 +20,7 @@ def pipeline(tmp_path_factory):
                         *channel_stats(data.train))
     train_classifier(model, data, TrainConfig(epochs=1), tmp / "model", progress=False, device="cpu")
     model, meta = load_model(tmp / "model" / "epoch_001.safetensors")
-    cache_activations(model, data.train, CaptureConfig(layers=("pool2",), device="cpu"), tmp / "acts",
+    cache_activations(model, data.train, CaptureConfig(layers=("pool2",)), tmp / "acts",
                       meta={"model_sha256": meta["sha256"], "dataset": "mnist5k"}, progress=False)
     return tmp, data, model, meta["sha256"]
 
