@@ -340,7 +340,7 @@ class SAEConfig(Config):
     jump_threshold: float = setting(0.1, "jumprelu: initial threshold θ of every latent")
     jump_bandwidth: float = setting(0.3, "jumprelu: width ε of the rectangle kernel of the straight-through estimator")
     # optimisation: a budget of optimiser steps, schedules as fractions of it
-    steps: int = setting(1000, "optimiser steps per SAE, the same at every site (conv or dense)")
+    steps: int = setting(500, "optimiser steps per SAE, the same at every site (conv or dense)")
     batch_size: int = setting(256, "vectors per step")
     lr: float = setting(3e-3, "Adam learning rate after warm-up")
     lr_warmup: float = setting(0.05, "linear learning-rate warm-up from 0 over this fraction of the steps")
