@@ -76,10 +76,10 @@ def _random_model(arch: str, size: int):
         for m in model.modules():
             if isinstance(m, torch.nn.Conv2d):
                 torch.nn.init.kaiming_normal_(m.weight)
-    images = TensorImageSet(torch.randint(0, 256, (6, 3, size, size), dtype=torch.uint8), torch.arange(6) % 10,
+    images = TensorImageSet(torch.randint(0, 256, (4, 3, size, size), dtype=torch.uint8), torch.arange(4) % 10,
                             [str(i) for i in range(10)])
     with torch.no_grad():  # running statistics unlike a batch's own, so train and eval mode differ
-        model.train()(images.images(torch.arange(6)) * 3 + 1)
+        model.train()(images.images(torch.arange(4)) * 3 + 1)
     return model, images
 
 
@@ -97,14 +97,14 @@ def test_a_model_in_train_mode_is_measured_in_eval_mode(arch, size, sites):
     def measure(m):
         torch.manual_seed(1)
         sp = Splice(m, {s: ReLUSAE(widths[s], 2 * widths[s]) for s in sites})
-        mean, zero = make_patches(sp, "mean", images, batch_size=4, progress=False), make_patches(sp, "zero", images)
-        eff = {k: node_effects(sp, images, ce, mean, method=k, ig_steps=2, batch_size=4, progress=False) for k in ("atp", "ig")}
+        mean, zero = make_patches(sp, "mean", images, batch_size=3, progress=False), make_patches(sp, "zero", images)
+        eff = {k: node_effects(sp, images, ce, mean, method=k, ig_steps=2, batch_size=3, progress=False) for k in ("atp", "ig")}
         first = images.subset(torch.arange(2))
-        eff["exact"] = node_effects(sp.neurons(), first, ce, make_patches(sp.neurons(), "zero", first), method="exact",
-                                    progress=False)
+        narrow = Splice(m, {s: ReLUSAE(widths[s], 4) for s in sites})  # exact ablation of few nodes stays cheap
+        eff["exact"] = node_effects(narrow, first, ce, make_patches(narrow, "zero", first), method="exact", progress=False)
         nodes = {s: torch.tensor([0, 1, sp.n_nodes(s) - 1]) for s in sp.order}
         edges = edge_effects(sp, first, ce, mean, nodes=nodes, progress=False)
-        faith = faithfulness(sp, images, ce, mean, [nodes], n_random=1, batch_size=4, progress=False)
+        faith = faithfulness(sp, images, ce, mean, [nodes], n_random=1, batch_size=3, progress=False)
         return mean, zero, eff, edges, faith, feature_density(sp, images, progress=False)
 
     train = copy.deepcopy(model).train()
