@@ -1,12 +1,17 @@
 """Cross-module properties of attribution and circuits: checkpoints → spliced SAEs → circuit → saved → checked."""
+import copy
+
 import pytest
 import torch
+from fastcore.test import test_eq
 
-from sfc_vision.attribution import Splice, load_splice, make_metric, mean_patches, node_effects
-from sfc_vision.circuits import Circuit, faithfulness, find_circuit
-from sfc_vision.data import DataConfig, load_data
+from sfc_vision.activations import read_layers
+from sfc_vision.attribution import (Splice, edge_effects, load_splice, make_metric, make_patches, mean_patches,
+                                    node_effects)
+from sfc_vision.circuits import Circuit, faithfulness, feature_density, find_circuit
+from sfc_vision.data import DataConfig, TensorImageSet, load_data
 from sfc_vision.models import ModelConfig, build_model, load_model, save_model
-from sfc_vision.sae import SAEConfig, build_sae, save_sae
+from sfc_vision.sae import ReLUSAE, SAEConfig, build_sae, save_sae
 from sfc_vision.train import TrainConfig, channel_stats, train_classifier
 
 
@@ -62,3 +67,64 @@ def test_checkpoints_to_a_saved_circuit(setup):
     assert abs(a.faithfulness[1].item() - 1) < 1e-5 and abs(a.completeness[1].item()) < 1e-5
     with pytest.raises(Exception, match="trained on model"):
         load_splice(model, "0" * 64, paths)
+
+
+def _random_model(arch: str, size: int):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch=arch), (3, size, size), 10)
+    if arch == "googlenet":  # torchvision's init (std 0.01) makes activations vanish in a random GoogLeNet
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight)
+    images = TensorImageSet(torch.randint(0, 256, (4, 3, size, size), dtype=torch.uint8), torch.arange(4) % 10,
+                            [str(i) for i in range(10)])
+    with torch.no_grad():  # running statistics unlike a batch's own, so train and eval mode differ
+        model.train()(images.images(torch.arange(4)) * 3 + 1)
+    return model, images
+
+
+@pytest.mark.parametrize("arch,size,sites", [("resnet18_small", 16, ["layer2", "layer3.0", "layer3"]),
+                                             ("googlenet", 64, ["mixed3a", "mixed3b", "mixed4a"])])
+def test_a_model_in_train_mode_is_measured_in_eval_mode(arch, size, sites):
+    "Patches, AtP, IG, exact, edges, faithfulness and density of a train-mode model equal the eval-mode model's; its mode and BatchNorm statistics are left alone."
+    model, images = _random_model(arch, size)
+    x = images.images(torch.arange(1))
+    with torch.no_grad(), read_layers(model.eval(), sites) as acts:
+        model(x)
+    widths = {s: a.shape[1] for s, a in acts.items()}
+    ce = make_metric("ce", images.class_names)
+
+    def measure(m):
+        torch.manual_seed(1)
+        sp = Splice(m, {s: ReLUSAE(widths[s], 2 * widths[s]) for s in sites})
+        mean, zero = make_patches(sp, "mean", images, batch_size=3, progress=False), make_patches(sp, "zero", images)
+        eff = {k: node_effects(sp, images, ce, mean, method=k, ig_steps=2, batch_size=3, progress=False) for k in ("atp", "ig")}
+        first = images.subset(torch.arange(2))
+        narrow = Splice(m, {s: ReLUSAE(widths[s], 4) for s in sites})  # exact ablation of few nodes stays cheap
+        eff["exact"] = node_effects(narrow, first, ce, make_patches(narrow, "zero", first), method="exact", progress=False)
+        nodes = {s: torch.tensor([0, 1, sp.n_nodes(s) - 1]) for s in sp.order}
+        edges = edge_effects(sp, first, ce, mean, nodes=nodes, progress=False)
+        faith = faithfulness(sp, images, ce, mean, [nodes], n_random=1, batch_size=3, progress=False)
+        return mean, zero, eff, edges, faith, feature_density(sp, images, progress=False)
+
+    train = copy.deepcopy(model).train()
+    part = "inception3b" if arch == "googlenet" else "layer3"
+    next(m for name, m in train.named_modules() if name.endswith(part)).eval()  # a mixed state must come back as it was
+    modes = [m.training for m in train.modules()]
+    state = {k: v.clone() for k, v in train.state_dict().items()}
+    got, want = measure(train), measure(copy.deepcopy(model).eval())
+    test_eq([m.training for m in train.modules()], modes)
+    assert all(torch.equal(v, train.state_dict()[k]) for k, v in state.items())  # running statistics untouched
+    (mean_t, zero_t, eff_t, edges_t, faith_t, dens_t), (mean_e, zero_e, eff_e, edges_e, faith_e, dens_e) = got, want
+    for s in sites:
+        s = model.resolve(s)
+        for a, b in ((mean_t[s].f, mean_e[s].f), (mean_t[s].eps, mean_e[s].eps), (zero_t[s].eps, zero_e[s].eps),
+                     (dens_t[s], dens_e[s])):
+            torch.testing.assert_close(a, b)
+        for k in eff_t:
+            torch.testing.assert_close(eff_t[k].mean[s], eff_e[k].mean[s])
+    for pair in edges_e:
+        torch.testing.assert_close(edges_t[pair], edges_e[pair])
+    torch.testing.assert_close(faith_t.faithfulness, faith_e.faithfulness)
+    torch.testing.assert_close(faith_t.random, faith_e.random)
+    assert (faith_t.m_full, faith_t.m_empty) == (faith_e.m_full, faith_e.m_empty)
