@@ -96,12 +96,12 @@ def register_stage(name: str, sections: tuple[str, ...], upstream: tuple[str, ..
 
 
 def stage_settings(cfg: StudyConfig, name: str) -> dict:
-    "The settings stage `name` depends on: its sections of `cfg` (narrowed by `cache_settings()` where defined) or single settings."
+    "The settings stage `name` depends on: its sections of `cfg` (narrowed by `used_settings()` where defined) or single settings."
     out = {}
     for s in STAGES[name].sections:
         section, _, key = s.partition(".")
         sec = getattr(cfg, section)
-        out[s] = getattr(sec, key) if key else (sec.cache_settings() if hasattr(sec, "cache_settings") else sec.to_dict())
+        out[s] = getattr(sec, key) if key else (sec.used_settings() if hasattr(sec, "used_settings") else sec.to_dict())
     return json_safe(out)
 
 

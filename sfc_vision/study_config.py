@@ -78,7 +78,7 @@ class StudyConfig(Config):
     evaluation: EvalConfig = setting(EvalConfig(), "held-out images for the SAE measurements and the MIS")
     gate: GateConfig = setting(GateConfig(), "the floors an SAE must meet on held-out images to count as trained")
     attribution: AttributionConfig = setting(AttributionConfig(), "indirect effects of nodes (SAE features, errors, neurons)")
-    circuit: CircuitConfig = setting(CircuitConfig(select="top_k", top_k=10), "circuit selection, faithfulness and completeness")
+    circuit: CircuitConfig = setting(CircuitConfig(), "circuit selection, faithfulness and completeness")
     mis: MISConfig = setting(MISConfig(), "machine interpretability score of SAE features and neurons")
     execution: ExecutionConfig = setting(ExecutionConfig(), "where and how the run executes (no result depends on it)")
 

@@ -31,7 +31,7 @@ TINY = {
     "sae": {"expansion": 2, "steps": 200, "batch_size": 256, "lr_warmup": 0.0, "checkpoints": 2, "init_sample": 2000},
     "evaluation": {"n_images": 100},
     "attribution": {"n_images": 50, "n_reference": 50},
-    "circuit": {"n_eval": 50, "curve_points": 3, "n_random": 1},
+    "circuit": {"select": "top_k", "top_k": 10, "n_eval": 50, "curve_points": 3, "n_random": 1},
     "mis": {"n_tasks": 4, "n_refs": 3},
     "execution": {"device": "cpu"},
 }
