@@ -87,6 +87,7 @@ CLASSES = [("n01440764", "tench"), ("n01530575", "brambling"), ("n01614925", "ba
 # Flamingo has more images than the others, so the counts of images a stage used tell which class they were of.
 FLAMINGO_TRAIN, FLAMINGO_VAL, OTHER_TRAIN, OTHER_VAL = 5, 3, 3, 1
 N_VAL = FLAMINGO_VAL + (len(CLASSES) - 1) * OTHER_VAL
+TINY_TRAIN, TINY_VAL = 4, 2  # Tiny-ImageNet: per class
 
 
 def class_image(k: int, i: int, side: int, rng: np.random.Generator) -> np.ndarray:
@@ -122,9 +123,9 @@ def tinyimagenet_folder(root, side: int = 64):
     ann = []
     for k, (wnid, _) in enumerate(CLASSES):
         (root / "train" / wnid / "images").mkdir(parents=True)
-        for i in range(OTHER_TRAIN + 1):
+        for i in range(TINY_TRAIN):
             Image.fromarray(class_image(k, i, side, rng)).save(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG")
-        for i in range(OTHER_VAL):
+        for i in range(TINY_VAL):
             name = f"val_{k}_{i}.JPEG"
             Image.fromarray(class_image(k, 10 + i, side, rng)).save(root / "val" / "images" / name)
             ann.append(f"{name}\t{wnid}\t0\t0\t{side - 1}\t{side - 1}\n")
@@ -170,7 +171,7 @@ def random_googlenet_state(folder) -> dict:
 def run_preset(preset: str, settings: list[str], runs, env=None):
     "`sfc-vision run configs/PRESET --set …` to completion; the run's folder and metrics."
     args = [x for s in settings for x in ("--set", s)]
-    r = run_cli("run", CONFIGS / preset, "--runs", runs, *args, env=env, timeout=1800)
+    r = run_cli("run", CONFIGS / preset, "--runs", runs, *args, env={"OMP_NUM_THREADS": "2", **(env or {})}, timeout=1800)
     assert r.returncode == 0, r.stderr[-5000:]
     cfg = load_config(CONFIGS / preset, settings)
     folder = run_folder(runs, run_name(cfg))
@@ -228,7 +229,7 @@ def test_googlenet_preset_nine_mixed_layers_flamingo_circuit(tmp_path):
     from sfc_vision.circuits import Circuit
     circuit = Circuit.load(folder / "artifacts" / "circuit" / "circuit.safetensors")
     sites = [GOOGLENET_ALIASES[layer] for layer in MIXED]
-    assert circuit.sites == sites
+    assert circuit.sites == sites and circuit.meta["target_class"] == cfg.circuit.target_class
     assert set(circuit.edges) == set(zip(sites, sites[1:]))  # edges between consecutive mixed layers, all eight pairs
     assert c["edges"] == sum(int((w != 0).sum()) for w in circuit.edges.values()) > 0
 
@@ -240,9 +241,9 @@ def test_tinyimagenet_resnet18_preset_trained_here(tmp_path):
     cfg, folder, m = run_preset("tinyimagenet_resnet18.yaml", settings, tmp_path / "runs")
     layers = ["layer1", "layer2", "layer3", "layer4"]
     assert list(cfg.capture.layers) == layers and cfg.circuit.target_class is None
-    figures = check_complete(folder, m, layers, len(CLASSES) * OTHER_VAL)
+    figures = check_complete(folder, m, layers, len(CLASSES) * TINY_VAL)
     assert "model_training" in figures and m["model"]["trained"] and m["model"]["epochs"] == 1
     for layer in layers:
-        assert m["activations"][layer]["n_vectors"] == 4 * m["activations"][layer]["n_images"] == 4 * 40
+        assert m["activations"][layer]["n_vectors"] == 4 * m["activations"][layer]["n_images"] == 4 * len(CLASSES) * TINY_TRAIN
     assert m["attribution"]["target_class"] is None and m["attribution"]["n_images"] == 10
     assert list(m["circuit"]["nodes_per_layer"]) == layers
