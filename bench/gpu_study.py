@@ -128,6 +128,11 @@ def random_googlenet_state(root: Path, device: torch.device, per_class: int) -> 
     return {k: v.cpu() for k, v in net.state_dict().items()}
 
 
+def rate(x: float) -> str:
+    "A rate with three significant digits below 100, whole numbers (with thousands separators) above."
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
 def stage_counts(study, name: str, summary: dict) -> tuple[int, str]:
     "How many images stage `name` went through, and what is counted."
     cfg = study.cfg
@@ -187,7 +192,7 @@ def run_study(workdir: Path, tiny: bool) -> list[tuple]:
         wall = time.perf_counter() - t
         n, what = stage_counts(study, name, record["summary"])
         rows.append((name, wall, n, n / wall, what))
-        print(f"[{name}] {wall:.1f} s, {n:,} images, {n / wall:,.1f} images/s ({what})", flush=True)
+        print(f"[{name}] {wall:.1f} s, {n:,} images, {rate(n / wall)} images/s ({what})", flush=True)
     s = study.records
     print(f"model accuracy {s['model']['summary']['accuracy']:.3f}; circuit {s['circuit']['summary']['nodes']} nodes, "
           f"{s['circuit']['summary']['edges']} edges, faithfulness {s['circuit']['summary']['faithfulness']:.3f} on "
@@ -215,8 +220,8 @@ def main():
     card = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.tiny else "CPU"
     print(f"\n{time.strftime('%Y-%m-%d')}, {card}, torch {torch.__version__}: configs/imagenet_googlenet.yaml, random weights\n")
     print("| stage | wall (s) | images | images/s | counted |\n|---|---|---|---|---|")
-    for name, wall, n, rate, what in rows:
-        print(f"| {name} | {wall:.1f} | {n:,} | {rate:,.1f} | {what} |")
+    for name, wall, n, per_s, what in rows:
+        print(f"| {name} | {wall:.1f} | {n:,} | {rate(per_s)} | {what} |")
     print(f"\ntotal {time.perf_counter() - start:.0f} s", flush=True)
 
 
