@@ -4,7 +4,8 @@ trained here), each on a generated folder of JPEGs in its dataset's layout, thro
 
 Only sizes shrink, and only through `--set` (the lists below): the presets' own layers, position sampling,
 pretrained-weights path (a randomly initialised torchvision GoogLeNet saved where torchvision keeps its
-ImageNet weights), class-restricted circuit and figures are what runs."""
+ImageNet weights), class-restricted circuit and figures are what runs. Each run takes about three minutes of
+CPU time (most of it the 224-pixel GoogLeNet forward passes of the SAE evaluation), hence `slow`."""
 import numpy as np
 import pytest
 import torch
@@ -230,6 +231,7 @@ def test_googlenet_preset_nine_mixed_layers_flamingo_circuit(tmp_path):
     circuit = Circuit.load(folder / "artifacts" / "circuit" / "circuit.safetensors")
     sites = [GOOGLENET_ALIASES[layer] for layer in MIXED]
     assert circuit.sites == sites and circuit.meta["target_class"] == cfg.circuit.target_class
+    assert circuit.meta["n_images"] == circuit.meta["n_edge_images"] == FLAMINGO_TRAIN
     assert set(circuit.edges) == set(zip(sites, sites[1:]))  # edges between consecutive mixed layers, all eight pairs
     assert c["edges"] == sum(int((w != 0).sum()) for w in circuit.edges.values()) > 0
 
