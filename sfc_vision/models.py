@@ -58,6 +58,7 @@ class ModelSpec:
     doc: str
     aliases: dict | None = None
     pretrained: tuple[str, str] | None = None  # (torchvision weights enum, member) of the ImageNet weights
+    pretrained_scaling: tuple | None = None  # (mean, std) those weights expect, where not ImageNet's
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -94,10 +95,10 @@ class ModelConfig(Config):
             check_range("num_classes", self.num_classes, lo=2)
 
 
-def register_model(name: str, layers: Callable, doc: str, aliases=None, pretrained=None):
+def register_model(name: str, layers: Callable, doc: str, aliases=None, pretrained=None, pretrained_scaling=None):
     "Decorator: register `build(cfg, in_channels, image_size, num_classes) -> nn.Module` under `name`."
     def deco(build):
-        MODELS[name] = ModelSpec(build, layers, doc, aliases, pretrained)
+        MODELS[name] = ModelSpec(build, layers, doc, aliases, pretrained, pretrained_scaling)
         return build
     return deco
 
@@ -192,15 +193,17 @@ def _googlenet_layers(cfg):
             "inception5a", "inception5b", "avgpool", "fc"]
 
 
+# torchvision's GoogLeNet weights were trained on inputs scaled to [-1, 1]: its `transform_input` maps
+# ImageNet-normalised inputs there. The wrapper normalises to [-1, 1] directly instead, so the scaling lives
+# in its `mean`/`std` buffers, which every checkpoint saves and restores.
 @register_model("googlenet", _googlenet_layers, "torchvision GoogLeNet (InceptionV1); mixed3a…mixed5b are aliases",
-                aliases=GOOGLENET_ALIASES, pretrained=("GoogLeNet_Weights", "IMAGENET1K_V1"))
+                aliases=GOOGLENET_ALIASES, pretrained=("GoogLeNet_Weights", "IMAGENET1K_V1"),
+                pretrained_scaling=((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
 def _build_googlenet(cfg, in_channels, image_size, num_classes):
     from torchvision.models import googlenet
     if in_channels != 3:
         raise ConfigError(f"googlenet takes RGB images (3 channels), the data has {in_channels}")
-    # torchvision's ImageNet weights were trained with its own input scaling (transform_input)
-    return googlenet(weights=None, num_classes=num_classes, aux_logits=False, init_weights=True,
-                     transform_input=cfg.weights == "default")
+    return googlenet(weights=None, num_classes=num_classes, aux_logits=False, init_weights=True, transform_input=False)
 
 # %% ../nbs/03_models.ipynb #9632917e
 def pretrained_path(arch: str) -> Path:
@@ -257,10 +260,16 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes
 
 
 def load_weights(model: VisionModel, state: dict[str, torch.Tensor]) -> None:
-    "Load a state dict of the wrapper (`net.…`, `mean`, `std`) or of the bare network; refuse mismatches clearly."
+    """Load a state dict of the wrapper (`net.…`, `mean`, `std`) or of the bare network; refuse mismatches clearly.
+
+    A bare network's state dict is taken to be in torchvision's format: its auxiliary heads are dropped and the
+    inputs are scaled as torchvision's ImageNet weights of the arch expect (`ModelSpec.pretrained_scaling`)."""
     if not any(k.startswith("net.") for k in state):
         state = {k: v for k, v in state.items() if not k.startswith("aux")}  # torchvision's auxiliary heads
         target = model.net
+        if (scaling := MODELS[model.arch].pretrained_scaling) is not None:
+            model.mean.copy_(torch.tensor(scaling[0]).view_as(model.mean))
+            model.std.copy_(torch.tensor(scaling[1]).view_as(model.std))
     else:
         target = model
     try:
