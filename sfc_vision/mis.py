@@ -279,7 +279,7 @@ def _build_dreamsim(cfg, model, device, batch_size):
     return Backbone("dreamsim", _batched(lambda x: net.embed(_rgb(x, 224)), batch_size, device), identity, True,
                     "DreamSim backbone (as in Zimmermann et al. 2024)")
 
-# %% ../nbs/11b_mis.ipynb #51c768a2
+# %% ../nbs/11b_mis.ipynb #d42ecd55
 GRADIENT_SIZE, GRADIENT_BINS, GRADIENT_GRIDS, GRADIENT_COLOUR_WEIGHT = 32, 8, (1, 2, 4), 0.25
 
 
