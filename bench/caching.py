@@ -23,7 +23,7 @@ def run(quick: bool = False) -> list[Row]:
     data = load_data(DataConfig(limit_train=1000 if quick else 4000))
     torch.manual_seed(0)
     model = build_model(ModelConfig(), data.image_shape, data.num_classes)
-    cfg = CaptureConfig(device="cpu")
+    cfg = CaptureConfig()
     tmp = Path(tempfile.mkdtemp())
     with torch.inference_mode(), read_layers(model, list(cfg.layers)) as acts:  # the bytes the cache writes
         model(data.train.images([0]))

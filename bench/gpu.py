@@ -165,15 +165,15 @@ class Bench:
         s, model = self.s, self.model
         images = TensorImageSet(torch.randint(0, 256, (s["cache"], 3, s["side"], s["side"]), dtype=torch.uint8),
                                 torch.zeros(s["cache"], dtype=torch.long), [str(i) for i in range(s["classes"])])
-        cfg = CaptureConfig(layers=self.sites, device=str(self.device), batch_size=s["fwd"])
+        cfg = CaptureConfig(layers=self.sites)
 
         def ours():  # float32 forward: the cache has no autocast option, so the reference has none either
-            cache_activations(model, images, cfg, tmp / "cache", progress=False)
+            cache_activations(model, images, cfg, tmp / "cache", progress=False, device=str(self.device), batch_size=s["fwd"])
             shutil.rmtree(tmp / "cache")
 
         def forward():
             with torch.inference_mode():
-                for x, _, _ in images.batches(cfg.batch_size, shuffle=True, seed=0):
+                for x, _, _ in images.batches(s["fwd"], shuffle=True, seed=0):
                     model(x.to(self.device))
 
         self._rate("activation caching (float32 forward, fp16 to disk)",
@@ -198,14 +198,14 @@ class Bench:
             vectors = InMemoryVectors(x.to(torch.float16))
             del x
             n, d = vectors.n_vectors, vectors.d
-            cfg = SAEConfig(expansion=8, batch_size=4096, epochs=s["sae_epochs"],
+            cfg = SAEConfig(expansion=8, batch_size=4096, steps=max(2, s["sae_epochs"] * n // 4096), checkpoints=1,
                             precision="bfloat16" if self.device.type == "cuda" else "float32",
-                            lr_warmup_steps=min(10, n // 4096 // 2), init_sample=min(65536, n), device=str(self.device))
+                            lr_warmup=0.05, init_sample=min(65536, n))
             runs = iter(range(10**6))
 
             def ours():
                 out = tmp / f"sae_{next(runs)}"
-                train_saes(vectors, [cfg], [out], progress=False, log_every=100)
+                train_saes(vectors, [cfg], [out], progress=False, log_every=100, device=str(self.device))
                 shutil.rmtree(out)
 
             class Cache:  # the minimal loop's view of the same vectors

@@ -35,13 +35,11 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 PRESET = REPO / "configs" / "imagenet_googlenet.yaml"
-DEVICE_KEYS = ("train.device", "capture.device", "sae.device", "evaluation.device", "attribution.device", "mis.device",
-               "mis.backbone.device")
 # The CPU smoke run's sizes (those of tests/test_presets.py): everything else is the preset's.
-TINY_SET = ["capture.positions_per_image=4", "sae.expansion=1", "sae.epochs=1", "sae.batch_size=64",
-            "sae.lr_warmup_steps=0", "sae.init_sample=1000", "evaluation.batch_size=10", "attribution.n_reference=10",
-            "attribution.batch_size=8", "circuit.top_k=2", "circuit.curve_points=3", "circuit.n_random=1",
-            "circuit.batch_size=8", "mis.n_tasks=2", "mis.n_refs=2", "mis.batch_size=10"]
+TINY_SET = ["capture.positions_per_image=4", "sae.expansion=1", "sae.steps=20", "sae.batch_size=64", "sae.checkpoints=2",
+            "sae.lr_warmup=0", "sae.init_sample=1000", "attribution.n_reference=10", "circuit.top_k=2",
+            "circuit.curve_points=3", "circuit.n_random=1", "mis.n_tasks=2", "mis.n_refs=2",
+            "execution.batch_size=10", "execution.grad_batch_size=8"]
 
 
 def run_bench(tiny: bool) -> int:
@@ -173,10 +171,11 @@ def run_study(workdir: Path, tiny: bool) -> list[tuple]:
     torch.save(random_googlenet_state(data, device, min(n_train, 20)), weights)
     print(f"random GoogLeNet written to {weights} in {time.perf_counter() - t:.1f} s", flush=True)
 
-    from sfc_vision.runs import STAGES, Study, load_config
+    from sfc_vision.stages import STAGES, Study
+    from sfc_vision.study_config import load_config
     # the preset's class by its full name: `attribution.class_index` matches whole class names only
     settings = [f"data.root={data}", f"data.workers={min(8, os.cpu_count() or 1)}", f"circuit.target_class={flamingo}",
-                *(f"{k}={device.type}" for k in DEVICE_KEYS)]
+                f"execution.device={device.type}"]
     settings += (["run.needs_gpu=false", *TINY_SET] if tiny else ["sae.precision=bfloat16"])
     cfg = load_config(PRESET, settings)
     print("settings beyond the preset: " + " ".join(settings), flush=True)

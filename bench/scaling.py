@@ -55,18 +55,18 @@ def run(quick: bool = False) -> list[tuple]:
     rows = []
     try:
         def cache(n):
-            cache_activations(model, data.train.subset(torch.arange(n)), CaptureConfig(device="cpu"), tmp / f"c{n}",
+            cache_activations(model, data.train.subset(torch.arange(n)), CaptureConfig(), tmp / f"c{n}",
                               progress=False)
             shutil.rmtree(tmp / f"c{n}")
 
         rows += _series("activation caching (cnn, 3 sites)", "images", sizes, cache, repeats)
-        cache_activations(model, data.train, CaptureConfig(device="cpu"), tmp / "acts", progress=False)
+        cache_activations(model, data.train, CaptureConfig(), tmp / "acts", progress=False)
         pool2 = ActivationCache(tmp / "acts" / "pool2")
         per_image = pool2.n_vectors // len(data.train)
 
         def sae(n, expansion=8):
             x = pool2.load_all("cpu")[:n * per_image]
-            cfg = SAEConfig(expansion=expansion, epochs=1, batch_size=4096, lr_warmup_steps=5, device="cpu")
+            cfg = SAEConfig(expansion=expansion, steps=max(1, len(x) // 4096), batch_size=4096, lr_warmup=0.05, checkpoints=1)  # one pass
             train_saes(x, [cfg], [tmp / "sae"], progress=False, log_every=100)
             shutil.rmtree(tmp / "sae")
 
