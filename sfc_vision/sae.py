@@ -330,7 +330,7 @@ class SAEConfig(Config):
     "A sparse autoencoder for one site, and how it is trained (values in normalised units, E‖x‖² = d_in)."
     # architecture
     arch: str = "relu"                   # registered architecture: relu, gated, topk, batchtopk, jumprelu (see the table above)
-    expansion: int = 8                   # width d_sae = expansion × d_in
+    expansion: int = 4                   # width d_sae = expansion × d_in
     d_in: int | None = None              # expected input width; None takes it from the layer
     l1_coeff: float = 0.3                # relu, gated: λ, weight of ‖f‖₁; jumprelu: weight of ‖f‖₀
     k: int = 8                           # topk: active latents per vector; batchtopk: on average per vector
