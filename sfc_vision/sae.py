@@ -330,7 +330,7 @@ class SAEConfig(Config):
     "A sparse autoencoder for one site, and how it is trained (values in normalised units, E‖x‖² = d_in)."
     # architecture
     arch: str = setting("relu", "registered architecture: relu, gated, topk, batchtopk, jumprelu (see the table above)")
-    expansion: int = setting(8, "width d_sae = expansion × d_in")
+    expansion: int = setting(4, "width d_sae = expansion × d_in")
     d_in: int | None = setting(None, "expected input width; None takes it from the layer")
     l1_coeff: float = setting(0.3, "relu, gated: λ, weight of ‖f‖₁; jumprelu: weight of ‖f‖₀")
     k: int = setting(8, "topk: active latents per vector; batchtopk: on average per vector")

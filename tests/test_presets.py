@@ -12,7 +12,9 @@ import torch
 from conftest import REPO, read_json, run_cli
 
 from sfc_vision.models import GOOGLENET_ALIASES, pretrained_path
-from sfc_vision.runs import STAGES, load_config, run_folder, run_name
+from sfc_vision.cache import STAGES, run_folder, run_name
+from sfc_vision.stages import RunOutputs, Study
+from sfc_vision.study_config import load_config
 
 CONFIGS = REPO / "configs"
 MIXED = list(GOOGLENET_ALIASES)  # mixed3a … mixed5b
@@ -184,8 +186,8 @@ def check_complete(folder, metrics, layers, n_test):
         assert ev["clean_ce"] == pytest.approx(metrics["model"]["loss"], rel=1e-4)
     figures = {p.stem for p in (folder / "figures").glob("*.png")}
     want = {"ie_histograms_sae", "ie_histograms_neurons", "ie_median", "nodes_vs_threshold", "faithfulness_curves",
-            "circuit", "circuit_density", "mis_by_layer", "mis_over_epochs",
-            *(f"sae_{kind}_{layer}" for kind in ("frequency", "epochs") for layer in layers)}
+            "circuit", "circuit_density", "mis_by_layer", "mis_over_epochs", "sae_over_training",
+            *(f"sae_{kind}_{layer}" for kind in ("frequency", "training") for layer in layers)}
     assert want <= figures, sorted(want - figures)
     return figures
 
@@ -215,8 +217,7 @@ def test_googlenet_preset_nine_mixed_layers_flamingo_circuit(tmp_path):
     c = m["circuit"]
     assert list(c["nodes_per_layer"]) == MIXED and c["nodes"] == 2 * len(MIXED)
 
-    from sfc_vision.circuits import Circuit
-    circuit = Circuit.load(folder / "artifacts" / "circuit" / "circuit.safetensors")
+    circuit = RunOutputs(Study(cfg, tmp_path / "runs", progress=False)).circuit()
     sites = [GOOGLENET_ALIASES[layer] for layer in MIXED]
     assert circuit.sites == sites and circuit.meta["target_class"] == cfg.circuit.target_class
     assert circuit.meta["n_images"] == circuit.meta["n_edge_images"] == FLAMINGO_TRAIN
