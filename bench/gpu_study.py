@@ -173,8 +173,7 @@ def run_study(workdir: Path, tiny: bool) -> list[tuple]:
 
     from sfc_vision.stages import STAGES, Study
     from sfc_vision.study_config import load_config
-    # the preset's class by its full name: `attribution.class_index` matches whole class names only
-    settings = [f"data.root={data}", f"data.workers={min(8, os.cpu_count() or 1)}", f"circuit.target_class={flamingo}",
+    settings = [f"data.root={data}", f"data.workers={min(8, os.cpu_count() or 1)}",
                 f"execution.device={device.type}"]
     settings += (["run.needs_gpu=false", *TINY_SET] if tiny else ["sae.precision=bfloat16"])
     cfg = load_config(PRESET, settings)

@@ -18,33 +18,22 @@ from tqdm import tqdm
 
 from .activations import from_vectors, read_layers, replace_layers, to_vectors
 from .artifacts import ArtifactError, load_tensors, save_tensors
-from .config import Config, ConfigError, check_choice, check_range
-from .data import ImageSet
+from .config import Config, ConfigError, check_choice, check_range, setting
+from .data import ImageSet, class_index
 from .models import VisionModel, resolve_device
 from .sae import Dictionary, IdentityDictionary, load_sae
 
 # %% auto #0
-__all__ = ['METRICS', 'ERROR_METHODS', 'ESTIMATORS', 'class_index', 'Metric', 'check_metric', 'make_metric', 'AttributionConfig',
-           'Patch', 'SiteTrace', 'check_dictionary_meta', 'eval_mode', 'Splice', 'load_splice', 'mean_patches',
-           'zero_patches', 'make_patches', 'check_patches', 'save_patches', 'load_patches', 'atp_batch', 'ig_batch',
-           'ig_error_batch', 'exact_batch', 'Estimator', 'estimate', 'NodeEffects', 'node_effects', 'consecutive_pairs',
-           'edge_effects']
+__all__ = ['METRICS', 'ERROR_METHODS', 'ESTIMATORS', 'Metric', 'check_metric', 'make_metric', 'AttributionConfig', 'Patch',
+           'SiteTrace', 'check_dictionary_meta', 'eval_mode', 'Splice', 'load_splice', 'mean_patches', 'zero_patches',
+           'make_patches', 'check_patches', 'save_patches', 'load_patches', 'atp_batch', 'ig_batch', 'ig_error_batch',
+           'exact_batch', 'Estimator', 'estimate', 'NodeEffects', 'node_effects', 'consecutive_pairs', 'edge_effects']
 
 # %% ../nbs/09_attribution.ipynb #c4baa20d
 METRICS = {"ce": "cross-entropy of the true class (the thesis's metric)",
            "logit": "logit of the target class",
            "logprob": "log-probability of the target class",
            "logit_diff": "logit of the target class minus the logit of the baseline class"}
-
-
-def class_index(class_names: list[str], cls: str | int, key: str = "class") -> int:
-    "Index of class `cls` (a name in `class_names`, or an index); unknown classes fail, listing the valid ones."
-    if isinstance(cls, str) and cls in class_names:
-        return class_names.index(cls)
-    if isinstance(cls, int) and not isinstance(cls, bool) and 0 <= cls < len(class_names):
-        return cls
-    shown = ", ".join(class_names[:20]) + (f", … ({len(class_names)} in all)" if len(class_names) > 20 else "")
-    raise ConfigError(f"{key}: unknown class {cls!r}; valid classes: {shown} (or an index 0…{len(class_names) - 1})")
 
 
 @dataclass(frozen=True)
@@ -93,15 +82,15 @@ ERROR_METHODS = {"ig": "integrated gradients of each site's error node alone: it
 @dataclass(frozen=True)
 class AttributionConfig(Config):
     "How indirect effects of nodes and edges are measured."
-    metric: str = "ce"                       # ce (the thesis's), logit, logprob or logit_diff (see METRICS)
-    target: str | int | None = None          # logit/logprob/logit_diff: class name or index; None: each image's own class
-    baseline: str | int | None = None        # logit_diff: the class whose logit is subtracted
-    method: Literal["atp", "ig", "exact"] = "atp"  # node estimator, see ESTIMATORS (edges always use gradients)
-    error_method: Literal["ig", "same"] = "ig"  # error nodes: integrated gradients of each alone, or as `method` (see node_effects)
-    ig_steps: int = 10                       # ig: points on the path from the activation to the patch
-    patch: Literal["mean", "zero"] = "mean"  # what ablated nodes become: mean over reference images (per position) or zero
-    n_reference: int = 1000                  # training images the mean patch is taken over
-    n_images: int = 1000                     # training images whose effects are averaged to find circuits
+    metric: str = setting("ce", "ce (the thesis's), logit, logprob or logit_diff (see METRICS)")
+    target: str | int | None = setting(None, "logit/logprob/logit_diff: class name or index; None: each image's own class")
+    baseline: str | int | None = setting(None, "logit_diff: the class whose logit is subtracted")
+    method: Literal["atp", "ig", "exact"] = setting("atp", "node estimator, see ESTIMATORS (edges always use gradients)")
+    error_method: Literal["ig", "same"] = setting("ig", "error nodes: integrated gradients of each alone, or as `method` (see node_effects)")
+    ig_steps: int = setting(10, "ig: points on the path from the activation to the patch")
+    patch: Literal["mean", "zero"] = setting("mean", "what ablated nodes become: mean over reference images (per position) or zero")
+    n_reference: int = setting(1000, "training images the mean patch is taken over")
+    n_images: int = setting(1000, "training images whose effects are averaged to find circuits")
 
     def validate(self):
         check_metric(self.metric, self.target, self.baseline)

@@ -16,10 +16,10 @@ import torch
 from tqdm import tqdm
 
 from .artifacts import ArtifactError, load_tensors, save_tensors
-from .attribution import (Metric, NodeEffects, Patch, Splice, check_patches, class_index, edge_effects,
+from .attribution import (Metric, NodeEffects, Patch, Splice, check_patches, edge_effects,
                                     node_effects)
-from .config import Config, ConfigError, check_choice, check_range
-from .data import ImageSet
+from .config import Config, ConfigError, check_choice, check_range, setting
+from .data import ImageSet, class_index
 
 # %% auto #0
 __all__ = ['ERRORS', 'SELECTIONS', 'CircuitConfig', 'select_nodes', 'images_of_class', 'Circuit', 'find_circuit',
@@ -40,18 +40,18 @@ SELECTIONS = {"faithfulness": "the smallest circuit along the threshold curve wh
 @dataclass(frozen=True)
 class CircuitConfig(Config):
     "How circuits are selected, checked and drawn."
-    select: Literal["faithfulness", "threshold", "top_k"] = "faithfulness"  # see SELECTIONS
-    target_faithfulness: float = 0.9     # select faithfulness: F the circuit must reach on the images it is found on
-    node_threshold: float = 0.01         # select threshold: |IE| in metric units (nats for ce), one value for all sites
-    top_k: int = 10                      # select top_k: nodes kept per site
-    edge_threshold: float = 0.0          # edges with |weight| below this are dropped
-    draw_edge_fraction: float = 0.05     # drawing: only edges with |weight| ≥ this fraction of the largest are drawn
-    target_class: str | int | None = None  # find the circuit on the images of this class (name or index); None: all classes
-    errors: Literal["circuit", "always", "never"] = "circuit"  # error nodes in faithfulness: see ERRORS
-    n_eval: int = 500                    # held-out (test) images faithfulness is measured on
-    curve_points: int = 12               # circuit sizes on the faithfulness curve (geometric from 1 node to all)
-    n_random: int = 3                    # random circuits per size (same number of nodes per site)
-    seed: int = 0                        # random circuits
+    select: Literal["faithfulness", "threshold", "top_k"] = setting("faithfulness", "see SELECTIONS")
+    target_faithfulness: float = setting(0.9, "select faithfulness: F the circuit must reach on the images it is found on")
+    node_threshold: float = setting(0.01, "select threshold: |IE| in metric units (nats for ce), one value for all sites")
+    top_k: int = setting(10, "select top_k: nodes kept per site")
+    edge_threshold: float = setting(0.0, "edges with |weight| below this are dropped")
+    draw_edge_fraction: float = setting(0.05, "drawing: only edges with |weight| ≥ this fraction of the largest are drawn")
+    target_class: str | int | None = setting(None, "find the circuit on the images of this class (name or index); None: all classes")
+    errors: Literal["circuit", "always", "never"] = setting("circuit", "error nodes in faithfulness: see ERRORS")
+    n_eval: int = setting(500, "held-out (test) images faithfulness is measured on")
+    curve_points: int = setting(12, "circuit sizes on the faithfulness curve (geometric from 1 node to all)")
+    n_random: int = setting(3, "random circuits per size (same number of nodes per site)")
+    seed: int = setting(0, "random circuits")
 
     def validate(self):
         check_range("target_faithfulness", self.target_faithfulness, lo=0, lo_open=True)

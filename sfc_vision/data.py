@@ -18,7 +18,7 @@ from .config import Config, ConfigError, check_choice, check_range, setting
 # %% auto #0
 __all__ = ['DATASETS', 'MNIST_CLASSES', 'IMAGE_EXTENSIONS', 'SHAPES', 'COLOURS', 'ImageSet', 'TensorImageSet', 'stratified_split',
            'stratified_subset', 'DataNotFoundError', 'DatasetSpec', 'register_dataset', 'DataConfig', 'ImageData',
-           'load_data', 'FolderImageSet', 'shape_masks', 'render_shapes', 'shape_attributes']
+           'load_data', 'class_index', 'FolderImageSet', 'shape_masks', 'render_shapes', 'shape_attributes']
 
 # %% ../nbs/02_data.ipynb #c0461e0e
 class ImageSet:
@@ -174,7 +174,7 @@ def load_data(cfg: DataConfig) -> ImageData:
     train, test = DATASETS[cfg.name].loader(cfg)
     names = train.class_names
     if cfg.classes:
-        wanted = [_class_index(names, c) for c in cfg.classes]
+        wanted = [class_index(names, c) for c in cfg.classes]
         keep = lambda s: s.subset(torch.nonzero(torch.isin(s.labels, torch.tensor(wanted))).flatten())
         train, test = keep(train), keep(test)
     if cfg.limit_train is not None:
@@ -184,12 +184,17 @@ def load_data(cfg: DataConfig) -> ImageData:
     return ImageData(cfg.name, train, test, names)
 
 
-def _class_index(names: list[str], wanted: str) -> int:
-    for i, n in enumerate(names):
-        if wanted == n or wanted in [part.strip() for part in n.split(",")]:
-            return i
-    shown = ", ".join(names[:20]) + (f", … ({len(names)} in all)" if len(names) > 20 else "")
-    raise ConfigError(f"classes: unknown class {wanted!r}; valid classes: {shown}")
+def class_index(class_names: list[str], cls: str | int, key: str = "classes") -> int:
+    """Index of class `cls`: its name, one of the comma-separated names of an entry (ImageFolder names
+    ImageNet's classes "n02007558, flamingo"), or an index; an unknown class fails, listing the valid ones."""
+    if isinstance(cls, int) and not isinstance(cls, bool) and 0 <= cls < len(class_names):
+        return cls
+    if isinstance(cls, str):
+        for i, n in enumerate(class_names):
+            if cls == n or cls in [part.strip() for part in n.split(",")]:
+                return i
+    shown = ", ".join(class_names[:20]) + (f", … ({len(class_names)} in all)" if len(class_names) > 20 else "")
+    raise ConfigError(f"{key}: unknown class {cls!r}; valid classes: {shown} (or an index 0…{len(class_names) - 1})")
 
 # %% ../nbs/02_data.ipynb #cf82e7fe
 MNIST_CLASSES = [str(d) for d in range(10)]
@@ -321,7 +326,7 @@ def _load_imagefolder(cfg: DataConfig):
                                 f"(ImageNet or Tiny-ImageNet layout)")
     wnids = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     names = _class_names(root, wnids)
-    wanted = set(range(len(wnids))) if not cfg.classes else {_class_index(names, c) for c in cfg.classes}
+    wanted = set(range(len(wnids))) if not cfg.classes else {class_index(names, c) for c in cfg.classes}
     paths, labels = [], []
     for i in sorted(wanted):
         found = _images_under(train_dir / wnids[i])

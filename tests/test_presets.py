@@ -35,8 +35,6 @@ GOOGLENET_SET = [
     "circuit.top_k=2",
     "circuit.curve_points=3",
     "circuit.n_random=1",
-    # today `attribution.class_index` matches whole class names only, and ImageNet's are "<wnid>, <name>"
-    "circuit.target_class=n02007558, flamingo",
     "mis.n_tasks=2",
     "mis.n_refs=2",
     "sae.checkpoints=2",
