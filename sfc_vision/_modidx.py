@@ -404,7 +404,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'sfc_vision.models.save_model': ('models.html#save_model', 'sfc_vision/models.py')},
             'sfc_vision.runs': { 'sfc_vision.runs.DataFacts': ('runs.html#datafacts', 'sfc_vision/runs.py'),
                                  'sfc_vision.runs.RequirementError': ('runs.html#requirementerror', 'sfc_vision/runs.py'),
-                                 'sfc_vision.runs._alive': ('runs.html#_alive', 'sfc_vision/runs.py'),
                                  'sfc_vision.runs._data_problems': ('runs.html#_data_problems', 'sfc_vision/runs.py'),
                                  'sfc_vision.runs._device_problem': ('runs.html#_device_problem', 'sfc_vision/runs.py'),
                                  'sfc_vision.runs._files': ('runs.html#_files', 'sfc_vision/runs.py'),

@@ -29,7 +29,7 @@ from . import stages  # importing it registers the study's stages
 from .study_config import StudyConfig, load_config
 
 # %% auto #0
-__all__ = ['STUDY_NOTEBOOKS', 'RequirementError', 'DataFacts', 'data_facts', 'layer_widths', 'check_requirements',
+__all__ = ['STUDY_NOTEBOOKS', 'RUN_LOCK', 'RequirementError', 'DataFacts', 'data_facts', 'layer_widths', 'check_requirements',
            'notebooks_dir', 'study_notebooks', 'notebook_kernel', 'error_text', 'run_status', 'run_study',
            'run_config_file']
 
@@ -238,23 +238,27 @@ def error_text(e: Exception) -> str:
     return (f"{e.ename}: {e.evalue}" if isinstance(e, pm.PapermillExecutionError) else f"{type(e).__name__}: {e}").strip()
 
 
+RUN_LOCK = ".run.lock"  # held by the process running a run folder, from before its status says "running" to its end
+
+
 def run_status(run_dir: str | os.PathLike) -> str:
-    "`complete`, `failed`, `running`, `interrupted` (its process is gone) or `missing`."
+    """`complete`, `failed`, `running`, `interrupted` (it says running, but no process holds its lock) or `missing`.
+
+    The operating system releases a lock when its process ends, however it ends (`kill -9`, a lost node on a
+    filesystem with working locks), so a run left behind is told from one under way without trusting a pid."""
     run_dir = Path(run_dir)
     if not (run_dir / "status.json").exists():
         return "missing"
     st = read_json(run_dir / "status.json")
-    if st["status"] == "running" and st.get("host") == socket.gethostname() and not _alive(st.get("pid")):
+    if st["status"] == "running":
+        lock = FileLock(str(run_dir / RUN_LOCK))
+        try:
+            lock.acquire(timeout=0)
+        except (Timeout, OSError):  # OSError: a folder this process cannot lock in; it cannot tell
+            return "running"
+        lock.release()
         return "interrupted"
     return st["status"]
-
-
-def _alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, TypeError, ValueError):
-        return False
-    return True
 
 
 def _files(run_dir: Path) -> dict[Path, tuple]:
@@ -280,7 +284,7 @@ def run_study(cfg: StudyConfig, runs_root: str | os.PathLike = "runs", force=(),
     check_requirements(cfg)
     study = Study(cfg, writable_folder(runs_root), force, force_since, progress=False)  # validates `force`, writes config.yaml
     run_dir = study.run_dir
-    lock = FileLock(str(run_dir / ".run.lock"))
+    lock = FileLock(str(run_dir / RUN_LOCK))
     try:
         lock.acquire(timeout=0)
     except Timeout:
