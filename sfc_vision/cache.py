@@ -238,7 +238,9 @@ def record_digest(record: dict) -> str:
 def verify_entry(folder: str | os.PathLike, record: dict, hashes: bool = True) -> str | None:
     "Why committed entry `folder` differs from what its `record` says (its digest, then each file's size, and hash): None if it does not."
     folder = Path(folder)
-    if record.get("digest") != record_digest(record):
+    if "digest" not in record:
+        return f"unverifiable: {MARKER} records no checksums (an earlier version of sfc_vision wrote it)"
+    if record["digest"] != record_digest(record):
         return f"corrupt: {MARKER} changed since it was written (its content no longer matches its digest)"
     for rel, f in record["files"].items():
         p = folder / rel
@@ -291,7 +293,7 @@ def ensure(self: Study, name: str) -> dict:
         with FileLock(str(folder.with_name(folder.name + ".lock"))):
             record, reason = self.cached(name, upstream)  # another process may have computed it meanwhile
             if record is None:
-                if reason.startswith("corrupt"):
+                if reason.startswith(("corrupt", "unverifiable")):
                     print(f"{name}: recomputing {folder}: {reason}", file=sys.stderr, flush=True)
                 record = self._compute(STAGES[name], upstream, reason)
     self.records[name], self.reasons[name] = record, reason

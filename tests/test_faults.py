@@ -147,7 +147,7 @@ def test_a_file_damaged_after_its_check_is_refused_with_the_command_that_fixes_i
 # runs through the command line: two at once, a damaged entry, a failed rerun
 
 
-RUN_CONFIG = tiny_config(run={"name": "faults_run", "stages": ["saes"]})  # study notebook 1 only
+RUN_CONFIG = tiny_config(run={"name": "faults_run", "stages": ["model"]})  # the classifier of study notebook 1 only
 
 
 def _wait_for(predicate, proc, timeout=300, what="condition"):
@@ -197,15 +197,12 @@ def copy_run(run, tmp_path) -> Path:
 def test_a_run_over_a_damaged_entry_recomputes_it_says_so_and_matches(complete_run, tmp_path, cli):
     runs = copy_run(complete_run, tmp_path)
     cfg = StudyConfig.from_dict(RUN_CONFIG)
-    target = next(p for p in files(entry(runs, "saes", cfg)) if p.name.startswith("epoch_"))
-    flip(target)
+    target = flip(entry(runs, "model", cfg) / "model.safetensors")
     r = cli("run", complete_run.cfg_file, "--runs", runs)
     assert r.returncode == 0, r.stderr
-    rel = target.relative_to(entry(runs, "saes", cfg)).as_posix()
-    assert f"recomputed saes (corrupt: {rel} changed since it was written (its SHA-256 differs))" in r.stdout, r.stdout
+    assert "recomputed model (corrupt: model.safetensors changed since it was written (its SHA-256 differs))" in r.stdout, r.stdout
     metrics = read_json(runs / complete_run.folder.name / "metrics.json")
-    assert {s: v["reason"].split(":")[0] for s, v in metrics["stages"].items()} == {
-        "model": "cached", "activations": "cached", "saes": "corrupt"}
+    assert {s: v["reason"].split(":")[0] for s, v in metrics["stages"].items()} == {"model": "corrupt"}
     assert comparable_metrics(metrics) == comparable_metrics(complete_run.metrics)
 
 
@@ -264,13 +261,13 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes through /proc")
 def test_a_killed_sweep_takes_its_workers_along_and_a_rerun_finishes_its_runs(tmp_path, cli):
-    base = write_yaml(tmp_path / "base.yaml", tiny_config(run={"stages": ["saes"]}, sae={"epochs": 3}))
+    base = write_yaml(tmp_path / "base.yaml", tiny_config(run={"stages": ["model"]}, train={"epochs": 3}))
     sweep = write_yaml(tmp_path / "kill.yaml", {"name": "kill", "base": base.name, "grid": {"sae.l1_coeff": [0.1, 0.3]},
                                                 "executor": {"kind": "local", "workers": 2}})
     runs = tmp_path / "runs"
     proc = subprocess.Popen(cli_command() + ["sweep", str(sweep), "--runs", str(runs)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={"OMP_NUM_THREADS": "1", **os.environ}, cwd=REPO)
-    _wait_for(lambda: any((runs / "_cache" / "saes").glob("*/pool2/epoch_001.json")), proc, what="an SAE epoch")
+    _wait_for(lambda: any((runs / "_cache" / "model").glob("*/checkpoints/optim_001.json")), proc, what="a training epoch")
     below = _descendants(proc.pid)
     assert below  # the workers (and their kernels)
     os.kill(proc.pid, signal.SIGKILL)  # the sweep only: its workers must follow by themselves
@@ -288,8 +285,8 @@ def test_a_killed_sweep_takes_its_workers_along_and_a_rerun_finishes_its_runs(tm
     assert "0 complete already, 2 to run" in r.stdout
     summary = read_json(runs / "_sweeps" / "kill" / "summary.json")
     assert summary["counts"] == {"complete": 2}
-    reasons = [read_json(runs / n / "metrics.json")["stages"]["saes"]["reason"] for n in names]
-    assert "incomplete" in reasons  # the killed SAE training resumed
+    reasons = sorted(read_json(runs / n / "metrics.json")["stages"]["model"]["reason"] for n in names)
+    assert reasons == ["cached", "incomplete"]  # the killed training resumed (by one run; the other reused it)
     for n in names:  # each log keeps the killed attempt's output, then the rerun's
         log = (runs / "_sweeps" / "kill" / "logs" / f"{n}.log").read_text()
         assert log.count("starts this run") == 2, log
