@@ -48,7 +48,9 @@ def safe_label(text: str, max_len: int = 60) -> str:
     s = re.sub(r"\.{2,}", ".", s)
     s = re.sub(r"^[^A-Za-z0-9]+", "", s)[:max_len].rstrip("._=+-") or "run"
     stem, dot, rest = s.partition(".")
-    return f"{stem}_{dot}{rest}" if stem.upper() in WINDOWS_RESERVED else s  # CON, NUL.txt, … are device names on Windows
+    if stem.upper() in WINDOWS_RESERVED:  # CON, NUL.txt, … are device names on Windows
+        s = f"{stem}_{dot}{rest}"[:max_len].rstrip("._=+-")
+    return s
 
 
 def run_name(cfg: StudyConfig) -> str:
@@ -344,17 +346,25 @@ def _compute(self: Study, st: Stage, upstream: dict, reason: str) -> dict:
 
 # %% ../nbs/12a_cache.ipynb #ed824871
 @patch
+def attempt(self: Study) -> float | None:
+    "The `run_study` attempt this study is part of (its `force_since`, which status.json records), or None when used directly."
+    status = self.run_dir / "status.json"
+    return self.force_since if status.exists() and read_json(status).get("attempt") == self.force_since else None
+
+
+@patch
 def _note(self: Study, name: str, record: dict, reason: str, elapsed: float):
     "Record in the run folder which cache entry the run used and how; refresh metrics.json."
     folder, note_path = self.stage_dir(name), self.run_dir / "stages" / f"{name}.json"
+    attempt = self.attempt()
     if reason == "cached" and note_path.exists():
         note = read_json(note_path)
-        if (note.get("generation"), note.get("attempt")) == (record["generation"], self.force_since):
+        if (note.get("generation"), note.get("attempt")) == (record["generation"], attempt):
             return  # a later notebook of this attempt reusing what an earlier one noted: keep how it was obtained
     rel = os.path.relpath(folder, self.run_dir)
     write_json(note_path, {"key": record["key"], "generation": record["generation"], "cached": reason == "cached",
                            "reason": reason, "wall_s": record["wall_s"], "elapsed_s": elapsed, "path": rel,
-                           "summary": record["summary"], "attempt": self.force_since})
+                           "summary": record["summary"], "attempt": attempt})
     link = self.run_dir / "artifacts" / name
     link.parent.mkdir(exist_ok=True)
     try:

@@ -301,7 +301,7 @@ def _run_study(study: Study, log) -> dict:
     cfg, run_dir, log, told = study.cfg, study.run_dir, log or (lambda msg: None), set()
     earlier = _files(run_dir)  # an earlier attempt's notebooks and figures stay until this one completes
     status = {"status": "running", "error": None, "failed_notebook": None, "started_at": utc_now(), "finished_at": None,
-              "wall_s": None, "notebooks": {}, "host": socket.gethostname(), "pid": os.getpid()}
+              "wall_s": None, "notebooks": {}, "host": socket.gethostname(), "pid": os.getpid(), "attempt": study.force_since}
     write_json(run_dir / "status.json", status)
     start = time.time()
     params = {"config": cfg.to_dict(), "runs_root": str(study.runs_root), "force": sorted(study.force),

@@ -107,11 +107,8 @@ def sweep_runs(sweep: SweepConfig, base: dict | None = None, where: str = "") ->
     grid = sweep.grid or {}
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else []
     points += list(sweep.points or [])
-    if not points:
-        raise ConfigError(f"{where}grid, points: the sweep has no point; give a grid or points "
-                          f"(one configuration runs with `sfc-vision run`)")
     out, seen, runs = [], set(), {}
-    for point in points:
+    for point in points or [{}]:  # neither grid nor points: the base with the overrides, once
         settings = {**(sweep.overrides or {}), **point}
         settings.setdefault("run.name", point_label(sweep.name, point))
         try:

@@ -355,7 +355,6 @@ SWEEPS = [  # (sweep file, what the message says)
     ("grid: {}", "grid: expected a non-empty mapping"),
     ("points: []", "points: expected a non-empty list"),
     ("", "the sweep file is empty"),
-    ("name: x", "grid, points: the sweep has no point"),
     ("grid: {sae.l1_coeff: [0.1}", "s.yaml, line 1, column 26"),
     ("name: a\nname: b\ngrid: {sae.l1_coeff: [0.1]}", "s.yaml, line 2, column 1: duplicate key 'name'"),
     ("base: bad_base.yaml\ngrid: {sae.l1_coeff: [0.1]}", "bad_base.yaml, line 1, column 15: expected ',' or ']'"),
@@ -363,7 +362,7 @@ SWEEPS = [  # (sweep file, what the message says)
 ]
 
 
-@pytest.mark.parametrize("text,message", SWEEPS, ids=["equal-values", "empty-grid", "empty-points", "empty-file", "no-point",
+@pytest.mark.parametrize("text,message", SWEEPS, ids=["equal-values", "empty-grid", "empty-points", "empty-file",
                                                       "syntax", "duplicate", "bad-base", "reserved-name"])
 def test_a_malformed_sweep_is_refused(tmp_path, text, message):
     (tmp_path / "bad_base.yaml").write_text("model: {fc: [1}\n")
