@@ -49,7 +49,7 @@ def safe_label(text: str, max_len: int = 60) -> str:
     s = re.sub(r"^[^A-Za-z0-9]+", "", s)[:max_len].rstrip("._=+-") or "run"
     stem, dot, rest = s.partition(".")
     if stem.upper() in WINDOWS_RESERVED:  # CON, NUL.txt, … are device names on Windows
-        s = f"{stem}_{dot}{rest}"[:max_len].rstrip("._=+-")
+        s = f"{stem}_" + f"{dot}{rest}"[:max_len - len(stem) - 1].rstrip("._=+-")
     return s
 
 
