@@ -324,7 +324,7 @@ def _compute(self: Study, st: Stage, upstream: dict, reason: str) -> dict:
         if not in_place:
             shutil.rmtree(work, ignore_errors=True)
         bad = [u for u in st.upstream if str(self.stage_dir(u)) in str(e)]
-        raise ArtifactError(f"{e}\nfix: {self.fix_command(bad[0] if bad else st.name)}") from None
+        raise ArtifactError(f"{e}; fix: {self.fix_command(bad[0] if bad else st.name)}") from None  # one line: a run's error
     except BaseException:
         if not in_place:
             shutil.rmtree(work, ignore_errors=True)
