@@ -127,7 +127,9 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     if digest != record.get("sha256"):
         raise ArtifactError(
             f"{path} is truncated or corrupted: its SHA-256 {digest[:12]}… differs from the "
-            f"{str(record.get('sha256'))[:12]}… recorded in {meta_path(path).name}; delete it and recompute")
+            f"{str(record.get('sha256'))[:12]}… recorded in {meta_path(path).name}. Recompute what wrote it: in a study, "
+            f"`sfc-vision run <config> --force <stage>` (the stage whose cache folder holds it), or remove that whole "
+            f"folder and run again; deleting the file alone does not recompute it")
     try:
         tensors = load_file(str(path), device=str(device))
     except SafetensorError as e:

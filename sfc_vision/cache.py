@@ -9,6 +9,9 @@ import os
 import re
 import shutil
 import socket
+import sys
+import tempfile
+import torch
 import time
 import unicodedata
 import uuid
@@ -21,15 +24,17 @@ import torch
 from fastcore.basics import patch
 from filelock import FileLock
 
-from .artifacts import ArtifactError, json_safe, read_json, save_figure, show_figure, write_json, write_text
+from .artifacts import (ArtifactError, json_safe, read_json, save_figure, sha256_file, show_figure, write_json,
+                                  write_text)
 from .config import ConfigError, check_choice, digest
 from .data import ImageData, load_data
 from .study_config import StudyConfig
 
 # %% auto #0
-__all__ = ['RUN_NAME_RE', 'WINDOWS_RESERVED', 'STAGES', 'MARKER', 'METRICS_SCHEMA', 'safe_label', 'run_name', 'run_folder',
-           'Stage', 'register_stage', 'stage_settings', 'stage_key', 'stage_closure', 'utc_now', 'StageContext',
-           'Study', 'write_metrics', 'comparable_metrics']
+__all__ = ['RUN_NAME_RE', 'WINDOWS_RESERVED', 'STAGES', 'MARKER', 'METRICS_SCHEMA', 'safe_label', 'run_name', 'writable_folder',
+           'run_folder', 'Stage', 'register_stage', 'stage_settings', 'stage_key', 'stage_closure', 'utc_now',
+           'StageContext', 'Study', 'file_records', 'record_digest', 'verify_entry', 'write_metrics',
+           'comparable_metrics']
 
 # %% ../nbs/12a_cache.ipynb #fd460cec
 RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,119}")
@@ -42,12 +47,29 @@ def safe_label(text: str, max_len: int = 60) -> str:
     s = re.sub(r"[^A-Za-z0-9._=+-]+", "_", s)
     s = re.sub(r"\.{2,}", ".", s)
     s = re.sub(r"^[^A-Za-z0-9]+", "", s)[:max_len].rstrip("._=+-") or "run"
-    return s + "_" if s.split(".")[0].upper() in WINDOWS_RESERVED else s  # CON, NUL, … are device names on Windows
+    stem, dot, rest = s.partition(".")
+    if stem.upper() in WINDOWS_RESERVED:  # CON, NUL.txt, … are device names on Windows
+        s = f"{stem}_" + f"{dot}{rest}"[:max_len - len(stem) - 1].rstrip("._=+-")
+    return s
 
 
 def run_name(cfg: StudyConfig) -> str:
     "The run folder name of `cfg`: its safe label, a dash, and 10 hex digits of its hash."
     return f"{safe_label(cfg.run.name)}-{digest(cfg.to_dict())[:10]}"
+
+
+def writable_folder(path: str | os.PathLike, what: str = "--runs") -> Path:
+    "`path` (resolved) if it is, or can be created as, a folder this process can write to; else `ConfigError` naming it."
+    path = Path(path).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path}: is a file, not a folder; give a folder for the run folders and the stage cache")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    try:  # a real write (not os.access): read-only filesystems and ACLs answer truthfully only to one
+        shutil.rmtree(tempfile.mkdtemp(prefix=".write-test-", dir=existing))
+    except OSError as e:
+        raise ConfigError(f"{what} {path}: cannot write in {existing} ({e.strerror}); give a folder you can write to, "
+                          f"e.g. {what} ~/sfc_runs") from None
+    return path
 
 
 def run_folder(runs_root: str | os.PathLike, name: str) -> Path:
@@ -200,6 +222,40 @@ class Study:
         return self._data
 
 # %% ../nbs/12a_cache.ipynb #6397faa3
+_VERIFIED: set[tuple[str, str]] = set()  # (folder, generation) of entries whose file hashes this process has checked
+
+
+def file_records(folder: str | os.PathLike) -> dict[str, dict]:
+    "Size and SHA-256 of every file under `folder` but its stage record, by path relative to `folder`."
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p != folder / MARKER}
+
+
+def record_digest(record: dict) -> str:
+    "The digest of a stage record's content (everything but the digest itself)."
+    return digest({k: v for k, v in record.items() if k != "digest"})
+
+
+def verify_entry(folder: str | os.PathLike, record: dict, hashes: bool = True) -> str | None:
+    "Why committed entry `folder` differs from what its `record` says (its digest, then each file's size, and hash): None if it does not."
+    folder = Path(folder)
+    if "digest" not in record:
+        return f"unverifiable: {MARKER} records no checksums (an earlier version of sfc_vision wrote it)"
+    if record["digest"] != record_digest(record):
+        return f"corrupt: {MARKER} changed since it was written (its content no longer matches its digest)"
+    for rel, f in record["files"].items():
+        p = folder / rel
+        if not p.is_file():
+            return f"corrupt: {rel} is missing"
+        if p.stat().st_size != f["size"]:
+            return f"corrupt: {rel} changed since it was written ({p.stat().st_size} bytes, {f['size']} written)"
+    for rel, f in record["files"].items() if hashes else ():
+        if sha256_file(folder / rel) != f["sha256"]:
+            return f"corrupt: {rel} changed since it was written (its SHA-256 differs)"
+    return None
+
+
 @patch
 def cached(self: Study, name: str, upstream: dict | None = None) -> tuple[dict | None, str]:
     "`(record, 'cached')` if stage `name`'s cache entry can be reused, else `(None, why not)`."
@@ -210,12 +266,17 @@ def cached(self: Study, name: str, upstream: dict | None = None) -> tuple[dict |
         record = read_json(folder / MARKER)
     except ArtifactError:
         return None, "incomplete"
-    if name in self.force and record["finished_at"] < self.force_since:
+    if name in self.force and record.get("finished_at", 0) < self.force_since:
         return None, "forced"
     upstream = {u: self.ensure(u) for u in STAGES[name].upstream} if upstream is None else upstream
     for u, r in upstream.items():
-        if record["upstream"].get(u, {}).get("generation") != r["generation"]:
+        if record.get("upstream", {}).get(u, {}).get("generation") != r["generation"]:
             return None, f"stale: {u} was recomputed"
+    seen = (str(folder), record.get("generation"))
+    problem = verify_entry(folder, record, hashes=seen not in _VERIFIED)
+    if problem:
+        return None, problem
+    _VERIFIED.add(seen)
     return record, "cached"
 
 # %% ../nbs/12a_cache.ipynb #07aceca7
@@ -234,6 +295,8 @@ def ensure(self: Study, name: str) -> dict:
         with FileLock(str(folder.with_name(folder.name + ".lock"))):
             record, reason = self.cached(name, upstream)  # another process may have computed it meanwhile
             if record is None:
+                if reason.startswith(("corrupt", "unverifiable")):
+                    print(f"{name}: recomputing {folder}: {reason}", file=sys.stderr, flush=True)
                 record = self._compute(STAGES[name], upstream, reason)
     self.records[name], self.reasons[name] = record, reason
     self._note(name, record, reason, time.time() - start)
@@ -241,32 +304,67 @@ def ensure(self: Study, name: str) -> dict:
 
 
 @patch
+def fix_command(self: Study, name: str) -> str:
+    "The command that recomputes stage `name` of this run (and what depends on it)."
+    return f"sfc-vision run {self.run_dir / 'config.yaml'} --runs {self.runs_root} --force {name}"
+
+
+@patch
 def _compute(self: Study, st: Stage, upstream: dict, reason: str) -> dict:
     folder = self.stage_dir(st.name)
-    if folder.exists() and not (st.resumable and reason == "incomplete"):
-        (folder / MARKER).unlink(missing_ok=True)  # untrust first, then delete
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    for left in folder.parent.glob(f".tmp-{folder.name}-*"):  # a killed recomputation's (the lock is ours)
+        shutil.rmtree(left, ignore_errors=True)
+    in_place = st.resumable and not (folder / MARKER).exists()  # resume a killed computation from its checkpoints
+    work = folder if in_place else Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+    work.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    summary = json_safe(st.fn(StageContext(self, st, folder, upstream)))  # strict JSON: NaN → null
+    try:
+        summary = json_safe(st.fn(StageContext(self, st, work, upstream)))  # strict JSON: NaN → null
+    except ArtifactError as e:  # an upstream file went bad after it was checked: say how to recompute it
+        if not in_place:
+            shutil.rmtree(work, ignore_errors=True)
+        bad = [u for u in st.upstream if str(self.stage_dir(u)) in str(e)]
+        raise ArtifactError(f"{e}; fix: {self.fix_command(bad[0] if bad else st.name)}") from None  # one line: a run's error
+    except BaseException:
+        if not in_place:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     record = {"stage": st.name, "key": folder.name, "version": st.version, "settings": stage_settings(self.cfg, st.name),
               "upstream": {u: {"key": r["key"], "generation": r["generation"]} for u, r in upstream.items()},
               "generation": uuid.uuid4().hex, "summary": summary, "wall_s": time.time() - start,
-              "finished_at": time.time(), "host": socket.gethostname()}
-    write_json(folder / MARKER, record)  # the commit marker, last
+              "finished_at": time.time(), "host": socket.gethostname(), "files": file_records(work)}
+    record["digest"] = record_digest(record)
+    write_json(work / MARKER, record)  # the commit marker, last
+    if not in_place:  # swap the new entry in; the old one (if any) goes only now
+        old = folder.with_name(f".old-{folder.name}-{uuid.uuid4().hex[:8]}")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(work, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    _VERIFIED.add((str(folder), record["generation"]))
     return record
 
 # %% ../nbs/12a_cache.ipynb #ed824871
 @patch
+def attempt(self: Study) -> float | None:
+    "The `run_study` attempt this study is part of (its `force_since`, which status.json records), or None when used directly."
+    status = self.run_dir / "status.json"
+    return self.force_since if status.exists() and read_json(status).get("attempt") == self.force_since else None
+
+
+@patch
 def _note(self: Study, name: str, record: dict, reason: str, elapsed: float):
     "Record in the run folder which cache entry the run used and how; refresh metrics.json."
     folder, note_path = self.stage_dir(name), self.run_dir / "stages" / f"{name}.json"
-    if reason == "cached" and note_path.exists() and read_json(note_path).get("generation") == record["generation"]:
-        return  # a later notebook of this run reusing what an earlier one noted: keep how it was obtained
+    attempt = self.attempt()
+    if reason == "cached" and note_path.exists():
+        note = read_json(note_path)
+        if (note.get("generation"), note.get("attempt")) == (record["generation"], attempt):
+            return  # a later notebook of this attempt reusing what an earlier one noted: keep how it was obtained
     rel = os.path.relpath(folder, self.run_dir)
     write_json(note_path, {"key": record["key"], "generation": record["generation"], "cached": reason == "cached",
                            "reason": reason, "wall_s": record["wall_s"], "elapsed_s": elapsed, "path": rel,
-                           "summary": record["summary"]})
+                           "summary": record["summary"], "attempt": attempt})
     link = self.run_dir / "artifacts" / name
     link.parent.mkdir(exist_ok=True)
     try:

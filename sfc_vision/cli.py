@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from .artifacts import ArtifactError
 from .config import ConfigError
@@ -41,9 +42,9 @@ def _cmd_run(args) -> int:
 
 def _cmd_sweep(args) -> int:
     executor = None
-    if args.executor or args.workers:
+    if args.executor or args.workers is not None:
         sweep, _ = load_sweep(args.sweep)
-        changes = {k: v for k, v in (("kind", args.executor), ("workers", args.workers)) if v}
+        changes = {k: v for k, v in (("kind", args.executor), ("workers", args.workers)) if v is not None}
         executor = ExecutorConfig.from_dict({**sweep.executor.to_dict(), **changes})
     summary = run_sweep(args.sweep, _runs_root(args), args.force or (), executor, wait=not args.no_wait,
                         log=lambda msg: print(msg, flush=True))
@@ -63,7 +64,11 @@ def _cmd_figures(args) -> int:
 
 
 def _cmd_status(args) -> int:
-    st = study_status(_runs_root(args))
+    root = Path(_runs_root(args)).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"--runs {root}: {'is a file, not a folder' if root.exists() else 'no such folder'}; "
+                          f"give the folder your runs went to (sfc-vision run … --runs DIR)")
+    st = study_status(root)
     print(json.dumps(st, indent=2) if args.json else format_status(st))
     return 0
 

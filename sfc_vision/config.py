@@ -8,15 +8,19 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 # %% auto #0
-__all__ = ['ConfigError', 'check_choice', 'check_range', 'setting', 'digest', 'Config', 'apply_overrides']
+__all__ = ['ConfigError', 'check_choice', 'check_range', 'setting', 'digest', 'parse_yaml', 'read_yaml', 'Config',
+           'apply_overrides']
 
 # %% ../nbs/00_config.ipynb #cf8bd94c
 class ConfigError(ValueError):
@@ -121,6 +125,68 @@ def digest(obj) -> str:
     "SHA-256 hex digest of JSON-able `obj` in canonical form (sorted keys, compact separators)."
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
+# %% ../nbs/00_config.ipynb #3b78d1fa
+class _Loader(yaml.SafeLoader):
+    "PyYAML's safe loader, refusing duplicate keys and reading `1e-3` as a number (YAML 1.2)."
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line)
+            except TypeError:  # an unhashable key: the base class names it
+                continue
+            if first != key_node.start_mark.line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {first + 1}); give each key once", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                              list("-+0123456789."))
+
+
+def parse_yaml(text: str, where: str):
+    "The plain data in YAML `text`; any error raises `ConfigError` naming `where`, the line and column, and the problem."
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        problem = e.problem or e.context or "not valid YAML"
+        if "could not determine a constructor" in problem:
+            problem = (f"{problem.replace('could not determine a constructor for the tag', 'tag')} is not allowed: "
+                       f"only plain YAML is read (mappings, lists, numbers, strings, true/false, null)")
+        lines = text.splitlines()
+        if mark is not None and mark.line < len(lines) and "\t" in lines[mark.line]:
+            problem += "; a tab is on this line: indent with spaces (YAML does not allow tabs)"
+        where = where if mark is None else f"{where}, line {mark.line + 1}, column {mark.column + 1}"
+        raise ConfigError(f"{where}: {problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {e}") from None
+
+
+def read_yaml(path: str | os.PathLike):
+    "The plain data in YAML file `path`; a missing, unreadable, binary or malformed file raises `ConfigError` naming it."
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a YAML file")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+        bad = text.find("\0")
+    except UnicodeDecodeError as e:
+        bad = e.start
+    if bad >= 0:
+        raise ConfigError(f"{path}: not a text file (byte {bad} is {data[bad:bad + 1]!r}); "
+                          f"expected a YAML configuration (UTF-8 text)")
+    return parse_yaml(text, str(path))
+
 # %% ../nbs/00_config.ipynb #e22b8f70
 @dataclass(frozen=True)
 class Config:
@@ -165,9 +231,9 @@ class Config:
         return {f.name: plain(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
-    def from_yaml_text(cls, text: str, prefix: str = "") -> Config:
-        "Parse YAML text (a mapping) into this config."
-        return cls.from_dict(yaml.safe_load(text), prefix)
+    def from_yaml_text(cls, text: str, prefix: str = "", where: str = "YAML text") -> Config:
+        "Parse YAML text (a mapping) into this config; a YAML error names `where` and the line."
+        return cls.from_dict(parse_yaml(text, where), prefix)
 
     def to_yaml(self) -> str:
         "YAML text that `from_yaml_text` turns back into an equal config."
@@ -207,4 +273,4 @@ def _split_assignment(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r}: expected key=value, e.g. sae.l1_coeff=1e-3")
-    return key.strip(), yaml.safe_load(value)
+    return key.strip(), parse_yaml(value, f"--set {text}")

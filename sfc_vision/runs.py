@@ -8,69 +8,167 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 
+from .activations import read_layers
 from .artifacts import read_json, write_json
-from .cache import STAGES, Study, stage_closure, utc_now, write_metrics
+from .attribution import class_index
+from .cache import STAGES, Study, stage_closure, utc_now, writable_folder, write_metrics
+from .config import ConfigError
 from .data import DATASETS, DataConfig, DataNotFoundError, load_data
-from .models import pretrained_path
+from .models import build_model, pretrained_path
 from . import stages  # importing it registers the study's stages
-from .study_config import StudyConfig
+from .study_config import StudyConfig, load_config
 
 # %% auto #0
-__all__ = ['STUDY_NOTEBOOKS', 'RequirementError', 'check_requirements', 'notebooks_dir', 'study_notebooks', 'notebook_kernel',
-           'error_text', 'run_status', 'run_study', 'run_config_file']
+__all__ = ['STUDY_NOTEBOOKS', 'RUN_LOCK', 'RequirementError', 'DataFacts', 'data_facts', 'layer_widths', 'check_requirements',
+           'notebooks_dir', 'study_notebooks', 'notebook_kernel', 'error_text', 'run_status', 'run_study',
+           'run_config_file']
 
 # %% ../nbs/12c_runs.ipynb #19ec93c4
 class RequirementError(RuntimeError):
     "A configuration needs something this machine lacks (data, weights, a GPU); the message lists all of it."
 
 
-_DATA_FOUND: set[str] = set()  # data configs found complete by this process
+@dataclass
+class DataFacts:
+    "What the checks before a run need to know of a dataset: its class names, image shape and labels."
+    class_names: list[str]
+    image_shape: tuple[int, int, int] | None  # None: no training image
+    train_labels: torch.Tensor
+    test_labels: torch.Tensor
 
 
-def _torchvision_data_problem(d: DataConfig) -> str | None:
-    "Why the torchvision dataset `d` cannot be read (its loader's own message), or None; a set found once is not re-read."
-    if d.hash() in _DATA_FOUND:
+_DATA_FACTS: dict[str, DataFacts] = {}  # data config hash -> facts, found once per process
+
+
+def data_facts(d: DataConfig) -> DataFacts | None:
+    "Class names, image shape and labels of the dataset `d` (loaded once per process); None for `imagefolder` (not listed up front)."
+    if d.name == "imagefolder":
         return None
-    try:
-        load_data(d)
-    except DataNotFoundError as e:
-        return str(e)
-    _DATA_FOUND.add(d.hash())
+    if d.hash() not in _DATA_FACTS:
+        data = load_data(d)
+        shape = data.image_shape if len(data.train) else None
+        _DATA_FACTS[d.hash()] = DataFacts(list(data.class_names), shape, data.train.labels.clone(), data.test.labels.clone())
+    return _DATA_FACTS[d.hash()]
+
+
+def _imagefolder_classes(root: Path) -> list[str] | None:
+    "The class names of an imagefolder dataset when they are its train/ folder names (no names file beside them), else None."
+    names = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    if any((root / f).exists() for f in ("words.txt", "LOC_synset_mapping.txt")) or len(names) == 1000:
+        return None  # the loader names the classes from a names file: checked when it loads
+    return names
+
+
+def layer_widths(cfg: StudyConfig, image_shape: tuple[int, int, int], num_classes: int) -> dict[str, int]:
+    "Channels (vector width) of each captured layer: one forward pass of the untrained model on a blank image."
+    model = build_model(cfg.model.replace(weights="none"), image_shape, num_classes).eval()
+    with torch.no_grad(), read_layers(model, list(cfg.capture.layers)) as acts:
+        model(torch.zeros(1, *image_shape))
+    return {layer: acts[layer].shape[1] for layer in cfg.capture.layers}
+
+
+def _data_problems(cfg: StudyConfig, facts: DataFacts | None, names: list[str] | None) -> list[str]:
+    "What in `cfg` does not fit the dataset: classes, subset sizes, SAE width, MIS images."
+    problems, d, want = [], cfg.data, set(stage_closure(cfg.run.stages or list(STAGES)))
+    if names is not None:
+        kept = [class_index(names, c, key="data.classes") for c in d.classes] if d.classes else list(range(len(names)))
+        if cfg.circuit.target_class is not None and want & {"attribution", "circuit"}:
+            t = class_index(names, cfg.circuit.target_class, key="circuit.target_class")
+            if t not in kept:
+                problems.append(f"circuit.target_class: {cfg.circuit.target_class!r} is not among data.classes "
+                                f"({', '.join(map(str, d.classes))}): add it there or choose one of them")
+        if want & {"attribution", "circuit"}:
+            try:
+                cfg.attribution.metric_fn(names)
+            except ConfigError as e:
+                problems.append(f"attribution.{e}")
+    if facts is None:
+        return problems
+    k = len(set(d.classes)) or len(names)
+    for key, labels in (("limit_train", facts.train_labels), ("limit_test", facts.test_labels)):
+        if getattr(d, key) is not None and len(labels.unique()) < k:
+            problems.append(f"data.{key}: {getattr(d, key)} keeps {len(labels)} images, of {len(labels.unique())} of the "
+                            f"{k} classes (a stratified subset rounds each class down); valid: ≥ {k}, more for a useful run")
+    if facts.image_shape is None:
+        return problems
+    if "saes" in want and cfg.sae.arch in ("topk", "batchtopk"):
+        widths = {layer: c * cfg.sae.expansion for layer, c in layer_widths(cfg, facts.image_shape, len(names)).items()}
+        narrow = min(widths, key=widths.get)
+        if cfg.sae.k > widths[narrow]:
+            problems.append(f"sae.k: {cfg.sae.k} active latents is above the SAE width of layer {narrow} "
+                            f"({widths[narrow] // cfg.sae.expansion} channels × expansion {cfg.sae.expansion} = {widths[narrow]}); "
+                            f"valid: 1 … {widths[narrow]}, or raise sae.expansion")
+    if "mis" in want:
+        n_eval = min(cfg.evaluation.n_images or len(facts.test_labels), len(facts.test_labels))
+        try:
+            cfg.mis.check_fits(n_eval)
+        except ConfigError as e:
+            problems.append(f"mis.{e} (evaluation: {n_eval} test images)")
+    return problems
+
+
+def _device_problem(device: str, gpu: bool | None) -> str | None:
+    "Why `execution.device` cannot be used here (`gpu`: None looks at this machine; True: the job will have one)."
+    if not device.startswith("cuda") or gpu is True:
+        return None
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n == 0:
+        return f"execution.device: {device} needs a CUDA device and none is visible here; use auto or cpu"
+    if ":" in device and int(device.split(":")[1]) >= n:
+        return (f"execution.device: {device} does not exist here: this machine has {n} CUDA device(s); "
+                f"valid: auto, cpu, cuda, cuda:0 … cuda:{n - 1}")
     return None
 
 
 def check_requirements(cfg: StudyConfig, gpu: bool | None = None) -> None:
-    "Raise `RequirementError` listing everything `cfg` needs that is missing; `gpu` (None: look) says whether CUDA is there."
+    """Raise `RequirementError` listing everything `cfg` needs that is missing or that does not fit its dataset;
+    `gpu` (None: look) says whether CUDA is there."""
     problems = []
-    d = cfg.data
-    if DATASETS[d.name].needs_root:
+    d, facts, names = cfg.data, None, None
+    if DATASETS[d.name].needs_root and not Path(d.root).expanduser().is_dir():
+        problems.append(f"data.root: {Path(d.root).expanduser()} does not exist; dataset {d.name!r} is read from there "
+                        f"(set data.root, e.g. --set data.root=/path/to/data)")
+    elif d.name == "imagefolder":
         root = Path(d.root).expanduser()
-        if not root.is_dir():
-            problems.append(f"data.root: {root} does not exist; dataset {d.name!r} is read from there "
-                            f"(set data.root, e.g. --set data.root=/path/to/data)")
-        elif d.name == "imagefolder" and not (root / "train").is_dir():
+        if not (root / "train").is_dir():
             problems.append(f"data.root: {root} has no train/ folder; imagefolder expects {root}/train/<class>/<images> "
                             f"(ImageNet or Tiny-ImageNet layout)")
-        elif d.name != "imagefolder" and not d.download and (problem := _torchvision_data_problem(d)):
-            problems.append(f"data.root: {problem}")
+        else:
+            names = _imagefolder_classes(root)
+    elif not d.download or not DATASETS[d.name].needs_root:
+        try:
+            facts = data_facts(d)
+            names = facts.class_names
+        except DataNotFoundError as e:
+            problems.append(f"data.root: {e}")
+        except ConfigError as e:
+            problems.append(f"data.{e}")
+    try:
+        problems += _data_problems(cfg, facts, names)
+    except ConfigError as e:
+        problems.append(str(e))
     w = cfg.model.weights
     if w == "default" and not pretrained_path(cfg.model.arch).exists():
         problems.append(f"model.weights: the {cfg.model.arch} ImageNet weights are not at {pretrained_path(cfg.model.arch)} "
                         f"(torchvision's cache; TORCH_HOME moves it); copy the file there or set model.weights to a file")
     elif w not in ("none", "default") and not Path(w).expanduser().is_file():
         problems.append(f"model.weights: weights file {Path(w).expanduser()} does not exist")
-    if gpu is None:
-        gpu = torch.cuda.is_available()
-    if cfg.run.needs_gpu and not gpu:
+    has_gpu = torch.cuda.is_available() if gpu is None else gpu
+    if cfg.run.needs_gpu and not has_gpu:
         problems.append("run.needs_gpu: this configuration needs a CUDA GPU and none is visible here; run it on a GPU "
                         "machine or as a SLURM sweep with executor.gpus ≥ 1")
+    if problem := _device_problem(cfg.execution.device, gpu):
+        problems.append(problem)
     if problems:
         raise RequirementError(f"run {cfg.run.name!r} cannot start:\n  - " + "\n  - ".join(problems))
 
@@ -106,13 +204,16 @@ def notebook_kernel(cwd: str | os.PathLike, threads: int = 1):
 
     The notebooks of a run share the kernel — one start and one round of imports, not one per notebook —
     and its namespace is reset (`%reset -f`, figures closed) before each, so each runs as it would alone.
-    The kernel's OpenMP pools get `threads` threads (the run's `execution.threads`)."""
+    The kernel's OpenMP pools get `threads` threads (the run's `execution.threads`). On POSIX it talks over
+    local sockets (ZeroMQ's ipc transport, in a private temporary folder), not TCP: nothing listens on the
+    network, and the kernel has no reason to warn about unencrypted TCP."""
     import papermill as pm
     from jupyter_client.manager import KernelManager
-    km = KernelManager(kernel_name="python3")
+    sockets = tempfile.mkdtemp(prefix="sfc-kernel-")
+    km = KernelManager(kernel_name="python3", **({"transport": "ipc", "ip": os.path.join(sockets, "k")} if os.name == "posix" else {}))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    km.start_kernel(cwd=str(cwd), env=env)
     try:
+        km.start_kernel(cwd=str(cwd), env=env)
         def execute(nb: Path, out: Path, parameters: dict):
             kc = km.client()
             kc.start_channels()
@@ -126,7 +227,9 @@ def notebook_kernel(cwd: str | os.PathLike, threads: int = 1):
                                 progress_bar=False, cwd=str(cwd))
         yield execute
     finally:
-        km.shutdown_kernel(now=True)
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 def error_text(e: Exception) -> str:
@@ -135,35 +238,70 @@ def error_text(e: Exception) -> str:
     return (f"{e.ename}: {e.evalue}" if isinstance(e, pm.PapermillExecutionError) else f"{type(e).__name__}: {e}").strip()
 
 
+RUN_LOCK = ".run.lock"  # held by the process running a run folder, from before its status says "running" to its end
+
+
 def run_status(run_dir: str | os.PathLike) -> str:
-    "`complete`, `failed`, `running`, `interrupted` (its process is gone) or `missing`."
+    """`complete`, `failed`, `running`, `interrupted` (it says running, but no process holds its lock) or `missing`.
+
+    The operating system releases a lock when its process ends, however it ends (`kill -9`, a lost node on a
+    filesystem with working locks), so a run left behind is told from one under way without trusting a pid."""
     run_dir = Path(run_dir)
     if not (run_dir / "status.json").exists():
         return "missing"
     st = read_json(run_dir / "status.json")
-    if st["status"] == "running" and st.get("host") == socket.gethostname() and not _alive(st.get("pid")):
+    if st["status"] == "running":
+        lock = FileLock(str(run_dir / RUN_LOCK))
+        try:
+            lock.acquire(timeout=0)
+        except (Timeout, OSError):  # OSError: a folder this process cannot lock in; it cannot tell
+            return "running"
+        lock.release()
         return "interrupted"
     return st["status"]
 
 
-def _alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, TypeError, ValueError):
-        return False
-    return True
+def _files(run_dir: Path) -> dict[Path, tuple]:
+    "Identity (inode, mtime, size) of each file an attempt writes in the run folder."
+    return {p: (s.st_ino, s.st_mtime_ns, s.st_size) for sub in ("notebooks", "figures", "stages") for p in (run_dir / sub).glob("*")
+            if p.is_file() and (s := p.stat())}
+
+
+def _notices(run_dir: Path, attempt: float, told: set, log) -> None:
+    "Log, once each, the stages this attempt recomputed because their cache entry was corrupt (or could not be checked)."
+    for note_path in sorted((run_dir / "stages").glob("*.json")):
+        note = read_json(note_path)
+        if note.get("attempt") == attempt and note["reason"].startswith(("corrupt", "unverifiable")) and note_path.stem not in told:
+            told.add(note_path.stem)
+            log(f"{run_dir.name}: recomputed {note_path.stem} ({note['reason']})")
 
 
 def run_study(cfg: StudyConfig, runs_root: str | os.PathLike = "runs", force=(), force_since: float | None = None,
               log: Callable[[str], None] | None = None) -> dict:
-    "Run every selected study notebook for `cfg` into its run folder; return `metrics.json` (never raises for a failing notebook)."
+    """Run every selected study notebook for `cfg` into its run folder; return `metrics.json` (never raises for a failing notebook).
+
+    Refuses (`RequirementError`) while another process runs the same configuration."""
     check_requirements(cfg)
-    study = Study(cfg, runs_root, force, force_since, progress=False)  # validates `force`, writes config.yaml
-    run_dir, log = study.run_dir, log or (lambda msg: None)
-    for old in ("stages", "notebooks", "artifacts", "figures"):  # what an earlier attempt left
-        shutil.rmtree(run_dir / old, ignore_errors=True)
+    study = Study(cfg, writable_folder(runs_root), force, force_since, progress=False)  # validates `force`, writes config.yaml
+    run_dir = study.run_dir
+    lock = FileLock(str(run_dir / RUN_LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        st = read_json(run_dir / "status.json") if (run_dir / "status.json").exists() else {}
+        raise RequirementError(f"run {run_dir.name} is running already (process {st.get('pid')} on {st.get('host')}, "
+                               f"since {st.get('started_at')}); wait for it to end, or stop that process and run again") from None
+    try:
+        return _run_study(study, log)
+    finally:
+        lock.release()
+
+
+def _run_study(study: Study, log) -> dict:
+    cfg, run_dir, log, told = study.cfg, study.run_dir, log or (lambda msg: None), set()
+    earlier = _files(run_dir)  # an earlier attempt's notebooks and figures stay until this one completes
     status = {"status": "running", "error": None, "failed_notebook": None, "started_at": utc_now(), "finished_at": None,
-              "wall_s": None, "notebooks": {}, "host": socket.gethostname(), "pid": os.getpid()}
+              "wall_s": None, "notebooks": {}, "host": socket.gethostname(), "pid": os.getpid(), "attempt": study.force_since}
     write_json(run_dir / "status.json", status)
     start = time.time()
     params = {"config": cfg.to_dict(), "runs_root": str(study.runs_root), "force": sorted(study.force),
@@ -175,6 +313,7 @@ def run_study(cfg: StudyConfig, runs_root: str | os.PathLike = "runs", force=(),
             t = time.time()
             try:
                 execute(nb, run_dir / "notebooks" / nb.name, params)
+                _notices(run_dir, study.force_since, told, log)
             except Exception as e:  # PapermillExecutionError keeps the failed notebook; a dead kernel is reported alike
                 status.update(status="failed", error=error_text(e)[:2000], failed_notebook=f"notebooks/{nb.name}")
                 break
@@ -182,6 +321,15 @@ def run_study(cfg: StudyConfig, runs_root: str | os.PathLike = "runs", force=(),
                 status["notebooks"][nb.stem] = round(time.time() - t, 3)
         else:
             status["status"] = "complete"
+    _notices(run_dir, study.force_since, told, log)
+    if status["status"] == "complete":  # drop what only the earlier attempt wrote (no longer part of the run)
+        now = _files(run_dir)
+        for path, ident in earlier.items():
+            if now.get(path) == ident:
+                path.unlink()
+        for link in (run_dir / "artifacts").glob("*"):
+            if not (run_dir / "stages" / f"{link.name}.json").exists():
+                link.unlink()
     status.update(finished_at=utc_now(), wall_s=round(time.time() - start, 3))
     write_json(run_dir / "status.json", status)
     return write_metrics(run_dir)
@@ -189,6 +337,6 @@ def run_study(cfg: StudyConfig, runs_root: str | os.PathLike = "runs", force=(),
 # %% ../nbs/12c_runs.ipynb #ade481bb
 def run_config_file(config_path: str, runs_root: str, force=(), force_since: float | None = None) -> dict:
     "Run the study for the configuration in YAML file `config_path`; return `{run, status, error}`."
-    cfg = StudyConfig.from_yaml_text(Path(config_path).read_text())
+    cfg = load_config(config_path)
     metrics = run_study(cfg, runs_root, force, force_since, log=lambda msg: print(msg, flush=True))
     return {"run": metrics["run"]["name"], "status": metrics["run"]["status"], "error": metrics["run"]["error"]}

@@ -12,7 +12,7 @@ from typing import Literal
 
 import yaml
 
-from .config import Config, ConfigError, apply_overrides, check_range, setting
+from .config import Config, ConfigError, apply_overrides, check_range, read_yaml, setting
 from .data import DataConfig
 from .models import ModelConfig, resolve_layer
 from .train import TrainConfig
@@ -126,7 +126,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        base = yaml.safe_load(path.read_text()) or {}
+        base = read_yaml(path) or {}
         if not isinstance(base, dict):
             raise ConfigError(f"{path}: expected a mapping of sections (run, data, model, …), got {type(base).__name__}")
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,8 +20,8 @@ from typing import Any, Callable, Literal
 import yaml
 
 from .artifacts import read_json, write_json, write_text
-from .config import Config, ConfigError, apply_overrides, check_choice, check_range, digest, setting
-from .cache import MARKER, RUN_NAME_RE, STAGES, run_folder, run_name, safe_label, utc_now
+from .config import Config, ConfigError, apply_overrides, check_choice, check_range, digest, read_yaml, setting
+from .cache import MARKER, RUN_NAME_RE, STAGES, run_folder, run_name, safe_label, utc_now, writable_folder
 from .runs import check_requirements, run_config_file, run_status
 from .study_config import StudyConfig
 
@@ -67,13 +68,16 @@ class SweepConfig(Config):
         if self.overrides is not None and not _dotted_mapping(self.overrides):
             raise ConfigError(f"overrides: expected a mapping of dotted keys to values, got {self.overrides!r}")
         if self.grid is not None:
-            if not _dotted_mapping(self.grid):
-                raise ConfigError(f"grid: expected a mapping of dotted keys to lists of values, got {self.grid!r}")
+            if not _dotted_mapping(self.grid) or not self.grid:
+                raise ConfigError(f"grid: expected a non-empty mapping of dotted keys to lists of values, got {self.grid!r}")
             for k, v in self.grid.items():
                 if not isinstance(v, list) or not v:
                     raise ConfigError(f"grid.{k}: expected a non-empty list of values, got {v!r}")
-        if self.points is not None and not (isinstance(self.points, list) and all(_dotted_mapping(p) for p in self.points)):
-            raise ConfigError(f"points: expected a list of mappings of dotted keys to values, got {self.points!r}")
+                for a, b in itertools.combinations(range(len(v)), 2):
+                    if v[a] == v[b]:  # e.g. 0.1 and 1e-1: one value written twice
+                        raise ConfigError(f"grid.{k}: values {a + 1} and {b + 1} are equal ({v[a]!r} and {v[b]!r}); give each value once")
+        if self.points is not None and not (isinstance(self.points, list) and self.points and all(_dotted_mapping(p) for p in self.points)):
+            raise ConfigError(f"points: expected a non-empty list of mappings of dotted keys to values, got {self.points!r}")
 
 
 def _dotted_mapping(x) -> bool:
@@ -97,21 +101,29 @@ def point_label(sweep_name: str, point: dict) -> str:
 
 
 def sweep_runs(sweep: SweepConfig, base: dict | None = None, where: str = "") -> list[tuple[dict, StudyConfig]]:
-    "Every `(point, configuration)` of `sweep` over `base`, validated (duplicates dropped); errors name the point and key."
+    """Every `(point, configuration)` of `sweep` over `base`, validated; errors name the point and key.
+
+    A point that repeats a run is dropped; two points that give one configuration under two run names are refused."""
     grid = sweep.grid or {}
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else []
     points += list(sweep.points or [])
-    out, seen = [], set()
-    for point in points or [{}]:
+    out, seen, runs = [], set(), {}
+    for point in points or [{}]:  # neither grid nor points: the base with the overrides, once
         settings = {**(sweep.overrides or {}), **point}
         settings.setdefault("run.name", point_label(sweep.name, point))
         try:
             cfg = StudyConfig.from_dict(apply_overrides(base or {}, settings))
         except ConfigError as e:
             raise ConfigError(f"{where}point {json.dumps(point)}: {e}") from None
-        if cfg.hash() not in seen:
-            seen.add(cfg.hash())
-            out.append((point, cfg))
+        if cfg.hash() in seen:
+            continue
+        same = digest({**cfg.to_dict(), "run": {**cfg.run.to_dict(), "name": None}})  # what the results depend on and more
+        if same in runs:
+            raise ConfigError(f"{where}points {json.dumps(runs[same])} and {json.dumps(point)} give one configuration "
+                              f"(two runs would compute the same results); remove one of them")
+        seen.add(cfg.hash())
+        runs[same] = point
+        out.append((point, cfg))
     return out
 
 
@@ -120,8 +132,11 @@ def load_sweep(path: str | os.PathLike) -> tuple[SweepConfig, list[tuple[dict, S
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep file not found: {path}")
+    data = read_yaml(path)
+    if data is None:
+        raise ConfigError(f"{path}: the sweep file is empty; expected {', '.join(SweepConfig.keys())}")
     try:
-        sweep = SweepConfig.from_dict(yaml.safe_load(path.read_text()))
+        sweep = SweepConfig.from_dict(data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     base = {}
@@ -129,7 +144,9 @@ def load_sweep(path: str | os.PathLike) -> tuple[SweepConfig, list[tuple[dict, S
         base_path = path.parent / sweep.base
         if not base_path.is_file():
             raise ConfigError(f"{path}: base: config file not found: {base_path}")
-        base = yaml.safe_load(base_path.read_text()) or {}
+        base = read_yaml(base_path) or {}
+        if not isinstance(base, dict):
+            raise ConfigError(f"{base_path}: expected a mapping of sections (run, data, model, …), got {type(base).__name__}")
     return sweep, sweep_runs(sweep, base, where=f"{path}: ")
 
 # %% ../nbs/13_sweeps.ipynb #ec504ee3
@@ -143,7 +160,7 @@ def run_sweep(path: str | os.PathLike, runs_root: str | os.PathLike = "runs", fo
     force = [force] if isinstance(force, str) else list(force or [])
     for f in force:
         check_choice("force", f, ["all", *STAGES])
-    runs_root = Path(runs_root).resolve()
+    runs_root = writable_folder(runs_root)
     sweep_dir = runs_root / "_sweeps" / sweep.name
     write_text(sweep_dir / "sweep.yaml", yaml.safe_dump({**sweep.to_dict(), "executor": ex.to_dict()}, sort_keys=False))
     force_since = time.time()
@@ -151,10 +168,13 @@ def run_sweep(path: str | os.PathLike, runs_root: str | os.PathLike = "runs", fo
     for point, cfg in points:
         name = run_name(cfg)
         cfg_file = write_text(sweep_dir / "configs" / f"{name}.yaml", cfg.to_yaml())
-        todo = bool(force) or run_status(run_folder(runs_root, name)) != "complete"
+        status = run_status(run_folder(runs_root, name))  # an earlier sweep's run whose process is gone: "interrupted"
+        todo = status != "running" and (bool(force) or status != "complete")
         entries.append({"run": name, "point": point, "config": str(cfg_file), "todo": todo})
     todo = [e for e in entries if e["todo"]]
-    log(f"sweep {sweep.name}: {len(entries)} runs; {len(entries) - len(todo)} complete already, {len(todo)} to run ({ex.kind})")
+    running = [e["run"] for e in entries if run_status(run_folder(runs_root, e["run"])) == "running"]
+    log(f"sweep {sweep.name}: {len(entries)} runs; {len(entries) - len(todo) - len(running)} complete already, {len(todo)} to run "
+        f"({ex.kind})" + (f"; {len(running)} running in another process, left to it: {', '.join(running)}" if running else ""))
     started = time.time()
     if ex.kind == "local":
         _run_local(todo, runs_root, force, force_since, ex, sweep_dir, log)
@@ -165,16 +185,37 @@ def run_sweep(path: str | os.PathLike, runs_root: str | os.PathLike = "runs", fo
     return summary
 
 
+def _die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that makes a worker process die with the sweep process (Linux: `PR_SET_PDEATHSIG`), else None.
+
+    Killed however it is (`kill -9` included), the sweep takes its workers along; their notebook kernels
+    notice their parent is gone and exit too, and a rerun finds the runs "interrupted", not "running"."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    prctl, parent = ctypes.CDLL(None, use_errno=True).prctl, os.getpid()
+
+    def preexec():
+        prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the sweep died before the call
+            os._exit(1)
+    return preexec
+
+
 def _run_local(todo: list[dict], runs_root: Path, force, force_since: float, ex: ExecutorConfig, sweep_dir: Path, log):
     "Run each entry as a `run_config_file` process, `ex.workers` at a time."
     code = "import json, sys; from sfc_vision.runs import run_config_file; run_config_file(**json.loads(sys.argv[1]))"
+    preexec = _die_with_parent()
 
     def one(entry):
         log_path = sweep_dir / "logs" / f"{entry['run']}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         args = json.dumps({"config_path": entry["config"], "runs_root": str(runs_root), "force": force, "force_since": force_since})
-        with open(log_path, "w") as out:
-            entry["returncode"] = subprocess.run([sys.executable, "-c", code, args], stdout=out, stderr=subprocess.STDOUT).returncode
+        with open(log_path, "a") as out:  # appended: an earlier attempt's log stays
+            out.write(f"--- {utc_now()}: sweep process {os.getpid()} starts this run\n")
+            out.flush()
+            entry["returncode"] = subprocess.run([sys.executable, "-c", code, args], stdout=out, stderr=subprocess.STDOUT,
+                                                 preexec_fn=preexec).returncode
         entry["log"] = str(log_path)
         log(f"  {entry['run']}: {run_status(run_folder(runs_root, entry['run']))}")
 

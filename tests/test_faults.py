@@ -1,0 +1,412 @@
+"""Fault injection on the tiny study: damaged cache entries, failed and killed reruns, two runs at once, and
+malformed input. Each fault must end in a recomputation with a notice, or a refusal that names the fix
+(exit status 2 before any work), and no good result may be lost."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import REPO, cli_command, read_json, run_cli, tiny_config, write_yaml
+
+import sfc_vision.runs  # noqa: F401  (registers the stages)
+from sfc_vision.artifacts import ArtifactError, load_tensors
+from sfc_vision.cache import MARKER, STAGES, Study, comparable_metrics, run_folder, run_name, stage_key, verify_entry
+from sfc_vision.cli import main
+from sfc_vision.runs import run_status
+from sfc_vision.study_config import StudyConfig
+
+CFG = StudyConfig.from_dict(tiny_config(run={"name": "faults"}))
+
+
+def entry(root: Path, stage: str, cfg: StudyConfig = CFG) -> Path:
+    return root / "_cache" / stage / stage_key(cfg, stage)
+
+
+def flip(path: Path) -> Path:
+    "Flip one bit in the middle of `path` (same size)."
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    return path
+
+
+def truncate(path: Path) -> Path:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    return path
+
+
+def delete(path: Path) -> Path:
+    path.unlink()
+    return path
+
+
+def files(folder: Path) -> list[Path]:
+    "The files of a cache entry but its record, largest first."
+    return sorted((p for p in folder.rglob("*") if p.is_file() and p.name != MARKER), key=lambda p: -p.stat().st_size)
+
+
+# ---------------------------------------------------------------------------------------------------
+# damaged cache entries, in this process
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    "Every stage of the tiny study, computed once in this process: the good results faults must not lose."
+    root = tmp_path_factory.mktemp("cache") / "runs"
+    study = Study(CFG, root, progress=False)
+    for name in STAGES:
+        study.ensure(name)
+    return SimpleNamespace(root=root, records=dict(study.records))
+
+
+def copy_cache(cache, tmp_path) -> Path:
+    "A copy of the computed cache (new paths: this process has checked none of its hashes yet)."
+    root = tmp_path / "runs"
+    shutil.copytree(cache.root, root, symlinks=True)
+    return root
+
+
+FAULTS = [  # (stage, fault, which file): every stage, every kind of damage, the files the issue names
+    ("model", flip, "largest"),
+    ("model", truncate, "model.json"),
+    ("activations", truncate, "largest"),
+    ("saes", delete, "largest"),
+    ("saes", flip, "smallest"),
+    ("sae_eval", flip, "largest"),
+    ("attribution", flip, "largest"),
+    ("attribution", delete, "smallest"),
+    ("circuit", delete, "curves.json"),
+    ("circuit", truncate, "largest"),
+    ("mis", delete, "largest"),
+    ("mis", flip, "smallest"),
+]
+
+
+@pytest.mark.parametrize("stage,fault,which", FAULTS, ids=[f"{s}-{f.__name__}-{w}" for s, f, w in FAULTS])
+def test_a_damaged_cache_entry_is_recomputed_with_a_notice_and_the_same_result(cache, tmp_path, capfd, stage, fault, which):
+    root = copy_cache(cache, tmp_path)
+    folder = entry(root, stage)
+    candidates = files(folder)
+    target = {"largest": candidates[0], "smallest": candidates[-1]}.get(which) or folder / which
+    rel = target.relative_to(folder).as_posix()
+    upstream_records = {u: (entry(root, u) / MARKER).read_bytes() for u in STAGES[stage].upstream}
+    fault(target)
+
+    study = Study(CFG, root, progress=False)
+    record = study.ensure(stage)
+    reason = study.reasons[stage]
+    assert reason.startswith(f"corrupt: {rel} "), reason
+    assert f"{stage}: recomputing {folder}: {reason}" in capfd.readouterr().err  # the one-line notice
+    assert record["summary"] == cache.records[stage]["summary"]  # recomputed to the same result: nothing lost
+    assert verify_entry(folder, record) is None and target.exists()
+    assert all(study.reasons[u] == "cached" for u in STAGES[stage].upstream)
+    assert {u: (entry(root, u) / MARKER).read_bytes() for u in upstream_records} == upstream_records  # untouched
+    assert not [p.name for p in folder.parent.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+    assert read_json(study.run_dir / "metrics.json")["stages"][stage]["reason"] == reason
+
+
+def test_an_edited_summary_is_caught_and_never_reaches_metrics(cache, tmp_path):
+    root = copy_cache(cache, tmp_path)
+    marker = entry(root, "model") / MARKER
+    record = read_json(marker)
+    record["summary"]["accuracy"] = 0.999
+    marker.write_text(json.dumps(record))
+    study = Study(CFG, root, progress=False)
+    study.ensure("model")
+    assert study.reasons["model"] == "corrupt: stage.json changed since it was written (its content no longer matches its digest)"
+    assert read_json(study.run_dir / "metrics.json")["model"]["accuracy"] == cache.records["model"]["summary"]["accuracy"] != 0.999
+
+
+def test_a_file_damaged_after_its_check_is_refused_with_the_command_that_fixes_it_and_the_forced_entry_survives(cache, tmp_path):
+    "A forced SAE recomputation meets a truncated activation shard: it fails naming the fix; the good SAEs stay."
+    root = copy_cache(cache, tmp_path)
+    Study(CFG, root, progress=False).ensure("activations")  # checked by this process…
+    shard = next(p for p in files(entry(root, "activations")) if p.suffix == ".safetensors")
+    flip(shard)                                             # …then damaged (same size: only its hash tells)
+    saes = entry(root, "saes")
+    before = {p: p.read_bytes() for p in saes.rglob("*") if p.is_file()}
+    study = Study(CFG, root, force=["saes"], progress=False)
+    with pytest.raises(ArtifactError) as e:
+        study.ensure("saes")
+    message = str(e.value)
+    assert "is truncated or corrupted" in message and "deleting the file alone does not recompute it" in message
+    assert f"fix: sfc-vision run {study.run_dir / 'config.yaml'} --runs {root} --force activations" in message
+    assert {p: p.read_bytes() for p in saes.rglob("*") if p.is_file()} == before  # the good entry is still there
+    assert not [p for p in saes.parent.iterdir() if p.name.startswith(".tmp-")]
+    with pytest.raises(ArtifactError, match=r"--force <stage>"):
+        load_tensors(shard)
+
+
+# ---------------------------------------------------------------------------------------------------
+# runs through the command line: two at once, a damaged entry, a failed rerun
+
+
+RUN_CONFIG = tiny_config(run={"name": "faults_run", "stages": ["model"]})  # the classifier of study notebook 1 only
+
+
+def _wait_for(predicate, proc, timeout=300, what="condition"):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert proc is None or proc.poll() is None, f"the process ended before {what}"
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def complete_run(tmp_path_factory):
+    """A complete run through `sfc-vision run`; while it runs, a second `sfc-vision run` of the same
+    configuration is started and must be refused."""
+    root = tmp_path_factory.mktemp("run")
+    cfg_file = write_yaml(root / "cfg.yaml", RUN_CONFIG)
+    runs = root / "runs"
+    folder = run_folder(runs, run_name(StudyConfig.from_dict(RUN_CONFIG)))
+    proc = subprocess.Popen(cli_command() + ["run", str(cfg_file), "--runs", str(runs)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={"OMP_NUM_THREADS": "1", **os.environ}, cwd=REPO)
+    _wait_for(lambda: (folder / "status.json").exists(), proc, what="the run started")
+    second = run_cli("run", cfg_file, "--runs", runs)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    return SimpleNamespace(root=root, cfg_file=cfg_file, runs=runs, folder=folder, second=second, stdout=out, stderr=err,
+                           metrics=read_json(folder / "metrics.json"))
+
+
+def test_a_second_run_of_a_running_configuration_is_refused(complete_run):
+    r = complete_run.second
+    assert r.returncode == 2, r.stderr
+    assert f"run {complete_run.folder.name} is running already (process " in r.stderr
+    assert "wait for it to end, or stop that process and run again" in r.stderr
+    assert complete_run.metrics["run"]["status"] == "complete"  # the first was not disturbed
+
+
+def test_no_kernel_warning_about_tcp(complete_run):
+    assert "without encryption" not in complete_run.stderr + complete_run.stdout
+
+
+def copy_run(run, tmp_path) -> Path:
+    runs = tmp_path / "runs"
+    shutil.copytree(run.runs, runs, symlinks=True)
+    return runs
+
+
+def test_a_run_over_a_damaged_entry_recomputes_it_says_so_and_matches(complete_run, tmp_path, cli):
+    runs = copy_run(complete_run, tmp_path)
+    cfg = StudyConfig.from_dict(RUN_CONFIG)
+    target = flip(entry(runs, "model", cfg) / "model.safetensors")
+    r = cli("run", complete_run.cfg_file, "--runs", runs)
+    assert r.returncode == 0, r.stderr
+    assert "recomputed model (corrupt: model.safetensors changed since it was written (its SHA-256 differs))" in r.stdout, r.stdout
+    metrics = read_json(runs / complete_run.folder.name / "metrics.json")
+    assert {s: v["reason"].split(":")[0] for s, v in metrics["stages"].items()} == {"model": "corrupt"}
+    assert comparable_metrics(metrics) == comparable_metrics(complete_run.metrics)
+
+
+def test_a_failed_rerun_keeps_the_complete_runs_report(complete_run, tmp_path, cli):
+    "A rerun whose notebook fails (injected) keeps the earlier figures and stage notes; the failure is recorded."
+    runs = copy_run(complete_run, tmp_path)
+    folder = runs / complete_run.folder.name
+    nbs = tmp_path / "nbs"
+    shutil.copytree(REPO / "nbs" / "study", nbs / "study")
+    nb_path = nbs / "study" / "01_model_saes.ipynb"
+    nb = json.loads(nb_path.read_text())
+    at = next(i for i, c in enumerate(nb["cells"]) if "parameters" in c["metadata"].get("tags", [])) + 1
+    nb["cells"].insert(at, {"cell_type": "code", "execution_count": None, "id": "injected-fault", "metadata": {},
+                            "outputs": [], "source": ["raise RuntimeError('injected fault')"]})
+    nb_path.write_text(json.dumps(nb))
+    figures = {p.name: p.read_bytes() for p in (folder / "figures").iterdir()}
+    notes = {p.name: p.read_bytes() for p in (folder / "stages").iterdir()}
+    assert figures and notes
+    r = cli("run", complete_run.cfg_file, "--runs", runs, env={"SFC_VISION_NBS": str(nbs)})
+    assert r.returncode == 1
+    assert "RuntimeError: injected fault" in r.stderr
+    assert {p.name: p.read_bytes() for p in (folder / "figures").iterdir()} == figures
+    assert {p.name: p.read_bytes() for p in (folder / "stages").iterdir()} == notes
+    assert read_json(folder / "status.json")["status"] == "failed"
+    assert json.loads((folder / "notebooks" / "01_model_saes.ipynb").read_text())["metadata"]["papermill"]["exception"] is True
+
+
+# ---------------------------------------------------------------------------------------------------
+# a sweep killed while its workers train, then rerun
+
+
+def _descendants(pid: int) -> list[int]:
+    "Every process below `pid`, from /proc."
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out += children.get(p, [])
+        todo += children.get(p, [])
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited (its new parent has not reaped it yet)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes through /proc")
+def test_a_killed_sweep_takes_its_workers_along_and_a_rerun_finishes_its_runs(tmp_path, cli):
+    base = write_yaml(tmp_path / "base.yaml", tiny_config(run={"stages": ["model"]}, train={"epochs": 3}))
+    sweep = write_yaml(tmp_path / "kill.yaml", {"name": "kill", "base": base.name, "grid": {"sae.l1_coeff": [0.1, 0.3]},
+                                                "executor": {"kind": "local", "workers": 2}})
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen(cli_command() + ["sweep", str(sweep), "--runs", str(runs)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={"OMP_NUM_THREADS": "1", **os.environ}, cwd=REPO)
+    _wait_for(lambda: any((runs / "_cache" / "model").glob("*/checkpoints/optim_001.json")), proc, what="a training epoch")
+    below = _descendants(proc.pid)
+    assert below  # the workers (and their kernels)
+    os.kill(proc.pid, signal.SIGKILL)  # the sweep only: its workers must follow by themselves
+    proc.wait()
+    deadline = time.time() + 30
+    while any(_alive(p) for p in below) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in below if _alive(p)], "worker processes outlived their sweep"
+    names = [p.stem for p in (runs / "_sweeps" / "kill" / "configs").glob("*.yaml")]
+    assert len(names) == 2 and {run_status(runs / n) for n in names} <= {"interrupted", "missing"}
+    assert not (runs / "_sweeps" / "kill" / "summary.json").exists()
+
+    r = cli("sweep", sweep, "--runs", runs)
+    assert r.returncode == 0, r.stderr
+    assert "0 complete already, 2 to run" in r.stdout
+    summary = read_json(runs / "_sweeps" / "kill" / "summary.json")
+    assert summary["counts"] == {"complete": 2}
+    reasons = sorted(read_json(runs / n / "metrics.json")["stages"]["model"]["reason"] for n in names)
+    assert reasons == ["cached", "incomplete"]  # the killed training resumed (by one run; the other reused it)
+    for n in names:  # each log keeps the killed attempt's output, then the rerun's
+        log = (runs / "_sweeps" / "kill" / "logs" / f"{n}.log").read_text()
+        assert log.count("starts this run") == 2, log
+
+
+# ---------------------------------------------------------------------------------------------------
+# malformed input: exit status 2 before any work, one message naming the file, line or setting
+
+
+def main_(*args) -> tuple[int, str, str]:
+    import contextlib
+    import io
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+CONFIG_FILES = [  # (config file content, what the message says)
+    (b"model: {fc: 8\n", "cfg.yaml, line 2, column 1: expected ',' or '}'"),
+    (b"model:\n\tfc: 8\n", "cfg.yaml, line 2, column 1: found character '\\t' that cannot start any token; a tab is on this line: indent with spaces"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "cfg.yaml: not a text file (byte 0 is b'\\x89'); expected a YAML configuration"),
+    (b"model: !!python/object/apply:os.system [echo]\n", "cfg.yaml, line 1, column 8: tag 'tag:yaml.org,2002:python/object/apply:os.system' is not allowed"),
+    (b"sae:\n  lr: 0.1\n  lr: 0.2\n", "cfg.yaml, line 3, column 3: duplicate key 'lr' (first on line 2)"),
+    (b"- 1\n- 2\n", "cfg.yaml: expected a mapping of sections"),
+]
+
+
+@pytest.mark.parametrize("content,message", CONFIG_FILES, ids=["syntax", "tab", "binary", "python-tag", "duplicate", "list"])
+def test_a_malformed_config_file_is_refused_naming_file_and_line(tmp_path, content, message):
+    (tmp_path / "cfg.yaml").write_bytes(content)
+    code, _, err = main_("run", tmp_path / "cfg.yaml", "--runs", tmp_path / "runs")
+    assert code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # nothing ran, nothing was written
+
+
+SETTINGS = [  # (--set assignments, what the message says)
+    (["sae.lr=[1"], "--set sae.lr=[1, line 1, column 3: expected ',' or ']'"),
+    (["sae.l1_coeff=.nan"], "sae.l1_coeff: nan is not a finite number"),
+    (["train.lr=.inf"], "train.lr: inf is not a finite number"),
+    (["sae.arch=topk", "sae.k=100"], "sae.k: 100 active latents is above the SAE width of layer pool2 (16 channels × expansion 2 = 32)"),
+    (["circuit.target_class=cat"], "circuit.target_class: unknown class 'cat'; valid classes: 0, 1, 2"),
+    (["data.classes=['3', seven]"], "data.classes: unknown class 'seven'; valid classes: 0, 1, 2"),
+    (["execution.device=cuda:7"], "execution.device: cuda:7"),
+    (["mis.n_refs=100"], "mis.n_tasks·n_refs: MIS with N=4 tasks and K=100 references needs"),
+    (["data.limit_train=5"], "data.limit_train: 5 keeps 0 images, of 0 of the 10 classes"),
+]
+
+
+@pytest.mark.parametrize("assignments,message", SETTINGS, ids=[a[0].split("=")[0] for a, _ in SETTINGS])
+def test_a_bad_setting_is_refused_before_the_first_stage(tmp_path, assignments, message):
+    if "cuda:7" in message and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    base = write_yaml(tmp_path / "tiny.yaml", tiny_config())
+    code, _, err = main_("run", base, "--runs", tmp_path / "runs", "--set", *assignments)
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+SWEEPS = [  # (sweep file, what the message says)
+    ("grid: {sae.l1_coeff: [0.1, 1e-1]}", "grid.sae.l1_coeff: values 1 and 2 are equal (0.1 and 0.1); give each value once"),
+    ("grid: {}", "grid: expected a non-empty mapping"),
+    ("points: []", "points: expected a non-empty list"),
+    ("", "the sweep file is empty"),
+    ("grid: {sae.l1_coeff: [0.1}", "s.yaml, line 1, column 26"),
+    ("name: a\nname: b\ngrid: {sae.l1_coeff: [0.1]}", "s.yaml, line 2, column 1: duplicate key 'name'"),
+    ("base: bad_base.yaml\ngrid: {sae.l1_coeff: [0.1]}", "bad_base.yaml, line 1, column 15: expected ',' or ']'"),
+    ("name: nul.txt\ngrid: {sae.l1_coeff: [0.1]}", "name: 'nul.txt' is not a plain label; use letters, digits and ._=+- (e.g. 'nul_.txt')"),
+]
+
+
+@pytest.mark.parametrize("text,message", SWEEPS, ids=["equal-values", "empty-grid", "empty-points", "empty-file",
+                                                      "syntax", "duplicate", "bad-base", "reserved-name"])
+def test_a_malformed_sweep_is_refused(tmp_path, text, message):
+    (tmp_path / "bad_base.yaml").write_text("model: {fc: [1}\n")
+    (tmp_path / "s.yaml").write_text(text)
+    code, _, err = main_("sweep", tmp_path / "s.yaml", "--runs", tmp_path / "runs")
+    assert code == 2 and message in err, err
+    assert "<unicode string>" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_workers_zero_is_refused(tmp_path):
+    (tmp_path / "s.yaml").write_text("grid: {sae.l1_coeff: [0.1]}")
+    code, _, err = main_("sweep", tmp_path / "s.yaml", "--runs", tmp_path / "runs", "--workers", "0")
+    assert code == 2 and "workers: 0 is out of range; valid: [1, inf]" in err, err
+
+
+def test_a_runs_folder_that_cannot_be_written_is_refused(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for args, message in [((a_file,), f"--runs {a_file}: is a file, not a folder"),
+                          (("/proc/sfc_runs",), "--runs /proc/sfc_runs: cannot write in /proc")]:
+        code, _, err = main_("run", "--runs", *args, "--set", "run.stages=[model]")
+        assert code == 2 and message in err, err
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        code, _, err = main_("run", "--runs", locked / "runs", "--set", "run.stages=[model]")
+        assert code == 2 and f"cannot write in {locked} (Permission denied)" in err, err
+    for args, message in [((a_file,), f"--runs {a_file}: is a file, not a folder"),
+                          ((tmp_path / "none",), f"--runs {tmp_path / 'none'}: no such folder")]:
+        code, _, err = main_("status", "--runs", *args)
+        assert code == 2 and message in err, err
+
+
+def test_a_windows_device_name_is_a_valid_label(tmp_path):
+    cfg = StudyConfig.from_dict(tiny_config(run={"name": "nul.txt"}))
+    name = run_name(cfg)
+    assert name.startswith("nul_.txt-")
+    assert run_folder(tmp_path, name) == tmp_path.resolve() / name
+
+
+def test_the_console_script_exits_2_with_one_line(tmp_path, cli):
+    (tmp_path / "cfg.yaml").write_bytes(b"\x00\x01binary")
+    r = cli("run", tmp_path / "cfg.yaml", "--runs", tmp_path / "runs")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"sfc-vision run: error: {tmp_path / 'cfg.yaml'}: not a text file (byte 0 is b'\\x00'); "
+                                             f"expected a YAML configuration (UTF-8 text)"]
