@@ -377,11 +377,10 @@ def _note(self: Study, name: str, record: dict, reason: str, elapsed: float):
 
 
 @patch
-def figure(self: Study, fig, name: str, formats: tuple[str, ...] = ("png",)) -> list[Path]:
-    "Save a figure into the run folder's `figures/`, show it inline in a notebook, and close it."
-    paths = save_figure(fig, self.run_dir / "figures" / safe_label(name), formats)
-    show_figure(fig)
-    return paths
+def figure(self: Study, fig, name: str, formats: tuple[str, ...] = ("png",)) -> None:
+    "Save a figure into the run folder's `figures/<name>.<format>`, show it inline in a notebook, and close it."
+    save_figure(fig, self.run_dir / "figures" / safe_label(name), formats)
+    show_figure(fig)  # returns nothing: a notebook cell ending in `study.figure(...)` shows the figure, not a list of paths
 
 # %% ../nbs/12a_cache.ipynb #284c7502
 METRICS_SCHEMA = "sfc_vision.metrics/1"

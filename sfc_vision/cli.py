@@ -13,13 +13,15 @@ from pathlib import Path
 
 from .artifacts import ArtifactError
 from .config import ConfigError
+from .docs import build_docs
 from .figures import make_figures
+from .report import build_report
 from .runs import RequirementError, run_study
 from .study_config import commented_yaml, load_config
 from .sweeps import ExecutorConfig, format_status, load_sweep, run_sweep, study_status
 
 # %% auto #0
-__all__ = ['build_parser', 'main']
+__all__ = ['gate_table', 'build_parser', 'main']
 
 # %% ../nbs/15_cli.ipynb #c4ba606e
 def _runs_root(args) -> str:
@@ -37,7 +39,19 @@ def _cmd_run(args) -> int:
         return 1
     if "model" in metrics:
         print(f"  test accuracy {metrics['model']['accuracy']:.4f}")
+    if "sae_eval" in metrics:
+        print(gate_table(metrics["sae_eval"]))
     return 0
+
+
+def gate_table(sae_eval: dict) -> str:
+    "Per layer: explained variance, spliced accuracy ratio, dead and dense latents, and the quality gate's verdict."
+    fmt = lambda x, spec: "—" if x is None else format(x, spec)
+    lines = [f"  {'layer':>12}  {'1−NMSE':>7}  {'acc. ratio':>10}  {'dead':>6}  {'dense':>6}  verdict"]
+    for layer, e in sae_eval.items():
+        lines.append(f"  {layer:>12}  {fmt(e.get('fve'), '.3f'):>7}  {fmt(e.get('accuracy_ratio'), '.3f'):>10}  "
+                     f"{fmt(e.get('dead_fraction'), '.1%'):>6}  {fmt(e.get('dense_fraction'), '.1%'):>6}  {e['gate']['verdict']}")
+    return "\n".join(lines)
 
 
 def _cmd_sweep(args) -> int:
@@ -61,6 +75,20 @@ def _cmd_figures(args) -> int:
     results = make_figures(_runs_root(args), args.out, log=lambda msg: print(msg, flush=True))
     print(f"figures in {args.out} (index: {os.path.join(args.out, 'README.md')})")
     return 0 if all(r == "ok" for r in results.values()) else 1
+
+
+def _cmd_report(args) -> int:
+    index = build_report(_runs_root(args), args.out, figures_dir=args.figures, log=lambda msg: print(msg, flush=True))
+    print(f"report: {index} (open it in a browser; it needs no server)")
+    return 0
+
+
+def _cmd_docs(args) -> int:
+    result = build_docs(args.out, execute=not args.no_execute, log=lambda msg: print(msg, flush=True))
+    print(f"documentation: {result['index']} ({len(result['pages'])} pages, {result['wall_s']:.0f} s)")
+    for nb, error in result["failed"].items():
+        print(f"  failed {nb}: {error.splitlines()[0] if error else ''}", file=sys.stderr)
+    return 0 if not result["failed"] else 1
 
 
 def _cmd_status(args) -> int:
@@ -110,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     common(f)
     f.set_defaults(func=_cmd_figures)
 
+    rp = sub.add_parser("report", help="a static HTML report of the runs, their figures, circuits and feature pages")
+    rp.add_argument("--out", default="report", metavar="DIR", help="report folder (default: ./report)")
+    rp.add_argument("--figures", default="figures", metavar="DIR", help="figures across runs and the claims table (default: ./figures)")
+    common(rp)
+    rp.set_defaults(func=_cmd_report)
+    dp = sub.add_parser("docs", help="the documentation site: the library notebooks executed and rendered to HTML")
+    dp.add_argument("--out", default="report/docs", metavar="DIR", help="site folder (default: ./report/docs, linked from the report)")
+    dp.add_argument("--no-execute", action="store_true", help="render the notebooks without executing them")
+    dp.set_defaults(func=_cmd_docs)
     t = sub.add_parser("status", help="what ran, what failed, what is cached")
     t.add_argument("--json", action="store_true", help="machine-readable output")
     common(t)

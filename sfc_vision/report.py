@@ -19,10 +19,14 @@ import nbformat
 import torch
 
 from .artifacts import read_json, write_text
-from .circuits import NEGATIVE, POSITIVE, Circuit
+from .attribution import NodeEffects
+from .cache import MARKER, safe_label
+from .circuits import Circuit
+from .plots_circuits import NEGATIVE, POSITIVE
 from .config import ConfigError
 from .mis import MISResult
-from .runs import MARKER, StudyConfig, layer_folders, load_effects, safe_label
+from .stages import layer_folders
+from .study_config import StudyConfig
 from .sweeps import study_status
 
 # %% auto #0
@@ -304,7 +308,7 @@ def _circuit(run_dir: Path, out_run: Path, env: jinja2.Environment, common: dict
     circuit = Circuit.load(folder / "circuit.safetensors")
     names = _layer_names(run_dir)
     attribution, mis_dir = stage_folder(run_dir, "attribution"), stage_folder(run_dir, "mis")
-    effects = load_effects(attribution / "effects_sae.safetensors") if attribution else None
+    effects = NodeEffects.load(attribution / "effects_sae.safetensors") if attribution else None
     mis = {s: MISResult.load(mis_dir / f"{s}_sae.safetensors") for s in circuit.sites
            if mis_dir and (mis_dir / f"{s}_sae.safetensors").exists()}
     features = feature_records(circuit, effects, mis, names)

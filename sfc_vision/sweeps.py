@@ -288,11 +288,13 @@ def study_status(runs_root: str | os.PathLike = "runs") -> dict:
     for d in sorted(root.iterdir()) if root.is_dir() else []:
         if d.is_dir() and RUN_NAME_RE.fullmatch(d.name) and (d / "config.yaml").exists():
             st = read_json(d / "status.json") if (d / "status.json").exists() else {}
-            stages = read_json(d / "metrics.json")["stages"] if (d / "metrics.json").exists() else {}
+            metrics = read_json(d / "metrics.json") if (d / "metrics.json").exists() else {}
+            stages = metrics.get("stages", {})
             runs.append({"run": d.name, "status": run_status(d), "error": st.get("error"),
                          "failed_notebook": st.get("failed_notebook"), "finished_at": st.get("finished_at"),
                          "wall_s": st.get("wall_s"), "cached": [n for n, s in stages.items() if s["cached"]],
-                         "computed": [n for n, s in stages.items() if not s["cached"]]})
+                         "computed": [n for n, s in stages.items() if not s["cached"]],
+                         "gate": {layer: e["gate"] for layer, e in metrics.get("sae_eval", {}).items() if "gate" in e}})
     for stage_dir in sorted((root / "_cache").iterdir()) if (root / "_cache").is_dir() else []:
         entries = [p for p in stage_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
         done = [p for p in entries if (p / MARKER).exists()]
@@ -314,6 +316,10 @@ def format_status(st: dict) -> str:
             lines.append(f"              computed: {', '.join(r['computed']) or '-'}; reused: {', '.join(r['cached']) or '-'}")
         if r["error"]:
             lines.append(f"              {r['failed_notebook']}: {r['error'].splitlines()[0][:200]}")
+        if r.get("gate"):
+            failed = {layer: g["verdict"] for layer, g in r["gate"].items() if not g["passed"]}
+            lines.append("              SAEs: " + ("all trained (quality gate passed)" if not failed else
+                                                    "; ".join(f"{layer} {v}" for layer, v in failed.items())))
     lines.append("stage cache:" + ("" if st["cache"] else " empty"))
     for name, c in st["cache"].items():
         lines.append(f"  {name:<12} {c['complete']} complete, {c['incomplete']} incomplete, {c['mib']} MiB")
