@@ -23,6 +23,7 @@ from .artifacts import read_json, write_json, write_text
 from .config import Config, ConfigError, apply_overrides, check_choice, check_range, digest, read_yaml, setting
 from .cache import MARKER, RUN_NAME_RE, STAGES, run_folder, run_name, safe_label, utc_now, writable_folder
 from .runs import check_requirements, run_config_file, run_status
+from .claims import SEED_KEYS
 from .study_config import StudyConfig
 
 # %% auto #0
@@ -60,6 +61,7 @@ class SweepConfig(Config):
     overrides: Any = setting(None, "mapping of dotted keys to values, applied to every run")
     grid: Any = setting(None, "mapping of dotted keys to lists of values: one run per combination")
     points: Any = setting(None, "list of mappings of dotted keys to values: one run each")
+    seeds: Any = setting(None, "replicate every point over these seeds (each sets the model, data order, capture, SAE, circuit and MIS seeds); None: once")
     executor: ExecutorConfig = setting(ExecutorConfig(), "where the runs execute")
 
     def validate(self):
@@ -76,6 +78,11 @@ class SweepConfig(Config):
                 for a, b in itertools.combinations(range(len(v)), 2):
                     if v[a] == v[b]:  # e.g. 0.1 and 1e-1: one value written twice
                         raise ConfigError(f"grid.{k}: values {a + 1} and {b + 1} are equal ({v[a]!r} and {v[b]!r}); give each value once")
+        if self.seeds is not None:
+            if not (isinstance(self.seeds, list) and self.seeds and all(isinstance(x, int) and not isinstance(x, bool) for x in self.seeds)):
+                raise ConfigError(f"seeds: expected a non-empty list of integers, got {self.seeds!r}")
+            if len(set(self.seeds)) != len(self.seeds):
+                raise ConfigError(f"seeds: {self.seeds!r} names a seed twice; give each seed once")
         if self.points is not None and not (isinstance(self.points, list) and self.points and all(_dotted_mapping(p) for p in self.points)):
             raise ConfigError(f"points: expected a non-empty list of mappings of dotted keys to values, got {self.points!r}")
 
@@ -107,10 +114,15 @@ def sweep_runs(sweep: SweepConfig, base: dict | None = None, where: str = "") ->
     grid = sweep.grid or {}
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else []
     points += list(sweep.points or [])
+    if sweep.seeds is not None:  # replicates: the same point once per seed, every seed of a run set to it
+        points = [{**p, **{key: seed for key in SEED_KEYS}} for p in (points or [{}]) for seed in sweep.seeds]
     out, seen, runs = [], set(), {}
     for point in points or [{}]:  # neither grid nor points: the base with the overrides, once
         settings = {**(sweep.overrides or {}), **point}
-        settings.setdefault("run.name", point_label(sweep.name, point))
+        label = {k: v for k, v in point.items() if k not in SEED_KEYS}
+        if sweep.seeds is not None:
+            label["seed"] = point[SEED_KEYS[0]]
+        settings.setdefault("run.name", point_label(sweep.name, label))
         try:
             cfg = StudyConfig.from_dict(apply_overrides(base or {}, settings))
         except ConfigError as e:
