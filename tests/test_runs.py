@@ -19,6 +19,12 @@ from sfc_vision.study_config import StudyConfig
 STUDY = REPO / "nbs" / "study"
 
 
+def papermill_parameters(nb: Path) -> dict:
+    "The parameters papermill reads from a notebook's `parameters` cell (what `papermill --help-notebook` shows)."
+    import papermill as pm
+    return pm.inspect_notebook(str(nb))
+
+
 def complete_runs(summary):
     return [r for r in summary["runs"] if r["status"] == "complete"]
 
@@ -105,6 +111,46 @@ def test_parameters_reach_the_notebooks(local_sweep):
         saes = read_json(folder / "artifacts" / "saes" / "stage.json")
         assert saes["settings"]["sae"]["l1_coeff"] == r["point"]["sae.l1_coeff"]  # what the stage computed with
         assert saes["settings"]["sae"]["expansion"] == TINY["sae"]["expansion"] != 8  # not the default
+
+
+def test_executed_study_notebooks_show_their_figures(local_sweep):
+    "Each executed study notebook of a run carries the run's figures as images, as many as the figures it saved."
+    r0 = complete_runs(local_sweep.summary)[0]
+    folder = local_sweep.runs / r0["run"]
+    images = {}
+    for name in STUDY_NOTEBOOKS:
+        nb = json.loads((folder / "notebooks" / name).read_text())
+        outputs = [o for c in nb["cells"] for o in c.get("outputs", [])]
+        images[name] = sum("image/png" in o.get("data", {}) for o in outputs)
+        assert not any("PosixPath" in "".join(o.get("data", {}).get("text/plain", "")) for o in outputs)  # no stray return values
+    assert images["01_model_saes.ipynb"] >= 2 + 2 * len(TINY["capture"]["layers"])  # training, over training, per layer two
+    assert images["02_circuits.ipynb"] >= 5 and images["03_interpret.ipynb"] >= 1
+    assert sum(images.values()) == len(list((folder / "figures").glob("*.png")))  # every saved figure is shown once
+
+
+def test_a_study_notebook_run_by_papermill_from_elsewhere_writes_into_the_projects_runs(tmp_path):
+    "papermill from another working directory, with a config file: the run folder lands in the project's runs/ (or $SFC_VISION_RUNS)."
+    import papermill as pm
+    cfg_file = write_yaml(tmp_path / "cfg.yaml", tiny_config(run={"name": "papermill_elsewhere", "stages": ["model"]}))
+    runs = tmp_path / "runs"
+    old = (os.getcwd(), os.environ.get("SFC_VISION_RUNS"))
+    os.chdir(tmp_path)
+    os.environ["SFC_VISION_RUNS"] = str(runs)
+    try:
+        pm.execute_notebook(str(STUDY / "01_model_saes.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters={"config_file": str(cfg_file), "progress": False}, progress_bar=False)
+    finally:
+        os.chdir(old[0])
+        if old[1] is None:
+            os.environ.pop("SFC_VISION_RUNS")
+        else:
+            os.environ["SFC_VISION_RUNS"] = old[1]
+    name = run_name(StudyConfig.from_dict(tiny_config(run={"name": "papermill_elsewhere", "stages": ["model"]})))
+    assert (runs / name / "stages" / "model.json").exists()
+    assert not (tmp_path.parent / "runs").exists() or not any((tmp_path.parent / "runs").glob("papermill_elsewhere-*"))
+    params = papermill_parameters(STUDY / "01_model_saes.ipynb")
+    assert {"config", "config_file", "runs_root", "force", "force_since", "progress"} <= set(params)
+    assert all(p["inferred_type_name"] != "None" for p in params.values())  # --help-notebook names every type
 
 
 def test_changing_only_lambda_reuses_model_and_activations(local_sweep):
