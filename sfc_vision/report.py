@@ -71,10 +71,13 @@ BAD_WORDS = {"bad", "fail", "failed", "fails", "poor", "unusable", "broken", "de
 
 
 def verdict(v) -> dict | None:
-    "A verdict (a word, a bool, or a dict with `verdict`/`label`/`status` and `reasons`/`reason`) as `{label, tone, detail}`."
+    "A verdict (the quality gate's `{passed, verdict, problems}`, a word, a bool, or a dict with `verdict`/`label`/`status` and `reasons`/`reason`) as `{label, tone, detail}`."
     if v is None:
         return None
     detail = ""
+    if isinstance(v, dict) and "passed" in v:  # the quality gate's verdict: {passed, verdict, problems}
+        return {"label": "trained" if v["passed"] else "not trained", "tone": "good" if v["passed"] else "bad",
+                "detail": "; ".join(p["text"] for p in v.get("problems", []))}
     if isinstance(v, bool):
         label = "ok" if v else "fails"
     elif isinstance(v, dict):
@@ -110,7 +113,7 @@ def layer_rows(metrics: dict) -> list[dict]:
     for name in names:
         e, s, m = ev.get(name) or {}, saes.get(name) or {}, mis.get(name) or {}
         rows.append({"name": name, "d_in": s.get("d_in"), "d_sae": s.get("d_sae"), **{k: e.get(k) for k in EVAL_KEYS},
-                     "verdict": verdict(e.get("verdict", e.get("quality"))),
+                     "verdict": verdict(e.get("gate")),
                      "mis_sae": (m.get("sae") or {}).get("median"), "mis_neurons": (m.get("neurons") or {}).get("median")})
     return rows
 

@@ -21,7 +21,7 @@ def setup(tmp_path_factory):
     data = load_data(DataConfig(limit_train=400, limit_test=100))
     cfg = ModelConfig(channels=(4, 8), fc=16)
     model = build_model(cfg, data.image_shape, data.num_classes, *channel_stats(data.train))
-    train_classifier(model, data, TrainConfig(epochs=1, device="cpu"), progress=False)
+    train_classifier(model, data, TrainConfig(epochs=1), progress=False)
     sha = save_model(model, cfg, tmp / "model.safetensors", data.image_shape, data.num_classes)
     return tmp, data, sha
 

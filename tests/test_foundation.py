@@ -11,7 +11,7 @@ def test_checkpoint_to_cache_round_trip(tmp_path):
     data = load_data(DataConfig(limit_train=300, limit_test=100))
     mean, std = channel_stats(data.train)
     model = build_model(ModelConfig(channels=(4, 8), fc=16), data.image_shape, data.num_classes, mean, std)
-    train_classifier(model, data, TrainConfig(epochs=1, device="cpu"), tmp_path / "model", progress=False)
+    train_classifier(model, data, TrainConfig(epochs=1), tmp_path / "model", progress=False)
     loaded, meta = load_model(tmp_path / "model" / "epoch_001.safetensors")
     cfg = CaptureConfig(layers=("pool2", "relu3"))
     infos = cache_activations(loaded, data.test, cfg, tmp_path / "cache", meta={"model_sha256": meta["sha256"]},
