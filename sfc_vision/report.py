@@ -76,7 +76,7 @@ def verdict(v) -> dict | None:
         return None
     detail = ""
     if isinstance(v, dict) and "passed" in v:  # the quality gate's verdict: {passed, verdict, problems}
-        return {"label": "trained" if v["passed"] else "not trained", "tone": "good" if v["passed"] else "bad",
+        return {"label": "trained" if v["passed"] else "not trained", "tone": "ok" if v["passed"] else "bad",
                 "detail": "; ".join(p["text"] for p in v.get("problems", []))}
     if isinstance(v, bool):
         label = "ok" if v else "fails"
