@@ -409,7 +409,8 @@ class MISConfig(Config):
         check_range("n_tasks", self.n_tasks, lo=1)
         check_range("n_refs", self.n_refs, lo=1)
         check_range("ref_start", self.ref_start, lo=0)
-        check_range("temperature", self.temperature, lo=0, lo_open=True)
+        if self.temperature != float("inf"):  # T = ∞ is meaningful: every p is 0.5 (the chance level)
+            check_range("temperature", self.temperature, lo=0, lo_open=True)
         if self.pool_size is not None:
             check_range("pool_size", self.pool_size, lo=2 * self.n_candidates)
         if self.query_start is not None:
