@@ -3,7 +3,6 @@ import copy
 
 import pytest
 import torch
-from fastcore.test import test_eq
 
 from sfc_vision.activations import read_layers
 from sfc_vision.attribution import (Splice, edge_effects, load_splice, make_metric, make_patches, mean_patches,
@@ -113,7 +112,7 @@ def test_a_model_in_train_mode_is_measured_in_eval_mode(arch, size, sites):
     modes = [m.training for m in train.modules()]
     state = {k: v.clone() for k, v in train.state_dict().items()}
     got, want = measure(train), measure(copy.deepcopy(model).eval())
-    test_eq([m.training for m in train.modules()], modes)
+    assert [m.training for m in train.modules()] == modes
     assert all(torch.equal(v, train.state_dict()[k]) for k, v in state.items())  # running statistics untouched
     (mean_t, zero_t, eff_t, edges_t, faith_t, dens_t), (mean_e, zero_e, eff_e, edges_e, faith_e, dens_e) = got, want
     for s in sites:

@@ -67,7 +67,7 @@ def test_each_study_notebook_has_one_parameters_cell():
         nb = json.loads((STUDY / name).read_text())
         tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(tagged) == 1, f"{name}: {len(tagged)} cells tagged parameters"
-        assert "config = {}" in "".join(tagged[0]["source"])  # the embedded default
+        assert "config: dict = {}" in "".join(tagged[0]["source"])  # the embedded default
     assert (STUDY / ".notest").exists() and (REPO / "nbs" / "analysis" / ".notest").exists()  # nbdev-test skips them
 
 
