@@ -236,7 +236,15 @@ def reference_run(tmp_path_factory, cli):
     r = cli("run", cfg_file, "--runs", root / "runs")
     assert r.returncode == 0, r.stderr
     folder = run_folder(root / "runs", run_name(StudyConfig.from_dict(KILL_CONFIG)))
-    return SimpleNamespace(cfg_file=cfg_file, folder=folder, metrics=read_json(folder / "metrics.json"))
+    return SimpleNamespace(cfg_file=cfg_file, folder=folder, metrics=read_json(folder / "metrics.json"), stdout=r.stdout)
+
+
+def test_a_run_ends_with_each_layers_sae_verdict(reference_run):
+    "`sfc-vision run` prints, per layer, the SAE's held-out quality and the quality gate's verdict, as metrics.json has it."
+    lines = reference_run.stdout.splitlines()
+    assert any("1−NMSE" in l and "verdict" in l for l in lines), reference_run.stdout
+    for layer, e in reference_run.metrics["sae_eval"].items():
+        assert any(l.split()[:1] == [layer] and l.rstrip().endswith(e["gate"]["verdict"]) for l in lines), (layer, reference_run.stdout)
 
 
 def _descendants(pid: int) -> list[int]:
