@@ -160,28 +160,28 @@ def _wait_for(predicate, proc, timeout=300, what="condition"):
 
 @pytest.fixture(scope="module")
 def complete_run(tmp_path_factory):
-    """A complete run through `sfc-vision run`; while it runs, a second `sfc-vision run` of the same
-    configuration is started and must be refused."""
+    "A complete run through `sfc-vision run` (its output kept)."
     root = tmp_path_factory.mktemp("run")
     cfg_file = write_yaml(root / "cfg.yaml", RUN_CONFIG)
     runs = root / "runs"
     folder = run_folder(runs, run_name(StudyConfig.from_dict(RUN_CONFIG)))
-    proc = subprocess.Popen(cli_command() + ["run", str(cfg_file), "--runs", str(runs)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={"OMP_NUM_THREADS": "1", **os.environ}, cwd=REPO)
-    _wait_for(lambda: (folder / "status.json").exists(), proc, what="the run started")
-    second = run_cli("run", cfg_file, "--runs", runs)
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err
-    return SimpleNamespace(root=root, cfg_file=cfg_file, runs=runs, folder=folder, second=second, stdout=out, stderr=err,
+    proc = subprocess.run(cli_command() + ["run", str(cfg_file), "--runs", str(runs)], capture_output=True, text=True,
+                          env={"OMP_NUM_THREADS": "1", **os.environ}, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return SimpleNamespace(root=root, cfg_file=cfg_file, runs=runs, folder=folder, stdout=proc.stdout, stderr=proc.stderr,
                            metrics=read_json(folder / "metrics.json"))
 
 
 def test_a_second_run_of_a_running_configuration_is_refused(complete_run):
-    r = complete_run.second
+    "While a process holds a run's lock (as the process running it does), another `sfc-vision run` of it is refused."
+    from filelock import FileLock
+    from sfc_vision.runs import RUN_LOCK
+    with FileLock(str(complete_run.folder / RUN_LOCK)):  # this test process plays the run under way
+        r = run_cli("run", complete_run.cfg_file, "--runs", complete_run.runs)
     assert r.returncode == 2, r.stderr
     assert f"run {complete_run.folder.name} is running already (process " in r.stderr
     assert "wait for it to end, or stop that process and run again" in r.stderr
-    assert complete_run.metrics["run"]["status"] == "complete"  # the first was not disturbed
+    assert read_json(complete_run.folder / "metrics.json")["run"]["status"] == "complete"  # the run was not disturbed
 
 
 def test_no_kernel_warning_about_tcp(complete_run):
