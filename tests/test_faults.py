@@ -261,7 +261,8 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes through /proc")
 def test_a_killed_sweep_takes_its_workers_along_and_a_rerun_finishes_its_runs(tmp_path, cli):
-    base = write_yaml(tmp_path / "base.yaml", tiny_config(run={"stages": ["model"]}, train={"epochs": 3}))
+    # enough epochs that the killed training cannot finish in the moment its kernel takes to notice its parent died
+    base = write_yaml(tmp_path / "base.yaml", tiny_config(run={"stages": ["model"]}, train={"epochs": 12}))
     sweep = write_yaml(tmp_path / "kill.yaml", {"name": "kill", "base": base.name, "grid": {"sae.l1_coeff": [0.1, 0.3]},
                                                 "executor": {"kind": "local", "workers": 2}})
     runs = tmp_path / "runs"
