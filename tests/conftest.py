@@ -37,6 +37,23 @@ def cli_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from sfc_vision.cli import main; sys.exit(main())"]
 
 
+def descendants(pid: int) -> list[int]:
+    "Every process below `pid` (papermill's kernels run in their own sessions, so a process group kill misses them)."
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out += children.get(p, [])
+        todo += children.get(p, [])
+    return out
+
+
 def run_cli(*args, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     "Run `sfc-vision ARGS…` (one torch thread unless the environment says otherwise); return the completed process."
     full_env = {"OMP_NUM_THREADS": "1", **os.environ, **(env or {})}

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO, cli_command, read_json, run_cli, tiny_config, write_yaml
+from conftest import REPO, cli_command, descendants, read_json, run_cli, tiny_config, write_yaml
 
 import sfc_vision.runs  # noqa: F401  (registers the stages)
 from sfc_vision.artifacts import ArtifactError, load_tensors
@@ -234,22 +234,6 @@ def test_a_failed_rerun_keeps_the_complete_runs_report(complete_run, tmp_path, c
 # a sweep killed while its workers train, then rerun
 
 
-def _descendants(pid: int) -> list[int]:
-    "Every process below `pid`, from /proc."
-    children = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out += children.get(p, [])
-        todo += children.get(p, [])
-    return out
-
 
 def _alive(pid: int) -> bool:
     try:
@@ -269,7 +253,7 @@ def test_a_killed_sweep_takes_its_workers_along_and_a_rerun_finishes_its_runs(tm
     proc = subprocess.Popen(cli_command() + ["sweep", str(sweep), "--runs", str(runs)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={"OMP_NUM_THREADS": "1", **os.environ}, cwd=REPO)
     _wait_for(lambda: any((runs / "_cache" / "model").glob("*/checkpoints/optim_001.json")), proc, what="a training epoch")
-    below = _descendants(proc.pid)
+    below = descendants(proc.pid)
     assert below  # the workers (and their kernels)
     os.kill(proc.pid, signal.SIGKILL)  # the sweep only: its workers must follow by themselves
     proc.wait()

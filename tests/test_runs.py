@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import LAMBDAS, REPO, TINY, cli_command, read_json, tiny_config, write_yaml
+from conftest import LAMBDAS, REPO, TINY, cli_command, descendants, read_json, tiny_config, write_yaml
 
 from sfc_vision.cache import METRICS_SCHEMA, STAGES, comparable_metrics, run_folder, run_name, stage_key
 from sfc_vision.runs import STUDY_NOTEBOOKS, run_status
@@ -247,22 +247,6 @@ def test_a_run_ends_with_each_layers_sae_verdict(reference_run):
         assert any(l.split()[:1] == [layer] and l.rstrip().endswith(e["gate"]["verdict"]) for l in lines), (layer, reference_run.stdout)
 
 
-def _descendants(pid: int) -> list[int]:
-    "Every process below `pid` (papermill's kernels run in their own sessions, so a process group kill misses them)."
-    children = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out += children.get(p, [])
-        todo += children.get(p, [])
-    return out
-
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the kernel processes to kill through /proc")
 def test_a_run_killed_mid_stage_resumes_without_recomputing_and_matches(reference_run, tmp_path, cli):
@@ -276,7 +260,7 @@ def test_a_run_killed_mid_stage_resumes_without_recomputing_and_matches(referenc
     while not first.exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended before the SAE stage started"
         time.sleep(0.02)
-    for pid in [proc.pid, *_descendants(proc.pid)]:  # SIGKILL: no cleanup, as when a node dies
+    for pid in [proc.pid, *descendants(proc.pid)]:  # SIGKILL: no cleanup, as when a node dies
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
