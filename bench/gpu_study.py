@@ -161,7 +161,7 @@ def run_study(workdir: Path, tiny: bool) -> list[tuple]:
     n_classes, n_train, n_val = (10, 4, 2) if tiny else (100, 200, 20)
     t = time.perf_counter()
     data = workdir / "imagenet"
-    flamingo = make_imagefolder(data, n_classes, n_train, n_val)
+    make_imagefolder(data, n_classes, n_train, n_val)
     print(f"generated {n_classes * (n_train + n_val):,} JPEGs at 224 px in {time.perf_counter() - t:.1f} s", flush=True)
     os.environ["TORCH_HOME"] = str(workdir / "torch")  # where `weights: default` looks
     from sfc_vision.models import pretrained_path
