@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -173,14 +174,20 @@ def save_figure(fig, stem: str | os.PathLike, formats: tuple[str, ...] = ("png",
     return out
 
 
-def show_figure(fig) -> None:
-    "Show a matplotlib figure inline where IPython runs (a notebook), then close it."
+def show_figure(fig, saved: Sequence[str | os.PathLike] = ()) -> None:
+    """Show a matplotlib figure inline where IPython runs (a notebook), then close it. Given the files
+    `save_figure` wrote of it, the notebook shows the PNG among them: the figure is not drawn twice."""
     import matplotlib.pyplot as plt
     try:
         from IPython import get_ipython
         if get_ipython() is not None:
-            from IPython.display import display
-            display(fig)
+            from IPython.display import Image, display
+            png = next((Path(p) for p in saved if Path(p).suffix == ".png"), None)
+            if png is None:
+                display(fig)
+            else:  # shown at the size a 100-dpi rendering would have (the file is saved at 150 dpi)
+                data = png.read_bytes()
+                display(Image(data=data, format="png", width=int.from_bytes(data[16:20], "big") * 2 // 3))
     finally:
         plt.close(fig)
 

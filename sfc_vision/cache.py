@@ -378,9 +378,10 @@ def _note(self: Study, name: str, record: dict, reason: str, elapsed: float):
 
 @patch
 def figure(self: Study, fig, name: str, formats: tuple[str, ...] = ("png",)) -> None:
-    "Save a figure into the run folder's `figures/<name>.<format>`, show it inline in a notebook, and close it."
-    save_figure(fig, self.run_dir / "figures" / safe_label(name), formats)
-    show_figure(fig)  # returns nothing: a notebook cell ending in `study.figure(...)` shows the figure, not a list of paths
+    """Save a figure into the run folder's `figures/<name>.<format>` (`name` may name a subfolder, as in
+    `features/pool2_17`; each part is made filesystem-safe), show it inline in a notebook, and close it."""
+    stem = self.run_dir / "figures" / Path(*(safe_label(part) for part in name.split("/")))
+    show_figure(fig, save_figure(fig, stem, formats))  # returns nothing: a notebook cell ending in `study.figure(...)` shows the figure, not a list of paths
 
 # %% ../nbs/12a_cache.ipynb #284c7502
 METRICS_SCHEMA = "sfc_vision.metrics/1"

@@ -45,6 +45,8 @@ class CircuitConfig(Config):
     node_threshold: float = setting(0.01, "select threshold: |IE| in metric units (nats for ce), one value for all sites")
     top_k: int = setting(10, "select top_k: nodes kept per site")
     edge_threshold: float = setting(0.0, "edges with |weight| below this are dropped")
+    n_edge_images: int | None = setting(200, "edges are averaged over this many of the circuit's images (stratified; a "
+                                             "backward pass per kept node and image); None: all of them")
     draw_edge_fraction: float = setting(0.05, "drawing: only edges with |weight| ≥ this fraction of the largest are drawn")
     target_class: str | int | None = setting(None, "find the circuit on the images of this class (name or index); None: all classes")
     errors: Literal["circuit", "always", "never"] = setting("circuit", "error nodes in faithfulness: see ERRORS")
@@ -60,7 +62,7 @@ class CircuitConfig(Config):
         check_range("draw_edge_fraction", self.draw_edge_fraction, lo=0, hi=1)
         for key in ("top_k", "n_random"):
             check_range(key, getattr(self, key), lo=0)
-        for key in ("n_eval", "curve_points"):
+        for key in ("n_eval", "curve_points") + (("n_edge_images",) if self.n_edge_images is not None else ()):
             check_range(key, getattr(self, key), lo=1)
 
     def selection(self) -> dict:
@@ -280,11 +282,13 @@ def _as_masks(splice: Splice, circuit: Circuit | dict[str, torch.Tensor]) -> dic
 
 def faithfulness(splice: Splice, images: ImageSet, metric: Metric, patches: dict[str, Patch],
                  circuits: list[Circuit | dict[str, torch.Tensor]], errors: str = "circuit", n_random: int = 0,
-                 seed: int = 0, *, batch_size: int = 64, max_rows: int = 256, progress: bool = True) -> Faithfulness:
+                 seed: int = 0, *, completeness: bool = True, batch_size: int = 64, max_rows: int = 256,
+                 progress: bool = True) -> Faithfulness:
     """Faithfulness and completeness of each circuit (a `Circuit` or node indices per site) on
     `images`, with error nodes handled as `errors` says; `n_random` random circuits of the same size
     per site as each circuit. One streaming pass evaluates them all, with the model in eval mode (the
-    caller's mode is restored)."""
+    caller's mode is restored). `completeness=False` leaves out the complements (a forward pass per
+    circuit fewer; completeness is then NaN)."""
     check_choice("errors", errors, ERRORS)
     check_range("n_random", n_random, lo=0)
     splice.probe(images.images([0]))
@@ -307,7 +311,7 @@ def faithfulness(splice: Splice, images: ImageSet, metric: Metric, patches: dict
     add({s: torch.zeros(splice.n_nodes(s), dtype=torch.bool) for s in splice.order}, apply_errors=False)  # ∅
     for m in masks:
         add(m)
-    for m in masks:
+    for m in masks if completeness else ():
         add({s: ~v for s, v in m.items()})
     for m in masks:
         for _ in range(n_random):
@@ -318,9 +322,11 @@ def faithfulness(splice: Splice, images: ImageSet, metric: Metric, patches: dict
     values = ablated_metric(splice, images, metric, patches, keep, batch_size=batch_size, max_rows=max_rows, progress=progress)
     full, empty = values[0].item(), values[1].item()
     score = lambda v: (v - empty) / (full - empty)
-    circuit_m, complement_m = values[2:2 + t], values[2 + t:2 + 2 * t]
+    c = t if completeness else 0
+    circuit_m = values[2:2 + t]
+    complement_m = values[2 + t:2 + t + c] if completeness else torch.full((t,), float("nan"))
     return Faithfulness(sizes, score(circuit_m), score(complement_m), circuit_m, complement_m, full, empty, errors,
-                        score(values[2 + 2 * t:]).view(t, n_random) if n_random else None)
+                        score(values[2 + t + c:]).view(t, n_random) if n_random else None)
 
 # %% ../nbs/10_circuits.ipynb #d35a703b
 def curve_thresholds(ie: dict[str, torch.Tensor], n_points: int = 12) -> torch.Tensor:
@@ -348,13 +354,14 @@ def faithfulness_curve(splice: Splice, ie: dict[str, torch.Tensor], images: Imag
 # %% ../nbs/10_circuits.ipynb #58da74fb
 def smallest_faithful(splice: Splice, ie: dict[str, torch.Tensor], images: ImageSet, metric: Metric,
                       patches: dict[str, Patch], target: float = 0.9, n_points: int = 12, errors: str = "circuit",
-                      refine: int = 8, *, batch_size: int = 64, max_rows: int = 256,
+                      refine: int = 3, *, batch_size: int = 64, max_rows: int = 256,
                       progress: bool = True) -> tuple[dict[str, torch.Tensor], Faithfulness]:
     """The smallest circuit along the threshold curve of `ie` whose faithfulness on `images` reaches
     `target`, as node indices per site, and its `Faithfulness` there (`thresholds`: its |IE| threshold).
 
     The curve's `n_points` sizes come first; between the last one below the target and the first
-    that reaches it, `refine` sizes at a time are evaluated until they are one node apart. A target
+    that reaches it, `refine` sizes at a time are evaluated until they are one node apart (the search
+    evaluates faithfulness only; completeness is measured for the circuit found). A target
     that no circuit on the curve reaches is refused, naming the best faithfulness found."""
     check_range("target_faithfulness", target, lo=0, lo_open=True)
     check_range("refine", refine, lo=1)
@@ -363,7 +370,7 @@ def smallest_faithful(splice: Splice, ie: dict[str, torch.Tensor], images: Image
 
     def evaluate(sizes):
         circuits = [select_nodes(ie, size=k) for k in sizes]
-        return faithfulness(splice, images, metric, patches, circuits, errors, **kw).faithfulness
+        return faithfulness(splice, images, metric, patches, circuits, errors, completeness=False, **kw).faithfulness
 
     sizes = np.unique(np.round(np.geomspace(1, len(values), n_points)).astype(int)).tolist()
     f = evaluate(sizes)

@@ -67,14 +67,6 @@ def replicates(runs: list[dict], seed_keys=SEED_KEYS) -> dict[str, list[dict]]:
     return dict(out)
 
 # %% ../nbs/13a_claims.ipynb #e1fab455
-def _first_reaching(curve: dict, target: float) -> float | None:
-    "Nodes of the smallest circuit on `curve` whose faithfulness reaches `target` (None if none does)."
-    for n, f in zip(curve["n_nodes"], curve["faithfulness"]):
-        if f is not None and f >= target:
-            return float(n)
-    return None
-
-
 def _mis_gap(layer: str) -> Callable[[dict], float | None]:
     def f(m):
         mis = m.get("mis", {}).get("layers", {}).get(layer)
@@ -84,12 +76,50 @@ def _mis_gap(layer: str) -> Callable[[dict], float | None]:
     return f
 
 
-def _nodes_gap(m: dict, target: float = 0.9) -> float | None:
-    curves = m.get("circuit", {}).get("curves", {})
-    if "sae" not in curves or "neurons" not in curves:
+def _faithful_circuits(m: dict) -> tuple[dict, dict] | None:
+    "The SAE and neuron circuits chosen by a faithfulness target, where both reached it."
+    c = m.get("circuit", {})
+    if c.get("selection") != "faithfulness" or not c.get("neurons", {}).get("reached"):
         return None
-    s, n = _first_reaching(curves["sae"], target), _first_reaching(curves["neurons"], target)
-    return None if s is None or n is None else s - n
+    return c, c["neurons"]
+
+
+def _nodes_gap(m: dict) -> float | None:
+    pair = _faithful_circuits(m)
+    return None if pair is None else pair[0]["nodes"] - pair[1]["nodes"]
+
+
+def _share_gap(m: dict) -> float | None:
+    pair = _faithful_circuits(m)
+    return None if pair is None else pair[0]["nodes"] / pair[0]["all_nodes"] - pair[1]["nodes"] / pair[1]["all_nodes"]
+
+
+def _share_over(limit: float) -> Callable[[dict], float | None]:
+    def f(m):
+        c = m.get("circuit", {})
+        return None if c.get("selection") != "faithfulness" else c["nodes"] / c["all_nodes"] - limit
+    return f
+
+
+def _held_out_margin(m: dict) -> float | None:
+    c = m.get("circuit", {})
+    return None if c.get("selection") != "faithfulness" else c["faithfulness"] - c["target_faithfulness"]
+
+
+def _alternative_gap(layer: str, which: str) -> Callable[[dict], float | None]:
+    "How the SAE − neuron MIS gap (`backbone`) or the SAE features' MIS (`ranking`) moves under the alternative choice."
+    def f(m):
+        mis = m.get("mis", {}).get("layers", {}).get(layer, {})
+        alt = mis.get("alternatives", {}).get(which)
+        expected = {"backbone": ("name", "proxy"), "ranking": ("activation", "post")}[which]  # what the questions ask
+        if not alt or alt.get(expected[0]) != expected[1] or mis["sae"]["median"] is None or alt["sae"] is None:
+            return None
+        if which == "ranking":
+            return alt["sae"] - mis["sae"]["median"]
+        if alt["neurons"] is None or mis["neurons"]["median"] is None:
+            return None
+        return (alt["sae"] - alt["neurons"]) - (mis["sae"]["median"] - mis["neurons"]["median"])
+    return f
 
 
 def _random_gap(m: dict) -> float | None:
@@ -141,17 +171,35 @@ def claims_table(runs: list[dict], representative: Callable[[list[dict]], dict],
     for layer in layers:
         add(f"mis_sae_vs_neurons_{layer}", f"Are SAE features at {layer} more interpretable than its neurons (MIS)?",
             "median MIS of SAE features − median MIS of neurons", [_mis_gap(layer)(m) for m in metrics], +1, MIS_PUBLISHED)
+    nothing = "the thesis reports no comparable number"
     add("nodes_for_f90", "Do SAE circuits need fewer nodes than neuron circuits to reach faithfulness 0.9?",
-        "nodes for F ≥ 0.9: SAE features − neurons (held-out curves)", [_nodes_gap(m) for m in metrics], -1,
-        "the thesis reports no comparable number", "nodes")
+        "nodes of the smallest circuit reaching F ≥ 0.9: SAE features − neurons", [_nodes_gap(m) for m in metrics], -1,
+        nothing, "nodes")
+    add("share_for_f90", "Do SAE circuits need a smaller share of their nodes than neuron circuits to reach faithfulness 0.9?",
+        "share of all nodes in the smallest circuit reaching F ≥ 0.9: SAE features − neurons",
+        [_share_gap(m) for m in metrics], -1, nothing)
+    add("share_within_10pct", "Does an SAE circuit of at most 10 % of all SAE nodes (features and errors) reach F ≥ 0.9?",
+        "share of all SAE nodes in the smallest circuit reaching F ≥ 0.9 − 0.10", [_share_over(0.10)(m) for m in metrics],
+        -1, nothing)
+    add("held_out_faithfulness", "Does the circuit found to reach F ≥ 0.9 keep it on held-out images?",
+        "held-out faithfulness − the target", [_held_out_margin(m) for m in metrics], +1, nothing)
     add("circuit_vs_random", "Is the default circuit more faithful than random circuits of equal size?",
         "faithfulness of the circuit − mean faithfulness of random circuits of its size", [_random_gap(m) for m in metrics],
-        +1, "the thesis reports no comparable number")
+        +1, nothing)
     for layer in layers:
         add(f"mis_falls_after_peak_{layer}", f"Does the MIS of SAE features at {layer} fall after a peak during training?",
             "highest median MIS at an earlier checkpoint − median MIS of the final SAE",
             [_mis_after_peak(layer)(m) for m in metrics], +1,
             "the thesis saw MIS fall after a peak during SAE training (GoogLeNet, another setting)")
+    for layer in layers:
+        add(f"mis_backbone_{layer}", f"At {layer}, does judging similarity by the analysed model's own features (the proxy "
+            "backbone) tilt the MIS comparison towards neurons?",
+            "(SAE − neuron median MIS) with the proxy backbone − the same with the configured backbone",
+            [_alternative_gap(layer, "backbone")(m) for m in metrics], -1, nothing)
+        add(f"mis_ranking_{layer}", f"At {layer}, does ranking SAE features by their output (ties at 0) instead of their "
+            "pre-activation lower their MIS?", "median MIS of SAE features ranked by output − by pre-activation",
+            [_alternative_gap(layer, "ranking")(m) for m in metrics], -1,
+            "the thesis ranked SAE features by pre-activation")
     by_seed = defaultdict(list)  # seed -> runs across the λ of the sweep, other settings as the representative's
     base = point_of({**rep["config"].to_dict(), "sae": {k: v for k, v in rep["config"].sae.to_dict().items() if k != "l1_coeff"}})
     for r in runs:

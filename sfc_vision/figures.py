@@ -44,7 +44,7 @@ def record_figure(fig, figures_dir: str | os.PathLike, name: str, caption: str, 
     "Save `fig` as `figures_dir/<name>.png`, show it inline in a notebook, and note in `index.json` what it shows, who made it, from which runs."
     figures_dir = Path(figures_dir)
     paths = save_figure(fig, figures_dir / safe_label(name), formats)
-    show_figure(fig)
+    show_figure(fig, paths)
     index_path = figures_dir / "index.json"
     index = read_json(index_path) if index_path.exists() else {"figures": []}
     entry = {"file": paths[0].name, "caption": caption, "made_by": made_by, "runs": sorted(runs)}

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +21,7 @@ from .sae import Dictionary
 
 # %% auto #0
 __all__ = ['ACTIVATIONS', 'StopForward', 'site_activations', 'encode_site', 'site_features', 'unit_scores', 'ordered_keys',
-           'tie_ranks', 'RunningTopK', 'TopImages', 'top_images', 'unit_maps']
+           'tie_ranks', 'RunningTopK', 'TopImages', 'top_images_many', 'top_images', 'unit_maps']
 
 # %% ../nbs/11_interpret.ipynb #ef8ece40
 class StopForward(Exception):
@@ -202,6 +202,39 @@ class _Ranker:
 
 
 @torch.no_grad()
+def top_images_many(model: VisionModel, site: str, dictionaries: Mapping[str, tuple[Dictionary, str]], images: ImageSet,
+                    k: int = 16, seed: int = 0, units: Sequence[int] | None = None, batch_size: int = 256,
+                    device: str | torch.device = "auto", progress: bool = True) -> dict[str, TopImages]:
+    """`top_images` of several dictionaries at one site, name → (dictionary, activation), in one pass over
+    `images`: the model runs once per batch however many dictionaries are ranked (an SAE, its earlier
+    checkpoints, the neurons). `units` (ids valid in every dictionary) ranks only those."""
+    for _, activation in dictionaries.values():
+        check_choice("activation", activation, ACTIVATIONS)
+    site = model.resolve(site)
+    unit_ids = None if units is None else torch.as_tensor(list(units), dtype=torch.long)
+    for dic, _ in dictionaries.values():
+        if unit_ids is not None and len(unit_ids) and (unit_ids.min() < 0 or unit_ids.max() >= dic.d_sae):
+            raise ConfigError(f"units: ids must lie in 0 … {dic.d_sae - 1}, got {unit_ids.tolist()[:10]}")
+    rankers = {name: _Ranker(dic.d_sae if unit_ids is None else len(unit_ids), k, len(images), seed)  # checks k first
+               for name, (dic, _) in dictionaries.items()}
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    dics = {name: (dic.to(dev), activation) for name, (dic, activation) in dictionaries.items()}
+    pick = slice(None) if unit_ids is None else unit_ids.to(dev)
+    spatial = None
+    bar = tqdm(images.batches(batch_size), total=math.ceil(len(images) / batch_size), desc=f"top images {site}",
+               disable=not progress, leave=False)
+    for x, _, idx in bar:
+        acts = site_activations(model, site, x.to(dev))
+        spatial = acts.ndim == 4
+        for name, (dic, activation) in dics.items():
+            post = unit_scores(encode_site(dic, acts, site)).float()
+            scores = post if activation == "post" else unit_scores(encode_site(dic, acts, site, "pre")).float()
+            rankers[name].update(scores[:, pick], idx, post[:, pick] > 0)
+    return {name: r.result(torch.arange(dics[name][0].d_sae) if unit_ids is None else unit_ids, spatial, site,
+                           dics[name][1]) for name, r in rankers.items()}
+
+
 def top_images(model: VisionModel, site: str, dictionary: Dictionary, images: ImageSet, k: int = 16, seed: int = 0,
                units: Sequence[int] | None = None, activation: str = "post", batch_size: int = 256,
                device: str | torch.device = "auto", progress: bool = True) -> TopImages:
@@ -209,26 +242,8 @@ def top_images(model: VisionModel, site: str, dictionary: Dictionary, images: Im
 
     Ranks by the units' output (`activation="post"`) or pre-activation (`"pre"`); the activation
     frequency always counts the output. Memory is `O(units · k)` whatever the size of `images`."""
-    check_choice("activation", activation, ACTIVATIONS)
-    site = model.resolve(site)
-    n_units = dictionary.d_sae if units is None else len(units)
-    ranker = _Ranker(n_units, k, len(images), seed)  # checks k before any compute
-    unit_ids = torch.arange(dictionary.d_sae) if units is None else torch.as_tensor(list(units), dtype=torch.long)
-    if len(unit_ids) and (unit_ids.min() < 0 or unit_ids.max() >= dictionary.d_sae):
-        raise ConfigError(f"units: ids must lie in 0 … {dictionary.d_sae - 1}, got {unit_ids.tolist()[:10]}")
-    dev = resolve_device(device)
-    model, dictionary = model.to(dev).eval(), dictionary.to(dev)
-    spatial = None
-    bar = tqdm(images.batches(batch_size), total=math.ceil(len(images) / batch_size), desc=f"top images {site}",
-               disable=not progress, leave=False)
-    for x, _, idx in bar:
-        acts = site_activations(model, site, x.to(dev))
-        post = unit_scores(encode_site(dictionary, acts, site)).float()
-        scores = post if activation == "post" else unit_scores(encode_site(dictionary, acts, site, "pre")).float()
-        spatial = acts.ndim == 4
-        pick = slice(None) if units is None else unit_ids.to(dev)
-        ranker.update(scores[:, pick], idx, post[:, pick] > 0)
-    return ranker.result(unit_ids, spatial, site, activation)
+    return top_images_many(model, site, {"": (dictionary, activation)}, images, k, seed, units, batch_size, device,
+                           progress)[""]
 
 
 # %% ../nbs/11_interpret.ipynb #5714443c

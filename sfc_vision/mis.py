@@ -33,8 +33,8 @@ __all__ = ['BACKBONES', 'NOT_COMPARABLE', 'COLOUR_BINS', 'COLOUR_THRESHOLD', 'DR
            'BackboneConfig', 'build_backbone', 'colour_histogram', 'dreamsim_folders', 'find_dreamsim',
            'centre_on_edges', 'orientation_histograms', 'gradient_embedding', 'dataset_fingerprint', 'EmbeddingCache',
            'MISConfig', 'task_ranks', 'unit_task_ranks', 'mis_images', 'task_deltas', 'MISResult', 'unit_status',
-           'mis_from_top', 'run_mis', 'published_median', 'common_backbone', 'dictionary_kind', 'layer_table',
-           'mis_exclusion']
+           'mis_from_top', 'mis_meta', 'run_mis', 'published_median', 'common_backbone', 'dictionary_kind',
+           'layer_table', 'mis_exclusion']
 
 # %% ../nbs/11b_mis.ipynb #2cdc4b66
 class BackboneNotFoundError(FileNotFoundError):
@@ -585,6 +585,13 @@ def mis_from_top(top: TopImages, embeddings: EmbeddingCache, cfg: MISConfig, met
     return MISResult(top.units.clone(), status, p.mean(1), accuracy, delta, top.frequency.clone(), json_safe(info))
 
 
+def mis_meta(model: VisionModel, dictionary: Dictionary, meta: dict | None = None) -> dict:
+    "What an MIS result records of the units it scores: the dictionary (SAE or neurons), the model, and `meta`."
+    return {"dictionary": {"kind": "neurons" if isinstance(dictionary, IdentityDictionary) else "sae",
+                           "class": type(dictionary).__name__, "d_in": dictionary.d_in, "d_sae": dictionary.d_sae},
+            "model_arch": model.arch, **(meta or {})}
+
+
 def run_mis(model: VisionModel, site: str, dictionary: Dictionary, images: ImageSet, cfg: MISConfig,
             embeddings: EmbeddingCache | None = None, units: Sequence[int] | None = None,
             cache_dir: str | Path | None = None, dataset_id: str | None = None, meta: dict | None = None,
@@ -607,10 +614,7 @@ def run_mis(model: VisionModel, site: str, dictionary: Dictionary, images: Image
     top = top_images(model, site, dictionary, images, k=cfg.n_candidates, seed=cfg.seed, units=units,
                      activation="post" if neurons else cfg.sae_activation, batch_size=batch_size, device=device,
                      progress=progress)
-    info = {"dictionary": {"kind": "neurons" if neurons else "sae", "class": type(dictionary).__name__,
-                           "d_in": dictionary.d_in, "d_sae": dictionary.d_sae},
-            "model_arch": model.arch, **(meta or {})}
-    return mis_from_top(top, embeddings, cfg, info), top
+    return mis_from_top(top, embeddings, cfg, mis_meta(model, dictionary, meta)), top
 
 # %% ../nbs/11b_mis.ipynb #53c4246d
 PUBLISHED_GOOGLENET_MEDIANS = {"mixed3a": 0.834, "mixed3b": 0.862, "mixed4a": 0.888, "mixed4b": 0.922, "mixed4c": 0.944,

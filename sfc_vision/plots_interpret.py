@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import torch
 import torch.nn.functional as F
 
@@ -235,7 +236,10 @@ def _edge_bars(ax, edges: Mapping[str, float], title: str, max_edges: int) -> No
     ax.set_yticks(range(len(items)), labels, fontsize=7)
     ax.invert_yaxis()
     ax.axvline(0, color="black", lw=0.6)
+    ax.xaxis.set_major_locator(MaxNLocator(3))
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))  # edge weights are often ~1e-4: one shared exponent
     ax.tick_params(axis="x", labelsize=7)
+    ax.xaxis.get_offset_text().set_fontsize(7)
 
 
 def plot_feature_page(model: VisionModel, site: str, dictionary: Dictionary, images: ImageSet, top: TopImages, unit: int,
@@ -252,7 +256,7 @@ def plot_feature_page(model: VisionModel, site: str, dictionary: Dictionary, ima
         raise ConfigError(f"n: {n} images per row; a feature page needs at least 3")
     kind = "neuron" if isinstance(dictionary, IdentityDictionary) else "SAE feature"
     rows = _rows_for(model, site, dictionary, images, top, [unit], n, True, heatmap, device, lambda u: "")
-    fig = plt.figure(figsize=(1.3 * n + 1.2, 5.6))
+    fig = plt.figure(figsize=(1.3 * n + 1.2, 4.8))
     grid = fig.add_gridspec(3, n, height_ratios=[1, 1, 1.4])
     for r, (row, side) in enumerate(zip(rows, ("top", "bottom"))):
         row.label = f"{side}\n({'pre-activation' if top.activation == 'pre' else 'output'})"

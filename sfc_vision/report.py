@@ -10,7 +10,7 @@ import io
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,19 +20,22 @@ import torch
 
 from .artifacts import read_json, write_text
 from .attribution import NodeEffects
-from .cache import MARKER, safe_label
+from .cache import MARKER, Study, safe_label
 from .circuits import Circuit
 from .plots_circuits import NEGATIVE, POSITIVE
-from .config import ConfigError
-from .mis import MISResult
-from .stages import layer_folders
+from .config import ConfigError, check_choice
+from .mis import MISResult, mis_images
+from .plots_interpret import plot_feature_page
+from .sae import IdentityDictionary
+from .stages import RunOutputs, layer_folders
 from .study_config import StudyConfig
 from .sweeps import study_status
 
 # %% auto #0
-__all__ = ['GOOD_WORDS', 'BAD_WORDS', 'EVAL_KEYS', 'REPORT_MARKER', 'FIGURE_SUFFIXES', 'fmt_num', 'fmt_pct', 'fmt_seconds',
-           'verdict', 'stage_folder', 'layer_rows', 'node_file', 'feature_records', 'circuit_svg', 'templates_dir',
-           'render_notebook', 'feature_figures', 'load_claims', 'build_report']
+__all__ = ['GOOD_WORDS', 'BAD_WORDS', 'EVAL_KEYS', 'FEATURE_KINDS', 'REPORT_MARKER', 'FIGURE_SUFFIXES', 'fmt_num', 'fmt_pct',
+           'fmt_seconds', 'verdict', 'stage_folder', 'layer_rows', 'node_file', 'node_edges', 'feature_records',
+           'feature_figure_name', 'feature_pages', 'circuit_svg', 'templates_dir', 'render_notebook', 'feature_figures',
+           'load_claims', 'build_report']
 
 # %% ../nbs/16_report.ipynb #3f907b73
 def _missing(x) -> bool:
@@ -123,6 +126,22 @@ def node_file(site: str, unit: int) -> str:
     return f"{safe_label(site)}_{unit}.html"
 
 
+def node_edges(circuit: Circuit, site: str, unit: int) -> tuple[list[tuple[str, int, float]], list[tuple[str, int, float]]]:
+    """The non-zero edges into node `unit` of `site` (from the site below) and out of it (to the site above), as
+    (other site, other unit, weight), strongest first; none for a unit the circuit does not keep."""
+    hit = (circuit.nodes[site] == unit).nonzero()
+    if not len(hit):
+        return [], []
+    r, into, out = hit[0].item(), [], []
+    for (up, down), w in circuit.edges.items():  # w: (nodes kept at `down`, nodes kept at `up`)
+        if down == site:
+            into += [(up, v, w[r, j].item()) for j, v in enumerate(circuit.nodes[up].tolist()) if w[r, j] != 0]
+        if up == site:
+            out += [(down, v, w[j, r].item()) for j, v in enumerate(circuit.nodes[down].tolist()) if w[j, r] != 0]
+    strongest = lambda edges: sorted(edges, key=lambda e: -abs(e[2]))
+    return strongest(into), strongest(out)
+
+
 def _mis_of(result: MISResult | None, unit: int) -> dict:
     if result is None:
         return {"mis": None, "mis_accuracy": None, "frequency": None, "mis_status": None}
@@ -149,19 +168,65 @@ def feature_records(circuit: Circuit, effects=None, mis: dict[str, MISResult] | 
         units = circuit.nodes[s].tolist()
         for rank, (u, ie) in enumerate(zip(units, circuit.node_ie[s].tolist()), start=1):
             is_error = u == circuit.n_nodes[s] - 1
-            edges_in, edges_out = [], []
-            for (up, down), w in circuit.edges.items():
-                if down == s:
-                    edges_in += [edge(up, v, w[rank - 1, j].item()) for j, v in enumerate(circuit.nodes[up].tolist()) if w[rank - 1, j] != 0]
-                if up == s:
-                    edges_out += [edge(down, v, w[j, rank - 1].item()) for j, v in enumerate(circuit.nodes[down].tolist()) if w[j, rank - 1] != 0]
+            into, out_of = node_edges(circuit, s, u)
             abs_ie = None if effects is None or s not in effects.abs_mean else effects.abs_mean[s][u].item()
             out.append({"site": s, "layer": name(s), "unit": u, "label": label(s, u), "is_error": is_error,
                         "kind": "error node" if is_error else "feature", "ie": ie, "rank": rank, "site_size": len(units),
                         "abs_ie": abs_ie, **(_mis_of(None if is_error else mis.get(s), u)),
-                        "edges_in": sorted(edges_in, key=lambda e: -abs(e["weight"])),
-                        "edges_out": sorted(edges_out, key=lambda e: -abs(e["weight"])), "file": node_file(s, u)})
+                        "edges_in": [edge(*e) for e in into], "edges_out": [edge(*e) for e in out_of],
+                        "file": node_file(s, u)})
     return out
+
+# %% ../nbs/16_report.ipynb #33472aa0
+FEATURE_KINDS = ("sae", "neurons")
+
+
+def feature_figure_name(layer: str, unit: int, kind: str = "sae") -> str:
+    "Name (under a run's `figures/`) of the feature page of `unit` at configured layer `layer`."
+    return f"features/{'neurons_' if kind == 'neurons' else ''}{safe_label(layer)}_{unit}"
+
+
+def feature_pages(study: Study, kind: str = "sae", units: Mapping[str, Sequence[int]] | None = None,
+                  per_site: int | None = 4, n: int = 6, device: str = "cpu") -> Iterator[tuple[str, int, object]]:
+    """Yield `(layer, unit, figure)`: the feature page of each unit of a run whose circuit and MIS stages are
+    complete — the `per_site` nodes of largest |IE| of each layer of its `kind` circuit (error nodes left
+    out; None: every node), or the `units` given (configured layer → unit ids)."""
+    check_choice("kind", kind, FEATURE_KINDS)
+    outputs = RunOutputs(study)
+    unknown = sorted(set(units or {}) - set(outputs.layers))
+    if unknown:
+        raise ConfigError(f"units: unknown layers {unknown}; the run's layers are {list(outputs.layers)}")
+    try:
+        circuit = outputs.circuit(kind)
+    except FileNotFoundError as e:
+        if units is None:
+            raise ConfigError(f"{e}: pass `units`") from None
+        circuit = None
+    if units is None:
+        units = {layer: [u for u in circuit.nodes[site].tolist() if u != circuit.n_nodes[site] - 1][:per_site]
+                 for layer, site in outputs.layers.items()}
+    model, sha = outputs.model()
+    images = mis_images(study.data(), study.cfg.mis)
+    effects = outputs.effects(kind)
+    names = {site: layer for layer, site in outputs.layers.items()}
+    label = lambda s, u: f"{names[s]} {'ε' if u == circuit.n_nodes[s] - 1 else u}"
+    for layer, site in outputs.layers.items():
+        if not units.get(layer):
+            continue
+        sae = outputs.sae(layer, model_sha256=sha)[0]
+        dictionary = sae if kind == "sae" else IdentityDictionary(sae.d_in)
+        bad = [u for u in units[layer] if not 0 <= u < dictionary.d_sae]
+        if bad:
+            raise ConfigError(f"units: {bad} are no units of {layer}; valid: 0 … {dictionary.d_sae - 1}")
+        top, mis = outputs.top(layer, kind), outputs.mis(layer, kind)
+        for unit in units[layer]:
+            into, out = node_edges(circuit, site, unit) if circuit is not None else ([], [])
+            fig = plot_feature_page(model, site, dictionary, images, top, unit, n=n,
+                                    indirect_effect=effects.mean[site][unit].item(), mis=_mis_of(mis, unit)["mis"],
+                                    edges_in={label(s, u): w for s, u, w in into},
+                                    edges_out={label(s, u): w for s, u, w in out}, device=device,
+                                    title=f"{layer} {'neuron' if kind == 'neurons' else 'SAE feature'} #{unit}")
+            yield layer, unit, fig
 
 # %% ../nbs/16_report.ipynb #ed2d8c3a
 def circuit_svg(circuit: Circuit, href: Callable[[str, int], str], labels: dict[str, str] | None = None,

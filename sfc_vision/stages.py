@@ -21,14 +21,15 @@ from .sae_eval import evaluate_checkpoints, sae_verdict
 from .attribution import NodeEffects, Patch, Splice, load_patches, make_patches, node_effects, save_patches
 from .circuits import (Circuit, Faithfulness, faithfulness, faithfulness_curve, feature_density, find_circuit,
                                  images_of_class, smallest_faithful)
-from .mis import EmbeddingCache, MISResult, build_backbone, mis_images, run_mis
+from .interpret import TopImages, top_images_many
+from .mis import BackboneConfig, EmbeddingCache, MISResult, build_backbone, mis_from_top, mis_images, mis_meta
 from .study_config import StudyConfig, load_config, merge_settings
 from .train import channel_stats, evaluate_classifier, train_classifier
 
 # %% auto #0
 __all__ = ['SAE_EVAL_KEYS', 'model_stage', 'layer_folders', 'activations_stage', 'saes_stage', 'RunOutputs', 'eval_images',
-           'sae_eval_stage', 'circuit_images', 'attribution_stage', 'circuit_stage', 'mis_stage', 'default_runs_root',
-           'open_study']
+           'sae_eval_stage', 'circuit_images', 'attribution_stage', 'edge_images', 'circuit_stage', 'mis_stage',
+           'default_runs_root', 'open_study']
 
 # %% ../nbs/12b_stages.ipynb #d84024d1
 def _num_classes(cfg: StudyConfig, data: ImageData) -> int:
@@ -137,8 +138,15 @@ class RunOutputs:
         "The patches (mean or zero activations) each node is ablated to."
         return load_patches(self.folder("attribution") / f"patches_{kind}.safetensors")
 
-    def circuit(self) -> Circuit:
-        return Circuit.load(self.folder("circuit") / "circuit.safetensors")
+    def circuit(self, kind: str = "sae") -> Circuit:
+        """The circuit of SAE features (`kind` sae), or of neurons chosen the same way (`neurons`: stored where
+        `circuit.select` is `faithfulness` and the neurons reach the target)."""
+        name = {"sae": "circuit", "neurons": "circuit_neurons"}[kind]
+        path = self.folder("circuit") / f"{name}.safetensors"
+        if not path.exists():
+            raise FileNotFoundError(f"no {kind} circuit stored (circuit.select: {self.cfg.circuit.select}; a neuron circuit "
+                                    f"is stored where a faithfulness target is reached)")
+        return Circuit.load(path)
 
     def curves(self) -> dict[str, Faithfulness]:
         "Faithfulness and completeness over circuit size, for SAE features (`sae`) and neurons (`neurons`)."
@@ -153,6 +161,10 @@ class RunOutputs:
         "The MIS of every unit of configured layer `layer` (`kind` sae or neurons; the SAE checkpoint of an earlier `step`)."
         suffix = kind if step is None else f"sae_step_{step:06d}"
         return MISResult.load(self.folder("mis") / f"{self.layers[layer]}_{suffix}.safetensors")
+
+    def top(self, layer: str, kind: str = "sae") -> TopImages:
+        "The ranking MIS drew its tasks from: every unit's top and bottom images over `mis.pool` (final SAE, or neurons)."
+        return TopImages.from_tensors(*load_tensors(self.folder("mis") / f"{self.layers[layer]}_{kind}_top.safetensors"))
 
 # %% ../nbs/12b_stages.ipynb #3c66acf8
 def eval_images(ctx: StageContext) -> ImageSet:
@@ -224,24 +236,39 @@ def _nodes_per_layer(nodes: dict[str, torch.Tensor], names: dict[str, str]) -> d
     return {names[s]: len(v) for s, v in nodes.items()}
 
 
+def _edge_count(circuit: Circuit) -> int:
+    return sum(int((w != 0).sum()) for w in circuit.edges.values())
+
+
+def edge_images(ctx: StageContext, images: ImageSet) -> ImageSet:
+    "The `circuit.n_edge_images` of the circuit's `images` (stratified) its edges are averaged over."
+    n = ctx.cfg.circuit.n_edge_images
+    return images if n is None else images.subset(stratified_subset(images.labels, n, ctx.cfg.data.seed))
+
+
 def _neuron_circuit(ctx: StageContext, neurons: Splice, effects: NodeEffects, patches: dict, images: ImageSet,
-                    held_out: ImageSet, metric, names: dict[str, str], kw: dict) -> dict:
-    "The neuron circuit chosen as the SAE circuit is (a faithfulness target only), and its held-out faithfulness."
+                    held_out: ImageSet, metric, names: dict[str, str], meta: dict, kw: dict) -> dict:
+    """The neuron circuit chosen as the SAE circuit is (a faithfulness target only), with its edges, saved as
+    `circuit_neurons.safetensors`; its size and held-out faithfulness."""
     c = ctx.cfg.circuit
     if c.select != "faithfulness":
         return {"selection": c.select}
     try:
-        nodes, found = smallest_faithful(neurons, effects.mean, images, metric, patches, c.target_faithfulness,
-                                         c.curve_points, c.errors, **kw)
+        circuit = find_circuit(neurons, images, metric, patches, target_faithfulness=c.target_faithfulness,
+                               edge_threshold=c.edge_threshold, effects=effects, errors=c.errors,
+                               edge_images=edge_images(ctx, images), curve_points=c.curve_points, meta=meta, **kw)
     except ValueError as e:  # the target is out of the neurons' reach: that is a finding, not a failure
         return {"selection": c.select, "reached": False, "reason": str(e)}
-    held = faithfulness(neurons, held_out, metric, patches, [nodes], errors=c.errors, **kw)
-    return {"selection": c.select, "reached": True, "nodes": sum(len(v) for v in nodes.values()),
-            "nodes_per_layer": _nodes_per_layer(nodes, names), "discovery_faithfulness": found.faithfulness[0].item(),
+    circuit.save(ctx.dir / "circuit_neurons.safetensors")
+    held = faithfulness(neurons, held_out, metric, patches, [circuit], errors=c.errors, **kw)
+    return {"selection": c.select, "reached": True, "nodes": circuit.size, "all_nodes": sum(circuit.n_nodes.values()) - len(circuit.sites),  # neurons (no error nodes)
+            "edges": _edge_count(circuit),
+            "nodes_per_layer": _nodes_per_layer(circuit.nodes, names),
+            "discovery_faithfulness": circuit.meta["selection"]["faithfulness"],
             "faithfulness": held.faithfulness[0].item(), "completeness": held.completeness[0].item()}
 
 
-@register_stage("circuit", sections=("circuit",), upstream=("model", "saes", "attribution"))
+@register_stage("circuit", sections=("circuit",), upstream=("model", "saes", "attribution"), version=2)  # 2: neuron circuit saved
 def circuit_stage(ctx: StageContext) -> dict:
     "Select the circuit, compute its edges, its faithfulness and completeness on held-out images, curves and densities."
     c, ex, data = ctx.cfg.circuit, ctx.cfg.execution, ctx.data()
@@ -251,9 +278,10 @@ def circuit_stage(ctx: StageContext) -> dict:
     images, held_out = circuit_images(ctx, "train"), circuit_images(ctx, "test")
     patches, effects = outputs.patches("sae"), outputs.effects("sae")
     kw = dict(batch_size=ex.grad_batch_size, max_rows=ex.max_rows, progress=ctx.progress)
+    meta = {"model_sha256": sha, "target_class": c.target_class}
     circuit = find_circuit(splice, images, metric, patches, **c.selection(), edge_threshold=c.edge_threshold,
-                           effects=effects, errors=c.errors, curve_points=c.curve_points,
-                           meta={"model_sha256": sha, "target_class": c.target_class}, **kw)
+                           effects=effects, edge_images=edge_images(ctx, images), errors=c.errors,
+                           curve_points=c.curve_points, meta=meta, **kw)
     circuit.save(ctx.dir / "circuit.safetensors")
     faith = faithfulness(splice, held_out, metric, patches, [circuit], errors=c.errors, n_random=c.n_random, seed=c.seed, **kw)
     curve = lambda sp, eff, p: faithfulness_curve(sp, eff.mean, held_out, metric, p, n_points=c.curve_points,
@@ -269,14 +297,14 @@ def circuit_stage(ctx: StageContext) -> dict:
     selection = circuit.meta.get("selection", {})
     return {"selection": c.select, "target_faithfulness": c.target_faithfulness if c.select == "faithfulness" else None,
             "nodes": circuit.size, "all_nodes": sum(circuit.n_nodes.values()),
-            "edges": sum(int((w != 0).sum()) for w in circuit.edges.values()),
+            "edges": _edge_count(circuit),
             "nodes_per_layer": _nodes_per_layer(circuit.nodes, names),
             "error_nodes": sum(int((circuit.nodes[s] == circuit.n_nodes[s] - 1).sum()) for s in circuit.sites),
             "discovery_faithfulness": selection.get("faithfulness"),
             "faithfulness": faith.faithfulness[0].item(), "completeness": faith.completeness[0].item(),
             "random_faithfulness": None if faith.random is None else faith.random[0].mean().item(),
             "m_full": faith.m_full, "m_empty": faith.m_empty, "n_images": len(images), "n_eval": len(held_out),
-            "neurons": _neuron_circuit(ctx, neurons, n_effects, n_patches, images, held_out, metric, names, kw),
+            "neurons": _neuron_circuit(ctx, neurons, n_effects, n_patches, images, held_out, metric, names, meta, kw),
             "curves": {k: {key: v[key] for key in ("n_nodes", "faithfulness", "completeness")} for k, v in curves.items()}}
 
 # %% ../nbs/12b_stages.ipynb #75990c01
@@ -287,34 +315,57 @@ def _mis_stats(r: MISResult) -> dict:
             "n_constant": r.status.count("constant"), "n_sparse": r.status.count("sparse")}
 
 
-@register_stage("mis", sections=("mis", "evaluation"), upstream=("model", "saes"))
+def _mis_alternatives(ctx: StageContext, model, images: ImageSet) -> dict:
+    """With `evaluation.alternatives`: the other backbone (proxy, or gradients where proxy is configured) with its
+    embedding cache, and the other ranking of SAE features (output, or pre-activation)."""
+    cfg, ex = ctx.cfg.mis, ctx.cfg.execution
+    other = BackboneConfig(name="gradients" if cfg.backbone.name == "proxy" else "proxy")
+    backbone = build_backbone(other, model, device=ex.device, batch_size=ex.grad_batch_size)
+    return {"backbone": EmbeddingCache(backbone, images, progress=ctx.progress),
+            "ranking": "post" if cfg.sae_activation == "pre" else "pre"}
+
+
+@register_stage("mis", sections=("mis", "evaluation"), upstream=("model", "saes"), version=2)  # 2: rankings stored
 def mis_stage(ctx: StageContext) -> dict:
-    "MIS of every SAE feature and every neuron of each layer, ranked over `mis.pool` (and of the SAE at every checkpoint)."
-    outputs, ex = RunOutputs(ctx), ctx.cfg.execution
+    """MIS of every SAE feature and every neuron of each layer, ranked over `mis.pool` (and of the SAE at every
+    checkpoint): one ranking pass per layer for all its dictionaries, one embedding cache for all layers."""
+    outputs, ex, cfg = RunOutputs(ctx), ctx.cfg.execution, ctx.cfg.mis
     model, sha = outputs.model()
-    images = mis_images(ctx.data(), ctx.cfg.mis)
-    backbone = build_backbone(ctx.cfg.mis.backbone, model, device=ex.device, batch_size=ex.grad_batch_size)
+    images = mis_images(ctx.data(), cfg)
+    backbone = build_backbone(cfg.backbone, model, device=ex.device, batch_size=ex.grad_batch_size)
     embeddings = EmbeddingCache(backbone, images, progress=ctx.progress)
-    run = lambda folder, dic, meta: run_mis(model, folder, dic, images, ctx.cfg.mis, embeddings=embeddings, meta=meta,
-                                            device=ex.device, batch_size=ex.batch_size, progress=ctx.progress)[0]
+    alternatives = _mis_alternatives(ctx, model, images) if ctx.cfg.evaluation.alternatives else None
     out = {}
     for layer, folder in outputs.layers.items():
         sae, meta = outputs.sae(layer, model_sha256=sha)
-        res = {"sae": run(folder, sae, {"step": meta["step"], "layer_name": layer}),
-               "neurons": run(folder, IdentityDictionary(sae.d_in), {"layer_name": layer})}
-        for kind, r in res.items():
-            r.save(ctx.dir / f"{folder}_{kind}.safetensors")
-        out[layer] = {kind: _mis_stats(r) for kind, r in res.items()}
-        out[layer]["checkpoints"] = [{"step": meta["step"], "median": out[layer]["sae"]["median"]}]
+        dictionaries = {"sae": (sae, meta["step"]), "neurons": (IdentityDictionary(sae.d_in), None)}
         if ctx.cfg.evaluation.checkpoints:
-            for step in outputs.sae_steps(layer)[:-1]:
-                earlier, _ = outputs.sae(layer, step, model_sha256=sha)
-                r = run(folder, earlier, {"step": step, "layer_name": layer})
-                r.save(ctx.dir / f"{folder}_sae_step_{step:06d}.safetensors")
-                out[layer]["checkpoints"].append({"step": step, "median": _mis_stats(r)["median"]})
-            out[layer]["checkpoints"].sort(key=lambda e: e["step"])
+            dictionaries |= {f"sae_step_{step:06d}": (outputs.sae(layer, step, model_sha256=sha)[0], step)
+                             for step in outputs.sae_steps(layer)[:-1]}
+        rankings = {name: (dic, "post" if name == "neurons" else cfg.sae_activation) for name, (dic, _) in dictionaries.items()}
+        if alternatives:
+            rankings["sae_other_ranking"] = (sae, alternatives["ranking"])
+        tops = top_images_many(model, folder, rankings, images, k=cfg.n_candidates, seed=cfg.seed, batch_size=ex.batch_size,
+                               device=ex.device, progress=ctx.progress)
+        res = {}
+        for name, (dic, step) in dictionaries.items():
+            res[name] = mis_from_top(tops[name], embeddings, cfg, mis_meta(model, dic, {"layer_name": layer} |
+                                                                             ({} if step is None else {"step": step})))
+            res[name].save(ctx.dir / f"{folder}_{name}.safetensors")
+        for kind in ("sae", "neurons"):  # the rankings too: feature pages show the images the tasks were drawn from
+            save_tensors(ctx.dir / f"{folder}_{kind}_top.safetensors", *tops[kind].to_tensors())
+        out[layer] = {kind: _mis_stats(res[kind]) for kind in ("sae", "neurons")}
+        if alternatives:
+            median = lambda top, emb: _mis_stats(mis_from_top(top, emb, cfg))["median"]
+            out[layer]["alternatives"] = {
+                "backbone": {"name": alternatives["backbone"].backbone.name,
+                             **{kind: median(tops[kind], alternatives["backbone"]) for kind in ("sae", "neurons")}},
+                "ranking": {"activation": alternatives["ranking"], "sae": median(tops["sae_other_ranking"], embeddings)}}
+        out[layer]["checkpoints"] = sorted(({"step": step, "median": _mis_stats(res[name])["median"]}
+                                            for name, (_, step) in dictionaries.items() if name != "neurons"),
+                                           key=lambda e: e["step"])
     return {"layers": out, "backbone": backbone.label, "comparable_to_published": backbone.comparable,
-            "temperature": ctx.cfg.mis.temperature, "pool": ctx.cfg.mis.pool, "n_images": len(images)}
+            "temperature": cfg.temperature, "pool": cfg.pool, "n_images": len(images)}
 
 # %% ../nbs/12b_stages.ipynb #c60b8a84
 def default_runs_root() -> Path:

@@ -33,10 +33,16 @@ StageName = Literal["model", "activations", "saes", "sae_eval", "attribution", "
 
 @dataclass(frozen=True)
 class RunConfig(Config):
-    "How a run is named and what it needs. No stage's result depends on these settings."
+    "How a run is named, what it needs and what its notebooks show. No stage's result depends on these settings."
     name: str = setting("default", "label the run folder's name starts with (made filesystem-safe; the config hash is appended)")
     stages: tuple[StageName, ...] = setting((), "stages to run (their upstream stages come along); () runs every stage")
     needs_gpu: bool = setting(False, "refuse to start where no CUDA device is visible (for the large presets)")
+    feature_pages: int | None = setting(4, "feature pages drawn per layer of each circuit (SAE features, neurons): "
+                                           "its nodes of largest |IE|; None: every node")
+
+    def validate(self):
+        if self.feature_pages is not None:
+            check_range("feature_pages", self.feature_pages, lo=0)
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,9 @@ class EvalConfig(Config):
     "Which held-out images the SAE measurements and the MIS use."
     n_images: int | None = setting(None, "test images used (stratified); None: the whole test split")
     checkpoints: bool = setting(True, "also measure every earlier SAE checkpoint (reconstruction and MIS over training)")
+    alternatives: bool = setting(True, "MIS: also score the final SAE and the neurons with the proxy backbone (the analysed "
+                                       "model's own features) and the SAE features ranked by output, to show what these "
+                                       "choices do to the comparison")
 
     def validate(self):
         if self.n_images is not None:

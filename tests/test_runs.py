@@ -248,6 +248,39 @@ def test_a_run_ends_with_each_layers_sae_verdict(reference_run):
 
 
 
+def notebook_text(path: Path) -> str:
+    "Every output of an executed notebook as text (streams, and the text/plain and text/markdown of results)."
+    out = []
+    for cell in json.loads(path.read_text())["cells"]:
+        for o in cell.get("outputs", []):
+            out += o.get("text", []) + [t for k in ("text/plain", "text/markdown") for t in o.get("data", {}).get(k, [])]
+    return "".join(out)
+
+
+def test_an_undertrained_sae_fails_the_gate_and_every_table_marks_its_site(tmp_path, cli):
+    "Five optimiser steps: the run completes, but the gate, the run's tables, status and the report all say the SAE is not trained."
+    cfg_file = write_yaml(tmp_path / "cfg.yaml", tiny_config(sae={"steps": 5, "checkpoints": 1}, run={"name": "undertrained"},
+                                                             circuit={"select": "faithfulness", "target_faithfulness": 0.5}))
+    r = cli("run", cfg_file, "--runs", tmp_path / "runs")
+    assert r.returncode == 0, r.stdout + r.stderr
+    folder = run_folder(tmp_path / "runs", run_name(StudyConfig.from_yaml_text(cfg_file.read_text())))
+    metrics = read_json(folder / "metrics.json")
+    failed = [layer for layer, e in metrics["sae_eval"].items() if not e["gate"]["passed"]]
+    assert failed == list(TINY["capture"]["layers"]), metrics["sae_eval"]   # 5 steps train no SAE
+    circuits, mis = (notebook_text(folder / "notebooks" / n) for n in ("02_circuits.ipynb", "03_interpret.ipynb"))
+    status = cli("status", "--runs", tmp_path / "runs").stdout
+    for layer in failed:
+        verdict = metrics["sae_eval"][layer]["gate"]["verdict"]
+        assert verdict.startswith("not trained"), verdict
+        assert any(l.split()[:1] == [layer] and l.rstrip().endswith(verdict) for l in r.stdout.splitlines()), r.stdout
+        assert f"| {layer} |" in circuits and circuits.count("failed the gate |") == len(failed), circuits  # circuit table
+        assert mis.count("failed the gate |") == len(failed), mis                                          # MIS table
+        assert f"{layer} not trained" in status, status
+    from sfc_vision.report import build_report
+    page = (build_report(tmp_path / "runs", tmp_path / "report", notebooks=False).parent / "runs" / folder.name / "index.html").read_text()
+    assert page.count("not trained") >= len(failed)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the kernel processes to kill through /proc")
 def test_a_run_killed_mid_stage_resumes_without_recomputing_and_matches(reference_run, tmp_path, cli):
     runs = tmp_path / "runs"
