@@ -21,7 +21,8 @@ from .sae_eval import evaluate_checkpoints, sae_verdict
 from .attribution import NodeEffects, Patch, Splice, load_patches, make_patches, node_effects, save_patches
 from .circuits import (Circuit, Faithfulness, faithfulness, faithfulness_curve, feature_density, find_circuit,
                                  images_of_class, smallest_faithful)
-from .mis import EmbeddingCache, MISResult, build_backbone, mis_images, run_mis
+from .backbones import EmbeddingCache, build_backbone
+from .mis import MISResult, mis_images, run_mis
 from .study_config import StudyConfig, load_config, merge_settings
 from .train import channel_stats, evaluate_classifier, train_classifier
 
