@@ -20,9 +20,10 @@ from .sae_train import checkpoint_steps, load_checkpoint, train_sae
 from .sae_eval import evaluate_checkpoints, sae_verdict
 from .attribution import NodeEffects, Patch, Splice, load_patches, make_patches, node_effects, save_patches
 from .circuits import (Circuit, Faithfulness, faithfulness, faithfulness_curve, feature_density, find_circuit,
-                                 images_of_class, smallest_faithful)
+                                 images_of_class)
+from .backbones import BackboneConfig, EmbeddingCache, build_backbone
 from .interpret import TopImages, top_images_many
-from .mis import BackboneConfig, EmbeddingCache, MISResult, build_backbone, mis_from_top, mis_images, mis_meta
+from .mis import MISResult, mis_from_top, mis_images, mis_meta
 from .study_config import StudyConfig, load_config, merge_settings
 from .train import channel_stats, evaluate_classifier, train_classifier
 

@@ -4,10 +4,11 @@ import json
 import pytest
 import torch
 
+from sfc_vision.backbones import BackboneConfig, EmbeddingCache, build_backbone
 from sfc_vision.config import ConfigError
 from sfc_vision.data import DataConfig, load_data
 from sfc_vision.interpret import top_images
-from sfc_vision.mis import BackboneConfig, EmbeddingCache, MISConfig, MISResult, build_backbone, run_mis
+from sfc_vision.mis import MISConfig, MISResult, run_mis
 from sfc_vision.models import ModelConfig, build_model, load_model, save_model
 from sfc_vision.sae import IdentityDictionary, SAEConfig, build_sae, load_sae, save_sae
 
