@@ -171,7 +171,8 @@ def run_study(workdir: Path, tiny: bool) -> list[tuple]:
     torch.save(random_googlenet_state(data, device, min(n_train, 20)), weights)
     print(f"random GoogLeNet written to {weights} in {time.perf_counter() - t:.1f} s", flush=True)
 
-    from sfc_vision.stages import STAGES, Study
+    from sfc_vision.cache import STAGES, Study
+    import sfc_vision.stages  # noqa: F401  registers the stages
     from sfc_vision.study_config import load_config
     settings = [f"data.root={data}", f"data.workers={min(8, os.cpu_count() or 1)}",
                 f"execution.device={device.type}"]

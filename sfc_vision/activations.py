@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from .artifacts import ArtifactError, atomic_path, load_tensors, read_json, save_tensors, write_json

@@ -11,7 +11,6 @@ import shutil
 import socket
 import sys
 import tempfile
-import torch
 import time
 import unicodedata
 import uuid

@@ -11,7 +11,6 @@ import math
 import os
 import re
 import types
-import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import jinja2
 import nbformat
-import torch
 
 from .artifacts import read_json, write_text
 from .attribution import NodeEffects
@@ -187,7 +186,7 @@ def feature_figure_name(layer: str, unit: int, kind: str = "sae") -> str:
 
 
 def feature_pages(study: Study, kind: str = "sae", units: Mapping[str, Sequence[int]] | None = None,
-                  per_site: int | None = 4, n: int = 6, device: str = "cpu") -> Iterator[tuple[str, int, object]]:
+                  per_site: int | None = 2, n: int = 6, device: str = "cpu") -> Iterator[tuple[str, int, object]]:
     """Yield `(layer, unit, figure)`: the feature page of each unit of a run whose circuit and MIS stages are
     complete — the `per_site` nodes of largest |IE| of each layer of its `kind` circuit (error nodes left
     out; None: every node), or the `units` given (configured layer → unit ids)."""

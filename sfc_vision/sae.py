@@ -337,7 +337,7 @@ class SAEConfig(Config):
     auxk_coeff: float = setting(1 / 32, "topk, batchtopk: weight α of the AuxK loss (0 switches it off)")
     auxk_k: int | None = setting(None, "topk, batchtopk: dead latents AuxK may use per vector; None: d_in // 2")
     threshold_decay: float = setting(0.9, "batchtopk: EMA decay of the inference threshold estimate")
-    jump_threshold: float = setting(0.1, "jumprelu: initial threshold θ of every latent")
+    jump_threshold: float = setting(0.03, "jumprelu: initial threshold θ of every latent (inputs are scaled to E‖x‖² = d_in)")
     jump_bandwidth: float = setting(0.3, "jumprelu: width ε of the rectangle kernel of the straight-through estimator")
     # optimisation: a budget of optimiser steps, schedules as fractions of it
     steps: int = setting(500, "optimiser steps per SAE, the same at every site (conv or dense)")

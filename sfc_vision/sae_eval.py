@@ -262,16 +262,16 @@ def sae_verdict(record: dict, gate: GateConfig = GateConfig()) -> dict:
     passes `gate`: `{"passed", "verdict", "problems"}`; each problem names the metric (`check`), its
     `value`, the `bound` and the gate `setting`, with a `text`."""
     problems = []
-    for key, what, setting, fmt in GATE_CHECKS:
-        bound, value = getattr(gate, setting), record.get(key)
-        lower = setting.startswith("min_")
+    for key, what, name, fmt in GATE_CHECKS:
+        bound, value = getattr(gate, name), record.get(key)
+        lower = name.startswith("min_")
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             text = f"{what} is {'missing' if value is None else value}"
         elif (value < bound) if lower else (value > bound):
             text = f"{what} {fmt.format(value)} {'below the floor' if lower else 'above the limit'} {fmt.format(bound)}"
         else:
             continue
-        problems.append({"check": key, "value": value, "bound": bound, "setting": setting, "text": text})
+        problems.append({"check": key, "value": value, "bound": bound, "setting": name, "text": text})
     verdict = "trained" if not problems else "not trained: " + "; ".join(p["text"] for p in problems)
     return {"passed": not problems, "verdict": verdict, "problems": problems}
 

@@ -12,7 +12,7 @@ import torch
 
 from .activations import ActivationCache, cache_activations
 from .artifacts import json_safe, load_tensors, read_json, save_tensors, write_json
-from .cache import STAGES, StageContext, Study, register_stage
+from .cache import StageContext, Study, register_stage
 from .data import ImageData, ImageSet, stratified_subset
 from .models import MODELS, build_model, load_model, resolve_device, resolve_layer, save_model
 from .sae import IdentityDictionary

@@ -37,7 +37,7 @@ class RunConfig(Config):
     name: str = setting("default", "label the run folder's name starts with (made filesystem-safe; the config hash is appended)")
     stages: tuple[StageName, ...] = setting((), "stages to run (their upstream stages come along); () runs every stage")
     needs_gpu: bool = setting(False, "refuse to start where no CUDA device is visible (for the large presets)")
-    feature_pages: int | None = setting(4, "feature pages drawn per layer of each circuit (SAE features, neurons): "
+    feature_pages: int | None = setting(2, "feature pages drawn per layer of each circuit (SAE features, neurons): "
                                            "its nodes of largest |IE|; None: every node")
 
     def validate(self):
