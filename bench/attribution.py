@@ -12,11 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from bench.harness import Row, compare
-from sfc_vision.attribution import Splice, atp_batch, edge_effects, make_metric, mean_patches, node_effects
+from sfc_vision.attribution import atp_batch, make_metric, node_effects
 from sfc_vision.circuits import curve_thresholds, faithfulness, faithfulness_curve, select_nodes
 from sfc_vision.data import TensorImageSet
+from sfc_vision.edges import edge_effects
 from sfc_vision.models import ModelConfig, build_model
 from sfc_vision.sae import ReLUSAE
+from sfc_vision.splice import Splice, mean_patches
 
 CLASSES = [str(i) for i in range(10)]
 

@@ -27,12 +27,14 @@ import torch.nn.functional as F
 from bench.harness import Row, compare, machine, table
 from bench.sae_training import _minimal_loop
 from sfc_vision.activations import CaptureConfig, cache_activations, read_layers, to_vectors
-from sfc_vision.attribution import Splice, atp_batch, edge_effects, make_metric, mean_patches, node_effects
+from sfc_vision.attribution import atp_batch, make_metric, node_effects
 from sfc_vision.circuits import curve_thresholds, faithfulness, faithfulness_curve, select_nodes
 from sfc_vision.data import TensorImageSet
+from sfc_vision.edges import edge_effects
 from sfc_vision.models import ModelConfig, build_model
 from sfc_vision.sae import ReLUSAE, SAEConfig
 from sfc_vision.sae_train import InMemoryVectors, train_saes
+from sfc_vision.splice import Splice, mean_patches
 
 MODELS = {"resnet18": ("layer3", "layer4"), "googlenet": ("mixed4c", "mixed5a")}
 

@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 
 from sfc_vision.activations import ActivationCache, CaptureConfig, cache_activations
-from sfc_vision.attribution import Splice, make_metric, mean_patches, node_effects
+from sfc_vision.attribution import make_metric, node_effects
 from sfc_vision.circuits import faithfulness_curve
 from sfc_vision.data import DataConfig, TensorImageSet, load_data
 from sfc_vision.models import ModelConfig, build_model
 from sfc_vision.sae import ReLUSAE, SAEConfig
 from sfc_vision.sae_train import train_saes
+from sfc_vision.splice import Splice, mean_patches
 
 CNN_SITES = {"pool1": 16, "pool2": 32, "relu3": 128}
 

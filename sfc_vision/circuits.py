@@ -16,10 +16,11 @@ import torch
 from tqdm import tqdm
 
 from .artifacts import ArtifactError, load_tensors, save_tensors
-from .attribution import (Metric, NodeEffects, Patch, Splice, check_patches, edge_effects,
-                                    node_effects)
+from .attribution import Metric, NodeEffects, node_effects
 from .config import Config, ConfigError, check_choice, check_range, setting
 from .data import ImageSet, class_index
+from .edges import edge_effects
+from .splice import Patch, Splice, check_patches
 
 # %% auto #0
 __all__ = ['ERRORS', 'SELECTIONS', 'CircuitConfig', 'select_nodes', 'images_of_class', 'Circuit', 'find_circuit',

@@ -20,10 +20,9 @@ from filelock import FileLock, Timeout
 
 from .activations import read_layers
 from .artifacts import read_json, write_json
-from .attribution import class_index
 from .cache import STAGES, Study, stage_closure, utc_now, writable_folder, write_metrics
 from .config import ConfigError
-from .data import DATASETS, DataConfig, DataNotFoundError, load_data
+from .data import DATASETS, DataConfig, DataNotFoundError, class_index, load_data
 from .models import build_model, pretrained_path
 from . import stages  # importing it registers the study's stages
 from .study_config import StudyConfig, load_config

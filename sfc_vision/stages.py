@@ -18,7 +18,8 @@ from .models import MODELS, build_model, load_model, resolve_device, resolve_lay
 from .sae import IdentityDictionary
 from .sae_train import checkpoint_steps, load_checkpoint, train_sae
 from .sae_eval import evaluate_checkpoints, sae_verdict
-from .attribution import NodeEffects, Patch, Splice, load_patches, make_patches, node_effects, save_patches
+from .splice import Patch, Splice, load_patches, make_patches, save_patches
+from .attribution import NodeEffects, node_effects
 from .circuits import (Circuit, Faithfulness, faithfulness, faithfulness_curve, feature_density, find_circuit,
                                  images_of_class)
 from .backbones import BackboneConfig, EmbeddingCache, build_backbone

@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from sfc_vision.activations import read_layers
-from sfc_vision.attribution import (Splice, edge_effects, load_splice, make_metric, make_patches, mean_patches,
-                                    node_effects)
+from sfc_vision.attribution import make_metric, node_effects
 from sfc_vision.circuits import Circuit, faithfulness, feature_density, find_circuit
 from sfc_vision.data import DataConfig, TensorImageSet, load_data
+from sfc_vision.edges import edge_effects
 from sfc_vision.models import ModelConfig, build_model, load_model, save_model
 from sfc_vision.sae import ReLUSAE, SAEConfig, build_sae, save_sae
+from sfc_vision.splice import Splice, load_splice, make_patches, mean_patches
 from sfc_vision.train import TrainConfig, channel_stats, train_classifier
 
 
