@@ -172,16 +172,17 @@ def claims_table(runs: list[dict], representative: Callable[[list[dict]], dict],
         add(f"mis_sae_vs_neurons_{layer}", f"Are SAE features at {layer} more interpretable than its neurons (MIS)?",
             "median MIS of SAE features − median MIS of neurons", [_mis_gap(layer)(m) for m in metrics], +1, MIS_PUBLISHED)
     nothing = "the thesis reports no comparable number"
-    add("nodes_for_f90", "Do SAE circuits need fewer nodes than neuron circuits to reach faithfulness 0.9?",
-        "nodes of the smallest circuit reaching F ≥ 0.9: SAE features − neurons", [_nodes_gap(m) for m in metrics], -1,
+    target = f"{rep['config'].circuit.target_faithfulness:g}"  # the circuits' faithfulness target
+    add("nodes_for_f90", f"Do SAE circuits need fewer nodes than neuron circuits to reach faithfulness {target}?",
+        f"nodes of the smallest circuit reaching F ≥ {target}: SAE features − neurons", [_nodes_gap(m) for m in metrics], -1,
         nothing, "nodes")
-    add("share_for_f90", "Do SAE circuits need a smaller share of their nodes than neuron circuits to reach faithfulness 0.9?",
-        "share of all nodes in the smallest circuit reaching F ≥ 0.9: SAE features − neurons",
+    add("share_for_f90", f"Do SAE circuits need a smaller share of their nodes than neuron circuits to reach faithfulness {target}?",
+        f"share of all nodes in the smallest circuit reaching F ≥ {target}: SAE features − neurons",
         [_share_gap(m) for m in metrics], -1, nothing)
-    add("share_within_10pct", "Does an SAE circuit of at most 10 % of all SAE nodes (features and errors) reach F ≥ 0.9?",
-        "share of all SAE nodes in the smallest circuit reaching F ≥ 0.9 − 0.10", [_share_over(0.10)(m) for m in metrics],
+    add("share_within_10pct", f"Does an SAE circuit of at most 10 % of all SAE nodes (features and errors) reach F ≥ {target}?",
+        f"share of all SAE nodes in the smallest circuit reaching F ≥ {target} − 0.10", [_share_over(0.10)(m) for m in metrics],
         -1, nothing)
-    add("held_out_faithfulness", "Does the circuit found to reach F ≥ 0.9 keep it on held-out images?",
+    add("held_out_faithfulness", f"Does the circuit found to reach F ≥ {target} keep it on held-out images?",
         "held-out faithfulness − the target", [_held_out_margin(m) for m in metrics], +1, nothing)
     add("circuit_vs_random", "Is the default circuit more faithful than random circuits of equal size?",
         "faithfulness of the circuit − mean faithfulness of random circuits of its size", [_random_gap(m) for m in metrics],

@@ -205,18 +205,19 @@ def feature_pages(study: Study, kind: str = "sae", units: Mapping[str, Sequence[
         units = {layer: [u for u in circuit.nodes[site].tolist() if u != circuit.n_nodes[site] - 1][:per_site]
                  for layer, site in outputs.layers.items()}
     model, sha = outputs.model()
+    dictionaries = {}
+    for layer in (layer for layer in outputs.layers if units.get(layer)):  # every unit checked before any page is drawn
+        sae = outputs.sae(layer, model_sha256=sha)[0]
+        dictionaries[layer] = sae if kind == "sae" else IdentityDictionary(sae.d_in)
+        bad = [u for u in units[layer] if not 0 <= u < dictionaries[layer].d_sae]
+        if bad:
+            raise ConfigError(f"units: {bad} are no units of {layer}; valid: 0 … {dictionaries[layer].d_sae - 1}")
     images = mis_images(study.data(), study.cfg.mis)
     effects = outputs.effects(kind)
     names = {site: layer for layer, site in outputs.layers.items()}
     label = lambda s, u: f"{names[s]} {'ε' if u == circuit.n_nodes[s] - 1 else u}"
-    for layer, site in outputs.layers.items():
-        if not units.get(layer):
-            continue
-        sae = outputs.sae(layer, model_sha256=sha)[0]
-        dictionary = sae if kind == "sae" else IdentityDictionary(sae.d_in)
-        bad = [u for u in units[layer] if not 0 <= u < dictionary.d_sae]
-        if bad:
-            raise ConfigError(f"units: {bad} are no units of {layer}; valid: 0 … {dictionary.d_sae - 1}")
+    for layer, dictionary in dictionaries.items():
+        site = outputs.layers[layer]
         top, mis = outputs.top(layer, kind), outputs.mis(layer, kind)
         for unit in units[layer]:
             into, out = node_edges(circuit, site, unit) if circuit is not None else ([], [])

@@ -263,9 +263,9 @@ def _neuron_circuit(ctx: StageContext, neurons: Splice, effects: NodeEffects, pa
         return {"selection": c.select, "reached": False, "reason": str(e)}
     circuit.save(ctx.dir / "circuit_neurons.safetensors")
     held = faithfulness(neurons, held_out, metric, patches, [circuit], errors=c.errors, **kw)
-    return {"selection": c.select, "reached": True, "nodes": circuit.size, "all_nodes": sum(circuit.n_nodes.values()) - len(circuit.sites),  # neurons (no error nodes)
-            "edges": _edge_count(circuit),
-            "nodes_per_layer": _nodes_per_layer(circuit.nodes, names),
+    return {"selection": c.select, "reached": True, "nodes": circuit.size,
+            "all_nodes": sum(circuit.n_nodes.values()) - len(circuit.sites),  # the neurons (their error nodes are 0)
+            "edges": _edge_count(circuit), "nodes_per_layer": _nodes_per_layer(circuit.nodes, names),
             "discovery_faithfulness": circuit.meta["selection"]["faithfulness"],
             "faithfulness": held.faithfulness[0].item(), "completeness": held.completeness[0].item()}
 

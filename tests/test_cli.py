@@ -145,6 +145,29 @@ def test_a_run_named_to_escape_lands_inside_runs(tmp_path):
 # figures
 
 
+def test_a_two_seed_sweep_gives_a_claims_table_with_intervals(tmp_path, cli):
+    "Every point of a sweep replicated over two seeds: the claims get Student-t intervals over the two, and verdicts."
+    from scipy import stats
+    write_yaml(tmp_path / "base.yaml", tiny_config(circuit={"select": "faithfulness", "target_faithfulness": 0.5}))
+    sweep = write_yaml(tmp_path / "seeds.yaml", {"name": "seeds", "base": "base.yaml", "grid": {"sae.l1_coeff": [1.0]},
+                                                 "seeds": [0, 1], "executor": {"kind": "local", "workers": 2}})
+    r = cli("sweep", sweep, "--runs", tmp_path / "runs")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = cli("figures", "--runs", tmp_path / "runs", "--out", tmp_path / "figures")
+    assert r.returncode == 0, r.stdout + r.stderr
+    claims = {c["claim"]: c for c in read_json(tmp_path / "figures" / "claims.json")["claims"]}
+    measured = [claims[k] for k in ("mis_sae_vs_neurons_relu3", "nodes_for_f90", "held_out_faithfulness", "mis_backbone_relu3")]
+    t = stats.t.ppf(0.975, 1)
+    for c in measured:
+        assert c["n"] == 2 and c["lo"] is not None, c
+        assert abs((c["hi"] - c["mean"]) - t * c["sd"] / 2 ** 0.5) < 1e-9 and abs((c["mean"] - c["lo"]) - (c["hi"] - c["mean"])) < 1e-9
+        assert c["verdict"] == ("supported" if (c["lo"] > 0) == (c["direction"] > 0) and c["lo"] * c["hi"] > 0
+                                else "not supported" if c["lo"] * c["hi"] > 0 else "inconclusive")
+    md = (tmp_path / "figures" / "claims.md").read_text()
+    assert all(c["question"] in md for c in claims.values())
+    assert "reach faithfulness 0.5?" in md  # the questions name the configured target
+
+
 def test_figures_from_the_runs(local_sweep, tmp_path, cli):
     out = tmp_path / "figures"
     r = cli("figures", "--runs", local_sweep.runs, "--out", out)
