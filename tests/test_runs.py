@@ -125,7 +125,7 @@ def test_executed_study_notebooks_show_their_figures(local_sweep):
         assert not any("PosixPath" in "".join(o.get("data", {}).get("text/plain", "")) for o in outputs)  # no stray return values
     assert images["01_model_saes.ipynb"] >= 2 + 2 * len(TINY["capture"]["layers"])  # training, over training, per layer two
     assert images["02_circuits.ipynb"] >= 5 and images["03_interpret.ipynb"] >= 1
-    assert sum(images.values()) == len(list((folder / "figures").glob("*.png")))  # every saved figure is shown once
+    assert sum(images.values()) == len(list((folder / "figures").rglob("*.png")))  # every saved figure (feature pages too) is shown once
 
 
 def test_a_study_notebook_run_by_papermill_from_elsewhere_writes_into_the_projects_runs(tmp_path):
