@@ -17,13 +17,14 @@ from bench.harness import Row
 from sfc_vision.activations import CaptureConfig, cache_activations, read_layers, to_vectors
 from sfc_vision.data import DataConfig, load_data
 from sfc_vision.models import ModelConfig, build_model
+from sfc_vision.study_config import ExecutionConfig
 
 
 def run(quick: bool = False) -> list[Row]:
     data = load_data(DataConfig(limit_train=1000 if quick else 4000))
     torch.manual_seed(0)
     model = build_model(ModelConfig(), data.image_shape, data.num_classes)
-    cfg = CaptureConfig()
+    cfg, batch_size = CaptureConfig(), ExecutionConfig().batch_size  # images per forward pass, as a run uses
     tmp = Path(tempfile.mkdtemp())
     with torch.inference_mode(), read_layers(model, list(cfg.layers)) as acts:  # the bytes the cache writes
         model(data.train.images([0]))
@@ -32,12 +33,12 @@ def run(quick: bool = False) -> list[Row]:
 
     def ours():
         out = tmp / "cache"
-        cache_activations(model, data.train, cfg, out, progress=False)
+        cache_activations(model, data.train, cfg, out, progress=False, batch_size=batch_size)
         shutil.rmtree(out)
 
     def forward():
         with torch.inference_mode():
-            for x, _, _ in data.train.batches(cfg.batch_size, shuffle=True, seed=0):
+            for x, _, _ in data.train.batches(batch_size, shuffle=True, seed=0):
                 model(x)
 
     def write():
