@@ -380,7 +380,8 @@ def figure(self: Study, fig, name: str, formats: tuple[str, ...] = ("png",)) -> 
     """Save a figure into the run folder's `figures/<name>.<format>` (`name` may name a subfolder, as in
     `features/pool2_17`; each part is made filesystem-safe), show it inline in a notebook, and close it."""
     stem = self.run_dir / "figures" / Path(*(safe_label(part) for part in name.split("/")))
-    show_figure(fig, save_figure(fig, stem, formats))  # returns nothing: a notebook cell ending in `study.figure(...)` shows the figure, not a list of paths
+    # returns nothing: a notebook cell ending in `study.figure(...)` shows the figure, not a list of paths
+    show_figure(fig, save_figure(fig, stem, formats))
 
 # %% ../nbs/12a_cache.ipynb #284c7502
 METRICS_SCHEMA = "sfc_vision.metrics/1"
