@@ -458,6 +458,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                             'sfc_vision/plots_interpret.py')},
             'sfc_vision.plots_sae': { 'sfc_vision.plots_sae._colour_scale': ('plots_sae.html#_colour_scale', 'sfc_vision/plots_sae.py'),
                                       'sfc_vision.plots_sae._groups': ('plots_sae.html#_groups', 'sfc_vision/plots_sae.py'),
+                                      'sfc_vision.plots_sae._over_steps': ('plots_sae.html#_over_steps', 'sfc_vision/plots_sae.py'),
                                       'sfc_vision.plots_sae._plain_log_axis': ('plots_sae.html#_plain_log_axis', 'sfc_vision/plots_sae.py'),
                                       'sfc_vision.plots_sae._scatter_lines': ('plots_sae.html#_scatter_lines', 'sfc_vision/plots_sae.py'),
                                       'sfc_vision.plots_sae.plot_frequency_histogram': ( 'plots_sae.html#plot_frequency_histogram',

@@ -127,6 +127,21 @@ def plot_frequency_histogram(metrics: dict, title: str | None = None):
     return fig
 
 # %% ../nbs/08b_plots_sae.ipynb #8ed07b9d
+def _over_steps(fig, axes, ylabels, log_axis: int, title: str | None):
+    "Two panels over training steps: integer step ticks, grid, one log-scaled panel, legend on the first, title."
+    for ax, ylabel in zip(axes, ylabels):
+        ax.set_xlabel(LABELS["step"])
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[log_axis].set_yscale("log")
+    _plain_log_axis(axes[log_axis].yaxis)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
 def plot_training(histories: list[list[dict]], labels: list[str], title: str | None = None):
     "L0 and dead fraction over the training steps (per logged window) for each history of `train_saes`."
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
@@ -135,17 +150,7 @@ def plot_training(histories: list[list[dict]], labels: list[str], title: str | N
         steps = [r["step"] for r in log]
         axes[0].plot(steps, [r["l0"] for r in log], label=label)
         axes[1].plot(steps, [100 * r["dead_fraction"] for r in log], label=label)
-    for ax, ylabel in zip(axes, ("L0 (active latents per vector)", "dead latents (%)")):
-        ax.set_xlabel(LABELS["step"])
-        ax.set_ylabel(ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    axes[0].set_yscale("log")
-    _plain_log_axis(axes[0].yaxis)
-    axes[0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    return fig
+    return _over_steps(fig, axes, ("L0 (active latents per vector)", "dead latents (%)"), log_axis=0, title=title)
 
 
 def plot_over_training(records: dict[str, list[dict]], title: str | None = None, min_fve: float | None = 0.9):
@@ -163,14 +168,4 @@ def plot_over_training(records: dict[str, list[dict]], title: str | None = None,
             axes[1].plot(steps, [r["l0"] for r in path], marker="o", ms=3, color=line.get_color(), label=label)
     if min_fve is not None:
         axes[0].axhline(min_fve, color="0.4", ls="--", lw=0.8, label=f"gate: FVE ≥ {min_fve:g}")
-    for ax, y in zip(axes, ("fve", "l0")):
-        ax.set_xlabel(LABELS["step"])
-        ax.set_ylabel(LABELS[y])
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    axes[1].set_yscale("log")
-    _plain_log_axis(axes[1].yaxis)
-    axes[0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    return fig
+    return _over_steps(fig, axes, (LABELS["fve"], LABELS["l0"]), log_axis=1, title=title)
