@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench import attribution, caching, hooks, sae_training, scaling
+from bench import attribution, caching, featvis, hooks, sae_training, scaling
 from bench.harness import machine, table
 
-BENCHMARKS = {"hooks": hooks, "caching": caching, "sae_training": sae_training, "attribution": attribution}
+BENCHMARKS = {"hooks": hooks, "caching": caching, "sae_training": sae_training, "attribution": attribution, "featvis": featvis}
 
 
 def main():
