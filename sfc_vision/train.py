@@ -15,14 +15,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import tracking
 from .artifacts import load_optimizer_state, load_tensors, optimizer_state_to_tensors, save_tensors
 from .config import Config, ConfigError, check_range, setting
 from .data import ImageData, ImageSet
 from .models import VisionModel, load_weights, resolve_device, save_model
 
 # %% auto #0
-__all__ = ['AUGMENT_OFF', 'DIVERGENCE_FACTOR', 'TrainConfig', 'lr_factor', 'augment', 'evaluate_classifier', 'list_checkpoints',
-           'TrainingDiverged', 'train_classifier', 'at_chance', 'channel_stats']
+__all__ = ['AUGMENT_OFF', 'DIVERGENCE_FACTOR', 'TRACK_EVERY', 'TrainConfig', 'lr_factor', 'augment', 'evaluate_classifier',
+           'list_checkpoints', 'TrainingDiverged', 'train_classifier', 'at_chance', 'channel_stats']
 
 # %% ../nbs/04_train.ipynb #759eedd6
 AUGMENT_OFF = {"flip": False, "crop_padding": 0, "rotation": 0.0, "color_jitter": 0.0}  # augmentation settings, off
@@ -154,6 +155,7 @@ class TrainingDiverged(RuntimeError):
 
 
 DIVERGENCE_FACTOR = 100   # a (running) loss this many times its value at the start has diverged
+TRACK_EVERY = 10          # optimiser steps between the training-loss points sent to the experiment tracker
 
 
 def _make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -213,6 +215,8 @@ def train_classifier(model: VisionModel, data: ImageData, cfg: TrainConfig, out_
             loss.backward()
             opt.step()
             total += value * len(y); seen += len(y)
+            if step % TRACK_EVERY == 0:
+                tracking.log({"loss": value, "lr": opt.param_groups[0]["lr"]}, step, "classifier")
             bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
         test = evaluate_classifier(model, data.test, device=device)
         if epoch + 1 == cfg.epochs and test["accuracy"] <= at_chance(data.test) and total / seen >= first_loss:
@@ -222,6 +226,8 @@ def train_classifier(model: VisionModel, data: ImageData, cfg: TrainConfig, out_
                             (epoch + 1) * steps_per_epoch, epoch + 1)
         history.append({"epoch": epoch + 1, "train_loss": total / seen, "test_loss": test["loss"],
                         "test_accuracy": test["accuracy"], "per_class_accuracy": test["per_class_accuracy"]})
+        tracking.log({k: v for k, v in history[-1].items() if k != "per_class_accuracy"}, (epoch + 1) * steps_per_epoch,
+                     "classifier")
         if progress:
             print(f"epoch {epoch + 1}: train loss {total / seen:.4f}, test accuracy {test['accuracy']:.4f}")
         if out_dir is not None:
