@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import functools
+import io
+import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,8 @@ from .config import Config, ConfigError, check_choice, check_range, setting
 # %% auto #0
 __all__ = ['DATASETS', 'MNIST_CLASSES', 'IMAGE_EXTENSIONS', 'SHAPES', 'COLOURS', 'ImageSet', 'TensorImageSet', 'stratified_split',
            'stratified_subset', 'DataNotFoundError', 'DatasetSpec', 'register_dataset', 'DataConfig', 'ImageData',
-           'load_data', 'class_index', 'FolderImageSet', 'shape_masks', 'render_shapes', 'shape_attributes']
+           'load_data', 'class_index', 'FolderImageSet', 'TarImageSet', 'index_shards', 'shape_masks', 'render_shapes',
+           'shape_attributes']
 
 # %% ../nbs/02_data.ipynb #c0461e0e
 class ImageSet:
@@ -120,7 +123,7 @@ def register_dataset(name: str, doc: str, needs_root: bool = False):
 @dataclass(frozen=True)
 class DataConfig(Config):
     "Which images, where from, and how they are split."
-    name: str = setting("mnist5k", "registered dataset: mnist5k, mnist, fashion_mnist, cifar10, imagefolder, shapes")
+    name: str = setting("mnist5k", "registered dataset: mnist5k, mnist, fashion_mnist, cifar10, imagefolder, webdataset, shapes")
     root: str | None = setting(None, "folder holding the data (torchvision sets, imagefolder); ~ is expanded")
     download: bool = setting(False, "let torchvision download missing data (needs network)")
     seed: int = setting(0, "seed of the split and of subsampling")
@@ -128,10 +131,10 @@ class DataConfig(Config):
     limit_train: int | None = setting(None, "keep this many training images (stratified); None keeps all")
     limit_test: int | None = setting(None, "keep this many test images (stratified); None keeps all")
     classes: tuple[str, ...] = setting((), "keep only these classes (names, e.g. \"flamingo\" or \"3\"); labels keep their ids")
-    image_size: int | None = setting(None, "imagefolder: resize (256/224 of it) then centre-crop to this; None keeps the size")
+    image_size: int | None = setting(None, "imagefolder, webdataset: resize (256/224 of it) then centre-crop to this; None keeps the size")
     shapes_n: int = setting(6000, "shapes: number of images generated")
     shapes_size: int = setting(32, "shapes: image side in pixels")
-    workers: int = setting(0, "imagefolder: DataLoader worker processes (how images load, not which: no result depends on it)")
+    workers: int = setting(0, "imagefolder, webdataset: DataLoader worker processes (how images load, not which: no result depends on it)")
 
     def used_settings(self) -> dict:
         "The settings the images depend on: all but `workers`, which only says how they are read."
@@ -259,10 +262,14 @@ class FolderImageSet(ImageSet):
         self.paths, self.labels, self.class_names = list(paths), labels.long(), list(class_names)
         self.image_size, self.workers = image_size, workers
 
-    def _load(self, i: int) -> torch.Tensor:
+    def _open(self, i: int):
+        "Image `i` as an open PIL image."
         from PIL import Image
+        return Image.open(self.paths[i])
+
+    def _load(self, i: int) -> torch.Tensor:
         from torchvision.transforms import functional as F
-        with Image.open(self.paths[i]) as im:
+        with self._open(i) as im:
             im = im.convert("RGB")
             if self.image_size is not None:
                 im = F.resize(im, round(self.image_size * 256 / 224))
@@ -274,8 +281,8 @@ class FolderImageSet(ImageSet):
 
     def subset(self, idx) -> FolderImageSet:
         idx = torch.as_tensor(idx, dtype=torch.long)
-        return FolderImageSet([self.paths[i] for i in idx.tolist()], self.labels[idx], self.class_names,
-                              self.image_size, self.workers)
+        return type(self)([self.paths[i] for i in idx.tolist()], self.labels[idx], self.class_names,
+                          self.image_size, self.workers)
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0):
         if self.workers == 0:
@@ -317,6 +324,21 @@ def _class_names(root: Path, wnids: list[str]) -> list[str]:
     return wnids
 
 
+def _flat_val_labels(root: Path, val: Path, flat: list[Path], index: dict[str, int]) -> list[tuple[Path, int]]:
+    "Labels of a flat `val/` from ImageNet's `LOC_val_solution.csv` (`ImageId,PredictionString`, the wnid first)."
+    table = next((f for f in (val / "LOC_val_solution.csv", root / "LOC_val_solution.csv") if f.exists()), None)
+    if table is None:
+        raise DataNotFoundError(f"imagefolder: {val} holds {len(flat)} images but no class folders and no labels: put "
+                                f"LOC_val_solution.csv (ImageNet's validation labels) in {val} or {root}, sort the images "
+                                f"into val/<wnid>/, or remove val/ to split train/ by data.test_fraction")
+    wnid = {}
+    for line in table.read_text().splitlines()[1:]:
+        image_id, _, pred = line.partition(",")
+        if pred.split():
+            wnid[image_id.strip()] = pred.split()[0]
+    return [(p, index[wnid[p.stem]]) for p in flat if wnid.get(p.stem) in index]
+
+
 @register_dataset("imagefolder", "ImageNet / Tiny-ImageNet layout: root/train/<class>/…, root/val/…", needs_root=True)
 def _load_imagefolder(cfg: DataConfig):
     root = Path(cfg.root).expanduser()
@@ -343,13 +365,97 @@ def _load_imagefolder(cfg: DataConfig):
     if ann.exists():  # Tiny-ImageNet: val/images/<file> with a table of labels
         pairs = [line.split("\t")[:2] for line in ann.read_text().splitlines() if line.strip()]
         vpaths = [(val / "images" / f, index[w]) for f, w in pairs if w in index]
+    elif flat := sorted(p for p in val.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
+        vpaths = _flat_val_labels(root, val, flat, index)  # ImageNet as released: val/<file> and a table of labels
     else:             # ImageNet prepared for ImageFolder: val/<wnid>/<file>
         vpaths = [(p, index[d.name]) for d in sorted(val.iterdir()) if d.is_dir() and d.name in index
                   for p in _images_under(d)]
     vpaths = [(p, l) for p, l in vpaths if l in wanted]
+    if not vpaths:
+        raise DataNotFoundError(f"imagefolder: no test images of the wanted classes under {val}; expected val/<wnid>/<images>, "
+                                f"val/images/ with val_annotations.txt (Tiny-ImageNet), or val/<images> with "
+                                f"LOC_val_solution.csv beside them or in {root} (ImageNet as released); "
+                                f"or remove val/ to split train/ by data.test_fraction")
     test = FolderImageSet([p for p, _ in vpaths], torch.tensor([l for _, l in vpaths], dtype=torch.long),
                           names, cfg.image_size, cfg.workers)
     return train, test
+
+# %% ../nbs/02_data.ipynb #108456a2
+class TarImageSet(FolderImageSet):
+    "Images stored in tar shards, each read in place from its `(shard, offset, size)`; transforms as `FolderImageSet`."
+
+    def _open(self, i: int):
+        from PIL import Image
+        shard, offset, size = self.paths[i]
+        with open(shard, "rb") as f:
+            f.seek(offset)
+            return Image.open(io.BytesIO(f.read(size)))
+
+
+def _sample_key(name: str) -> tuple[str, str]:
+    "WebDataset's split of a member name: the key (folder and the name up to its first dot) and the extension."
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return f"{folder}/{stem}" if folder else stem, ext.lower()
+
+
+def index_shards(shards: list[Path]) -> tuple[list[tuple[Path, int, int]], list[int]]:
+    "Where each sample's image lies in `shards` and its label (`.cls`), in shard and member order, from the tar headers alone."
+    members, labels = [], []
+    for shard in shards:
+        samples: dict[str, dict] = {}
+        try:
+            with tarfile.open(shard, "r:") as tar:  # uncompressed: members can be read in place
+                for m in tar:
+                    if m.isfile():
+                        key, ext = _sample_key(m.name)
+                        entry = samples.setdefault(key, {})
+                        if f".{ext}" in IMAGE_EXTENSIONS:
+                            entry["image"] = (shard, m.offset_data, m.size)
+                        elif ext == "cls":
+                            entry["cls"] = (m.offset_data, m.size)
+        except (tarfile.TarError, OSError) as e:
+            raise DataNotFoundError(f"webdataset: cannot read shard {shard} as an uncompressed tar file: {e}") from None
+        with open(shard, "rb") as f:
+            for key, entry in samples.items():
+                if "image" not in entry or "cls" not in entry:
+                    raise DataNotFoundError(f"webdataset: sample {key!r} in {shard} has no "
+                                            f"{'image (' + ', '.join(IMAGE_EXTENSIONS) + ')' if 'image' not in entry else '.cls label'}")
+                f.seek(entry["cls"][0])
+                text = f.read(entry["cls"][1]).decode(errors="replace").strip()
+                if not text.isdigit():
+                    raise DataNotFoundError(f"webdataset: sample {key!r} in {shard}: .cls holds {text[:20]!r}, not a class number")
+                members.append(entry["image"]); labels.append(int(text))
+    return members, labels
+
+
+def _shards(root: Path, split: str) -> list[Path]:
+    return sorted({*root.glob(f"{split}/*.tar"), *root.glob(f"{split}-*.tar")})
+
+
+@register_dataset("webdataset", "WebDataset tar shards: root/train-*.tar (or train/*.tar), root/val-*.tar; image + .cls per sample",
+                  needs_root=True)
+def _load_webdataset(cfg: DataConfig):
+    root = Path(cfg.root).expanduser()
+    train_shards = _shards(root, "train")
+    if not train_shards:
+        raise DataNotFoundError(f"webdataset: no training shards under {root}; expected {root}/train-*.tar or "
+                                f"{root}/train/*.tar (tar files of samples <key>.jpg + <key>.cls)")
+    members, labels = index_shards(train_shards)
+    val_members, val_labels = index_shards(_shards(root, "val"))
+    n = max(labels + val_labels) + 1
+    names_file = root / "classes.txt"
+    if names_file.exists():
+        names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+        if len(names) < n:
+            raise DataNotFoundError(f"webdataset: {names_file} names {len(names)} classes but the shards use label {n - 1}")
+    else:
+        names = _class_names(root, [str(i) for i in range(n)])  # 1000 classes: ImageNet's names
+    train = TarImageSet(members, torch.tensor(labels), names, cfg.image_size, cfg.workers)
+    if not val_members:
+        train_idx, test_idx = stratified_split(train.labels, cfg.test_fraction, cfg.seed)
+        return train.subset(train_idx), train.subset(test_idx)
+    return train, TarImageSet(val_members, torch.tensor(val_labels), names, cfg.image_size, cfg.workers)
 
 # %% ../nbs/02_data.ipynb #0023bb60
 SHAPES = ["circle", "square", "triangle", "cross"]

@@ -15,16 +15,20 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import tracking
 from .artifacts import load_optimizer_state, load_tensors, optimizer_state_to_tensors, save_tensors
 from .config import Config, ConfigError, check_range, setting
 from .data import ImageData, ImageSet
 from .models import VisionModel, load_weights, resolve_device, save_model
 
 # %% auto #0
-__all__ = ['DIVERGENCE_FACTOR', 'TrainConfig', 'lr_factor', 'evaluate_classifier', 'list_checkpoints', 'TrainingDiverged',
-           'train_classifier', 'at_chance', 'channel_stats']
+__all__ = ['AUGMENT_OFF', 'DIVERGENCE_FACTOR', 'TRACK_EVERY', 'TrainConfig', 'lr_factor', 'augment', 'evaluate_classifier',
+           'list_checkpoints', 'TrainingDiverged', 'train_classifier', 'at_chance', 'channel_stats']
 
 # %% ../nbs/04_train.ipynb #759eedd6
+AUGMENT_OFF = {"flip": False, "crop_padding": 0, "rotation": 0.0, "color_jitter": 0.0}  # augmentation settings, off
+
+
 @dataclass(frozen=True)
 class TrainConfig(Config):
     "How the classifier is trained."
@@ -37,7 +41,11 @@ class TrainConfig(Config):
     schedule: Literal["constant", "cosine", "step"] = setting("cosine", "learning rate over steps")
     step_every: int = setting(10, "step schedule: epochs between decays")
     step_gamma: float = setting(0.1, "step schedule: decay factor")
-    seed: int = setting(0, "shuffling seed")
+    seed: int = setting(0, "shuffling seed (and augmentation seed)")
+    flip: bool = setting(False, "augmentation: mirror each training image left-right with probability 1/2")
+    crop_padding: int = setting(0, "augmentation: pad by this many pixels (reflected), crop back at a random offset; 0 is off")
+    rotation: float = setting(0.0, "augmentation: rotate by a uniform angle within ± this many degrees; 0 is off")
+    color_jitter: float = setting(0.0, "augmentation: scale brightness and contrast by factors within 1 ± this; 0 is off")
 
     def validate(self):
         check_range("lr", self.lr, lo=0, lo_open=True)
@@ -47,6 +55,18 @@ class TrainConfig(Config):
         check_range("batch_size", self.batch_size, lo=1)
         check_range("step_every", self.step_every, lo=1)
         check_range("step_gamma", self.step_gamma, 0, 1, lo_open=True)
+        check_range("crop_padding", self.crop_padding, lo=0)
+        check_range("rotation", self.rotation, 0, 180)
+        check_range("color_jitter", self.color_jitter, 0, 1, hi_open=True)
+
+    @property
+    def augments(self) -> bool:
+        "Whether any training augmentation is on."
+        return any(self.to_dict()[k] != v for k, v in AUGMENT_OFF.items())
+
+    def used_settings(self) -> dict:
+        "The settings training depends on: augmentation settings only where on, so configurations from before they existed keep their cache keys."
+        return {k: v for k, v in self.to_dict().items() if not (k in AUGMENT_OFF and v == AUGMENT_OFF[k])}
 
     def lr_factor(self, step: int, steps_per_epoch: int) -> float:
         "Multiplier of the peak learning rate at optimisation step `step` (0-based)."
@@ -69,6 +89,31 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int = 0, decay: str = "
         frac = (step - start) / max(1.0, total_steps - start)
         f *= 1 - frac if decay == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
     return f
+
+# %% ../nbs/04_train.ipynb #c6e1c94a
+def augment(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    "Training images `x (B, C, H, W)` in [0, 1], augmented as `cfg` says (each image its own draw); unchanged if all are off."
+    n = len(x)
+    if cfg.flip:
+        mirror = torch.rand(n, generator=generator) < 0.5
+        x = torch.where(mirror.view(-1, 1, 1, 1), x.flip(-1), x)
+    if cfg.crop_padding:
+        p, (h, w) = cfg.crop_padding, x.shape[-2:]
+        padded = F.pad(x, (p, p, p, p), mode="reflect" if p < min(h, w) else "replicate")
+        dy, dx = torch.randint(0, 2 * p + 1, (2, n), generator=generator)
+        x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    if cfg.rotation:
+        angle = (2 * torch.rand(n, generator=generator) - 1) * math.radians(cfg.rotation)
+        zero = torch.zeros(n)
+        theta = torch.stack([torch.stack([angle.cos(), -angle.sin(), zero], 1), torch.stack([angle.sin(), angle.cos(), zero], 1)], 1)
+        grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    if cfg.color_jitter:
+        j = cfg.color_jitter
+        brightness, contrast = (1 + j * (2 * torch.rand(2, n, 1, 1, 1, generator=generator) - 1)).to(x)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = ((x - mean) * contrast + mean) * brightness
+    return x.clamp(0, 1)
 
 # %% ../nbs/04_train.ipynb #3c6442e2
 @torch.inference_mode()
@@ -110,6 +155,7 @@ class TrainingDiverged(RuntimeError):
 
 
 DIVERGENCE_FACTOR = 100   # a (running) loss this many times its value at the start has diverged
+TRACK_EVERY = 10          # optimiser steps between the training-loss points sent to the experiment tracker
 
 
 def _make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -154,7 +200,9 @@ def train_classifier(model: VisionModel, data: ImageData, cfg: TrainConfig, out_
         bar = tqdm(data.train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch),
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         total, seen = 0.0, 0
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 1)  # per epoch: a resumed run draws the same
         for i, (x, y, _) in enumerate(bar):
+            x = augment(x, cfg, gen) if cfg.augments else x
             step = epoch * steps_per_epoch + i
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * cfg.lr_factor(step, steps_per_epoch)
@@ -167,6 +215,8 @@ def train_classifier(model: VisionModel, data: ImageData, cfg: TrainConfig, out_
             loss.backward()
             opt.step()
             total += value * len(y); seen += len(y)
+            if step % TRACK_EVERY == 0:
+                tracking.log({"loss": value, "lr": opt.param_groups[0]["lr"]}, step, "classifier")
             bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
         test = evaluate_classifier(model, data.test, device=device)
         if epoch + 1 == cfg.epochs and test["accuracy"] <= at_chance(data.test) and total / seen >= first_loss:
@@ -176,6 +226,8 @@ def train_classifier(model: VisionModel, data: ImageData, cfg: TrainConfig, out_
                             (epoch + 1) * steps_per_epoch, epoch + 1)
         history.append({"epoch": epoch + 1, "train_loss": total / seen, "test_loss": test["loss"],
                         "test_accuracy": test["accuracy"], "per_class_accuracy": test["per_class_accuracy"]})
+        tracking.log({k: v for k, v in history[-1].items() if k != "per_class_accuracy"}, (epoch + 1) * steps_per_epoch,
+                     "classifier")
         if progress:
             print(f"epoch {epoch + 1}: train loss {total / seen:.4f}, test accuracy {test['accuracy']:.4f}")
         if out_dir is not None:
