@@ -9,10 +9,12 @@ import os
 from pathlib import Path
 
 import torch
+from fastcore.basics import patch
 
 from .activations import ActivationCache, cache_activations
 from .artifacts import json_safe, load_tensors, read_json, save_tensors, write_json
 from .cache import StageContext, Study, register_stage
+from .runfolder import RunFolder
 from .data import ImageData, ImageSet, stratified_subset
 from .models import MODELS, build_model, load_model, resolve_device, resolve_layer, save_model
 from .sae import IdentityDictionary
@@ -96,11 +98,12 @@ def saes_stage(ctx: StageContext) -> dict:
 
 # %% ../nbs/12b_stages.ipynb #5c80324f
 class RunOutputs:
-    "Typed access to the stored outputs of a configuration: `RunOutputs(study)`, or inside a stage `RunOutputs(ctx)`."
+    """Typed access to the stored outputs of a configuration: `RunOutputs(study)`, inside a stage `RunOutputs(ctx)`,
+    or of a finished run, read only, `RunOutputs(RunFolder(path))` (its `outputs`)."""
 
-    def __init__(self, source: Study | StageContext):
+    def __init__(self, source: Study | StageContext | RunFolder):
         self.cfg = source.cfg
-        self.folder = source.stage_dir if isinstance(source, Study) else source.upstream  # stage name -> its cache folder
+        self.folder = source.upstream if isinstance(source, StageContext) else source.stage_dir  # stage name -> its cache folder
         self.layers = layer_folders(self.cfg)  # configured layer name -> canonical layer (folder) name
 
     def model(self):
@@ -159,14 +162,23 @@ class RunOutputs:
         t, meta = load_tensors(self.folder("circuit") / "density.safetensors")
         return {k: {s: t[f"{k}/{s}"] for s in meta["sites"]} for k in ("circuit", "eval")}
 
+    def mis_path(self, site: str, kind: str = "sae", step: int | None = None) -> Path:
+        "Where the MIS of the units of canonical layer `site` is stored (`kind` sae or neurons; the SAE checkpoint of `step`)."
+        return self.folder("mis") / f"{site}_{kind if step is None else f'sae_step_{step:06d}'}.safetensors"
+
     def mis(self, layer: str, kind: str = "sae", step: int | None = None) -> MISResult:
         "The MIS of every unit of configured layer `layer` (`kind` sae or neurons; the SAE checkpoint of an earlier `step`)."
-        suffix = kind if step is None else f"sae_step_{step:06d}"
-        return MISResult.load(self.folder("mis") / f"{self.layers[layer]}_{suffix}.safetensors")
+        return MISResult.load(self.mis_path(self.layers[layer], kind, step))
 
     def top(self, layer: str, kind: str = "sae") -> TopImages:
         "The ranking MIS drew its tasks from: every unit's top and bottom images over `mis.pool` (final SAE, or neurons)."
         return TopImages.from_tensors(*load_tensors(self.folder("mis") / f"{self.layers[layer]}_{kind}_top.safetensors"))
+
+# %% ../nbs/12b_stages.ipynb #0ea90b31
+@patch(as_prop=True)
+def outputs(self: RunFolder) -> RunOutputs:
+    "The stage outputs the run used (the cache entries its stage notes name), read only."
+    return RunOutputs(self)
 
 # %% ../nbs/12b_stages.ipynb #3c66acf8
 def eval_images(ctx: StageContext) -> ImageSet:

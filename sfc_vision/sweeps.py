@@ -19,12 +19,12 @@ from typing import Any, Callable, Literal
 
 import yaml
 
-from .artifacts import read_json, write_json, write_text
+from .artifacts import ArtifactError, read_json, write_json, write_text
 from .config import Config, ConfigError, apply_overrides, check_choice, check_range, digest, read_yaml, setting
-from .cache import MARKER, RUN_NAME_RE, STAGES, run_folder, run_name, safe_label, utc_now, writable_folder
-from .runs import check_requirements, run_config_file, run_status
-from .claims import SEED_KEYS
-from .study_config import StudyConfig
+from .cache import STAGES, utc_now, writable_folder
+from .runfolder import CACHE, MARKER, RunFolder, list_runs, run_folder, run_name, run_status
+from .runs import check_requirements, run_config_file
+from .study_config import SEED_KEYS, StudyConfig, safe_label
 
 # %% auto #0
 __all__ = ['ExecutorConfig', 'SweepConfig', 'point_label', 'sweep_runs', 'load_sweep', 'run_sweep', 'study_status',
@@ -273,9 +273,11 @@ def _sweep_summary(sweep: SweepConfig, ex: ExecutorConfig, entries: list[dict], 
     runs = []
     for e in entries:
         folder = run_folder(runs_root, e["run"])
-        status = run_status(folder)
-        st = read_json(folder / "status.json") if (folder / "status.json").exists() else {}
-        error = st.get("error") if status == "failed" else None
+        try:
+            status, st = run_status(folder), RunFolder(folder).status
+        except ArtifactError as damage:  # a damaged status.json: the run's record says so
+            status, st = "damaged", {"error": str(damage)}
+        error = st.get("error") if status in ("failed", "damaged") else None
         if status not in ("complete", "failed") and e["todo"] and ("returncode" in e or "slurm_state" in e):
             status = "failed"  # the process ended without finishing the run: say why
             if e.get("job_error"):
@@ -297,17 +299,8 @@ def study_status(runs_root: str | os.PathLike = "runs") -> dict:
     "Runs (status, error, wall time), stage cache entries (complete, incomplete, size) and sweeps under `runs_root`."
     root = Path(runs_root)
     runs, cache, sweeps = [], {}, []
-    for d in sorted(root.iterdir()) if root.is_dir() else []:
-        if d.is_dir() and RUN_NAME_RE.fullmatch(d.name) and (d / "config.yaml").exists():
-            st = read_json(d / "status.json") if (d / "status.json").exists() else {}
-            metrics = read_json(d / "metrics.json") if (d / "metrics.json").exists() else {}
-            stages = metrics.get("stages", {})
-            runs.append({"run": d.name, "status": run_status(d), "error": st.get("error"),
-                         "failed_notebook": st.get("failed_notebook"), "finished_at": st.get("finished_at"),
-                         "wall_s": st.get("wall_s"), "cached": [n for n, s in stages.items() if s["cached"]],
-                         "computed": [n for n, s in stages.items() if not s["cached"]],
-                         "gate": {layer: e["gate"] for layer, e in metrics.get("sae_eval", {}).items() if "gate" in e}})
-    for stage_dir in sorted((root / "_cache").iterdir()) if (root / "_cache").is_dir() else []:
+    runs = [run.summary() for run in list_runs(root)]  # a damaged file is named in the run's line, not raised
+    for stage_dir in sorted((root / CACHE).iterdir()) if (root / CACHE).is_dir() else []:
         entries = [p for p in stage_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
         done = [p for p in entries if (p / MARKER).exists()]
         size = sum(f.stat().st_size for p in entries for f in p.rglob("*") if f.is_file())
@@ -327,7 +320,7 @@ def format_status(st: dict) -> str:
         if r["computed"] or r["cached"]:
             lines.append(f"              computed: {', '.join(r['computed']) or '-'}; reused: {', '.join(r['cached']) or '-'}")
         if r["error"]:
-            lines.append(f"              {r['failed_notebook']}: {r['error'].splitlines()[0][:200]}")
+            lines.append(f"              {r['failed_notebook'] or ''}: {r['error'].splitlines()[0][:200]}")
         if r.get("gate"):
             failed = {layer: g["verdict"] for layer, g in r["gate"].items() if not g["passed"]}
             lines.append("              SAEs: " + ("all trained (quality gate passed)" if not failed else
