@@ -19,10 +19,10 @@ import jinja2
 import nbformat
 
 from .artifacts import ArtifactError, read_json, write_text
-from .attribution import NodeEffects
+from .attribution import NodeEffects, SiteNodes
 from .cache import Study
 from .circuits import Circuit
-from .plots_circuits import NEGATIVE, POSITIVE
+from .plots_circuits import circuit_layout, draw_layout
 from .config import ConfigError, check_choice
 from .mis import MISResult, mis_images
 from .plots_interpret import plot_feature_page
@@ -151,13 +151,13 @@ def feature_records(circuit: Circuit, effects=None, mis: dict[str, MISResult] | 
     edges in and out, page file."""
     mis, layer_names = mis or {}, layer_names or {}
     name = lambda s: layer_names.get(s, s)
-    label = lambda s, u: "ε" if u == circuit.n_nodes[s] - 1 else str(u)
+    label = lambda s, u: SiteNodes(circuit.n_nodes[s]).label(u)
     edge = lambda s, u, w: {"site": s, "layer": name(s), "unit": u, "label": label(s, u), "weight": w, "file": node_file(s, u)}
     out = []
     for s in circuit.sites:
         units = circuit.nodes[s].tolist()
         for rank, (u, ie) in enumerate(zip(units, circuit.node_ie[s].tolist()), start=1):
-            is_error = u == circuit.n_nodes[s] - 1
+            is_error = SiteNodes(circuit.n_nodes[s]).is_error(u)
             into, out_of = node_edges(circuit, s, u)
             abs_ie = None if effects is None or s not in effects.abs_mean else effects.abs_mean[s][u].item()
             out.append({"site": s, "layer": name(s), "unit": u, "label": label(s, u), "is_error": is_error,
@@ -188,7 +188,7 @@ def feature_pages(study: Study, kind: str = "sae", units: Mapping[str, Sequence[
             raise ConfigError(f"{e}: pass `units`") from None
         circuit = None
     if units is None:
-        units = {layer: [u for u in circuit.nodes[site].tolist() if u != circuit.n_nodes[site] - 1][:per_site]
+        units = {layer: [u for u in circuit.nodes[site].tolist() if not SiteNodes(circuit.n_nodes[site]).is_error(u)][:per_site]
                  for layer, site in outputs.layers.items()}
     model, sha = outputs.model()
     dictionaries = {}
@@ -201,7 +201,7 @@ def feature_pages(study: Study, kind: str = "sae", units: Mapping[str, Sequence[
     images = mis_images(study.data(), study.cfg.mis)
     effects = outputs.effects(kind)
     names = {site: layer for layer, site in outputs.layers.items()}
-    label = lambda s, u: f"{names[s]} {'ε' if u == circuit.n_nodes[s] - 1 else u}"
+    label = lambda s, u: f"{names[s]} {SiteNodes(circuit.n_nodes[s]).label(u)}"
     for layer, dictionary in dictionaries.items():
         site = outputs.layers[layer]
         top, mis = outputs.top(layer, kind), outputs.mis(layer, kind)
@@ -218,51 +218,18 @@ def feature_pages(study: Study, kind: str = "sae", units: Mapping[str, Sequence[
 def circuit_svg(circuit: Circuit, href: Callable[[str, int], str], labels: dict[str, str] | None = None,
                 max_per_site: int = 30, edges_per_node: int = 3) -> tuple[str, str]:
     """The circuit as inline SVG (at most `max_per_site` nodes per site, the strongest) whose nodes link to
-    `href(site, unit)`; `labels` renames sites. Returns the SVG and a sentence on which edges it shows."""
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    labels = labels or {}
-    shown = {s: circuit.nodes[s][:max_per_site].tolist() for s in circuit.sites}
-    width = max([len(v) for v in shown.values()] + [1])
-    pos = {(s, u): (x - (len(shown[s]) - 1) / 2, row) for row, s in enumerate(circuit.sites) for x, u in enumerate(shown[s])}
-    fig = Figure(figsize=(max(5.0, 0.6 * width + 2.0), 1.25 * len(circuit.sites) + 0.5))
-    ax = fig.subplots()
-    drawn, total = 0, 0
-    w_max = max([w.abs().max().item() for w in circuit.edges.values() if w.numel()] + [0.0]) or 1.0
-    for (up, down), w in circuit.edges.items():
-        w = w[:len(shown[down]), :len(shown[up])]
-        total += int((w != 0).sum())
-        for j, v in enumerate(shown[down]):
-            strongest = w[j].abs().argsort(descending=True)[:edges_per_node].tolist()
-            for i in (i for i in strongest if w[j, i] != 0):
-                (x0, y0), (x1, y1) = pos[up, shown[up][i]], pos[down, v]
-                ax.add_line(Line2D([x0, x1], [y0, y1], lw=0.4 + 3.5 * abs(w[j, i].item()) / w_max, alpha=0.5, zorder=1,
-                                   color=POSITIVE if w[j, i] > 0 else NEGATIVE))
-                drawn += 1
-    ie_max = max([v.abs().max().item() for v in circuit.node_ie.values() if len(v)] + [0.0]) or 1.0
-    for s in circuit.sites:
-        ie = circuit.node_ie[s][:len(shown[s])].tolist()
-        for u, value in zip(shown[s], ie):
-            x, y = pos[s, u]
-            error = u == circuit.n_nodes[s] - 1
-            area = 140 + 500 * abs(value) / ie_max
-            dot = ax.scatter([x], [y], s=area * (1.8 if error else 1), marker="^" if error else "o", zorder=2,
-                             color=POSITIVE if value > 0 else NEGATIVE, edgecolors="white", linewidths=0.8)
-            dot.set_urls([href(s, u)])
-            text = ax.text(x, y - (0.04 if error else 0), "ε" if error else str(u), ha="center", va="center", fontsize=7.5,
-                           color="white", zorder=3)
-            text.set_url(href(s, u))
-        ax.text(-width / 2 - 0.6, pos[s, shown[s][0]][1] if shown[s] else circuit.sites.index(s), labels.get(s, s),
-                ha="right", va="center", fontsize=9)
-    ax.set_xlim(-width / 2 - 0.6 - 0.25 * max(len(labels.get(s, s)) for s in circuit.sites) if circuit.sites else -1, width / 2 + 0.2)
-    ax.set_ylim(-0.5, len(circuit.sites) - 0.5)
-    ax.axis("off")
+    `href(site, unit)`; `labels` renames sites. Returns the SVG and a sentence on which edges it shows.
+
+    It is the figure of `plots_circuits.draw_layout` (one layout, one drawing), with links."""
+    import matplotlib.pyplot as plt
+    lay = circuit_layout(circuit, max_per_site, edge_fraction=0.0, edges_per_node=edges_per_node)
+    fig = draw_layout(circuit, lay, site_labels=labels, href=href)
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
     svg = buf.getvalue()
-    hidden = sum(len(circuit.nodes[s]) - len(shown[s]) for s in circuit.sites)
-    note = (f"{drawn} of {total} edges drawn (the {edges_per_node} strongest into each node)"
-            + (f"; {hidden} weaker nodes left out (see the table)" if hidden else ""))
+    note = (f"{len(lay.edges)} of {lay.n_edges} edges drawn (the {edges_per_node} strongest into each node)"
+            + (f"; {lay.hidden} weaker nodes left out (see the table)" if lay.hidden else ""))
     return svg[svg.index("<svg"):], note
 
 # %% ../nbs/16_report.ipynb #0863b2d2

@@ -21,7 +21,7 @@ from .sae import IdentityDictionary
 from .sae_train import checkpoint_steps, load_checkpoint, train_sae
 from .sae_eval import evaluate_checkpoints, sae_verdict
 from .splice import Patch, Splice, load_patches, make_patches, save_patches
-from .attribution import NodeEffects, node_effects
+from .attribution import NodeEffects, SiteNodes, node_effects
 from .circuits import (Circuit, Faithfulness, faithfulness, faithfulness_curve, feature_density, find_circuit,
                                  images_of_class)
 from .backbones import BackboneConfig, EmbeddingCache, build_backbone
@@ -240,9 +240,10 @@ def attribution_stage(ctx: StageContext) -> dict:
         eff = node_effects(sp, images, metric, patches, method=a.method, error_method=a.error_method, ig_steps=a.ig_steps,
                            batch_size=ex.grad_batch_size, max_rows=ex.max_rows, progress=ctx.progress)
         eff.save(ctx.dir / f"effects_{kind}.safetensors")
-        out[kind] = {names[s]: {"median_abs_ie": eff.mean[s][:-1].abs().median().item(),
-                                "max_abs_ie": eff.mean[s][:-1].abs().max().item(), "error_ie": eff.mean[s][-1].item(),
-                                "units": len(eff.mean[s]) - 1} for s in eff.sites}
+        nodes = {s: SiteNodes.of(eff.mean[s]) for s in eff.sites}
+        out[kind] = {names[s]: {"median_abs_ie": n.features(eff.mean[s]).abs().median().item(),
+                                "max_abs_ie": n.features(eff.mean[s]).abs().max().item(),
+                                "error_ie": n.error_value(eff.mean[s]).item(), "units": n.n_features} for s, n in nodes.items()}
     return out
 
 # %% ../nbs/12b_stages.ipynb #84148a34
@@ -313,7 +314,7 @@ def circuit_stage(ctx: StageContext) -> dict:
             "nodes": circuit.size, "all_nodes": sum(circuit.n_nodes.values()),
             "edges": _edge_count(circuit),
             "nodes_per_layer": _nodes_per_layer(circuit.nodes, names),
-            "error_nodes": sum(int((circuit.nodes[s] == circuit.n_nodes[s] - 1).sum()) for s in circuit.sites),
+            "error_nodes": sum(int(SiteNodes(circuit.n_nodes[s]).is_error(circuit.nodes[s]).sum()) for s in circuit.sites),
             "discovery_faithfulness": selection.get("faithfulness"),
             "faithfulness": faith.faithfulness[0].item(), "completeness": faith.completeness[0].item(),
             "random_faithfulness": None if faith.random is None else faith.random[0].mean().item(),
