@@ -24,7 +24,7 @@ from .cache import STAGES, Study, stage_closure, utc_now, writable_folder, write
 from .config import ConfigError
 from .data import DATASETS, DataConfig, DataNotFoundError, class_index, load_data
 from .models import build_model, pretrained_path
-from .runfolder import RUN_LOCK, RunFolder, run_status
+from .runfolder import RunFolder
 from . import stages  # importing it registers the study's stages
 from .study_config import StudyConfig, load_config
 

@@ -18,7 +18,7 @@ import sfc_vision.runs  # noqa: F401  (registers the stages)
 from sfc_vision.artifacts import ArtifactError, load_tensors
 from sfc_vision.cache import MARKER, STAGES, Study, comparable_metrics, run_folder, run_name, stage_key, verify_entry
 from sfc_vision.cli import main
-from sfc_vision.runs import run_status
+from sfc_vision.runfolder import run_status
 from sfc_vision.study_config import StudyConfig
 
 CFG = StudyConfig.from_dict(tiny_config(run={"name": "faults"}))
@@ -175,7 +175,7 @@ def complete_run(tmp_path_factory):
 def test_a_second_run_of_a_running_configuration_is_refused(complete_run):
     "While a process holds a run's lock (as the process running it does), another `sfc-vision run` of it is refused."
     from filelock import FileLock
-    from sfc_vision.runs import RUN_LOCK
+    from sfc_vision.runfolder import RUN_LOCK
     with FileLock(str(complete_run.folder / RUN_LOCK)):  # this test process plays the run under way
         r = run_cli("run", complete_run.cfg_file, "--runs", complete_run.runs)
     assert r.returncode == 2, r.stderr
