@@ -20,8 +20,9 @@ from .data import ImageSet, class_index
 from .splice import Patch, Splice, check_patches, eval_mode
 
 # %% auto #0
-__all__ = ['METRICS', 'ERROR_METHODS', 'ESTIMATORS', 'Metric', 'check_metric', 'make_metric', 'AttributionConfig', 'atp_batch',
-           'ig_batch', 'ig_error_batch', 'exact_batch', 'Estimator', 'estimate', 'NodeEffects', 'node_effects']
+__all__ = ['METRICS', 'ERROR_METHODS', 'ESTIMATORS', 'Metric', 'check_metric', 'make_metric', 'AttributionConfig', 'SiteNodes',
+           'atp_batch', 'ig_batch', 'ig_error_batch', 'exact_batch', 'Estimator', 'estimate', 'NodeEffects',
+           'node_effects']
 
 # %% ../nbs/09a_attribution.ipynb #c4baa20d
 METRICS = {"ce": "cross-entropy of the true class (the thesis's metric)",
@@ -95,6 +96,42 @@ class AttributionConfig(Config):
     def metric_fn(self, class_names: list[str]) -> Metric:
         "The metric, with its classes checked against `class_names`."
         return make_metric(self.metric, class_names, self.target, self.baseline)
+
+# %% ../nbs/09a_attribution.ipynb #a5e3a17f
+@dataclass(frozen=True)
+class SiteNodes:
+    "The nodes of a site: its units 0 … `n_features` − 1 and, last, its error node ε (index `n_features`)."
+    n_nodes: int  # units and the error node
+
+    @classmethod
+    def of(cls, values: torch.Tensor) -> SiteNodes:
+        "The nodes of a per-node tensor (nodes along its last dimension)."
+        return cls(values.shape[-1])
+
+    @property
+    def n_features(self) -> int:
+        return self.n_nodes - 1
+
+    @property
+    def error(self) -> int:
+        "The index of the error node."
+        return self.n_nodes - 1
+
+    def is_error(self, node):
+        "Whether `node` (an index, or a tensor of indices) is the error node."
+        return node == self.error
+
+    def label(self, node: int) -> str:
+        "ε for the error node, else the unit's index."
+        return "ε" if node == self.error else str(node)
+
+    def features(self, values: torch.Tensor) -> torch.Tensor:
+        "`values` (…, n_nodes) without the error node's entry."
+        return values[..., :self.error]
+
+    def error_value(self, values: torch.Tensor) -> torch.Tensor:
+        "The error node's entry of `values` (…, n_nodes)."
+        return values[..., self.error]
 
 # %% ../nbs/09a_attribution.ipynb #1da6f3eb
 def _node_ie(f, eps, g_f, g_eps, p: Patch) -> torch.Tensor:
@@ -202,7 +239,7 @@ class NodeEffects:
         return list(self.mean)
 
     def d_sae(self, site: str) -> int:
-        return len(self.mean[site]) - 1
+        return SiteNodes.of(self.mean[site]).n_features
 
     def save(self, path: str | Path, meta: dict | None = None) -> str:
         "Write the effects to `path` (`.safetensors`) and its JSON, with `meta`; return the SHA-256."

@@ -6,13 +6,11 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import sys
 import tempfile
 import time
-import unicodedata
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -27,36 +25,15 @@ from .artifacts import (ArtifactError, json_safe, read_json, save_figure, sha256
                                   write_text)
 from .config import ConfigError, check_choice, digest
 from .data import ImageData, load_data
+from .runfolder import CACHE, MARKER, RunFolder, run_folder, run_name
 from .study_config import StudyConfig
 
 # %% auto #0
-__all__ = ['RUN_NAME_RE', 'WINDOWS_RESERVED', 'STAGES', 'MARKER', 'METRICS_SCHEMA', 'safe_label', 'run_name', 'writable_folder',
-           'run_folder', 'Stage', 'register_stage', 'stage_settings', 'stage_key', 'stage_closure', 'utc_now',
-           'StageContext', 'Study', 'file_records', 'record_digest', 'verify_entry', 'write_metrics',
-           'comparable_metrics']
+__all__ = ['STAGES', 'METRICS_SCHEMA', 'writable_folder', 'Stage', 'register_stage', 'stage_settings', 'stage_key',
+           'stage_closure', 'utc_now', 'StageContext', 'Study', 'file_records', 'record_digest', 'verify_entry',
+           'write_metrics', 'comparable_metrics']
 
 # %% ../nbs/12a_cache.ipynb #fd460cec
-RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,119}")
-WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
-
-
-def safe_label(text: str, max_len: int = 60) -> str:
-    "`text` reduced to a filesystem-safe label: ASCII `[A-Za-z0-9._=+-]`, no `..`, starting with a letter or digit."
-    s = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode()
-    s = re.sub(r"[^A-Za-z0-9._=+-]+", "_", s)
-    s = re.sub(r"\.{2,}", ".", s)
-    s = re.sub(r"^[^A-Za-z0-9]+", "", s)[:max_len].rstrip("._=+-") or "run"
-    stem, dot, rest = s.partition(".")
-    if stem.upper() in WINDOWS_RESERVED:  # CON, NUL.txt, … are device names on Windows
-        s = f"{stem}_" + f"{dot}{rest}"[:max_len - len(stem) - 1].rstrip("._=+-")
-    return s
-
-
-def run_name(cfg: StudyConfig) -> str:
-    "The run folder name of `cfg`: its safe label, a dash, and 10 hex digits of its hash."
-    return f"{safe_label(cfg.run.name)}-{digest(cfg.to_dict())[:10]}"
-
-
 def writable_folder(path: str | os.PathLike, what: str = "--runs") -> Path:
     "`path` (resolved) if it is, or can be created as, a folder this process can write to; else `ConfigError` naming it."
     path = Path(path).expanduser().resolve()
@@ -70,18 +47,6 @@ def writable_folder(path: str | os.PathLike, what: str = "--runs") -> Path:
                           f"e.g. {what} ~/sfc_runs") from None
     return path
 
-
-def run_folder(runs_root: str | os.PathLike, name: str) -> Path:
-    "The folder of run `name` under `runs_root`; a name that is not one plain component there is refused."
-    if (not isinstance(name, str) or not RUN_NAME_RE.fullmatch(name) or ".." in name
-            or name.split(".")[0].upper() in WINDOWS_RESERVED):
-        raise ConfigError(f"run name {name!r} is not a plain folder name: use letters, digits and ._=+- "
-                         f"(starting with a letter or digit, no '..')")
-    root = Path(runs_root).resolve()
-    path = (root / name).resolve()
-    if path.parent != root:
-        raise ConfigError(f"run name {name!r} would leave {root}")
-    return path
 
 # %% ../nbs/12a_cache.ipynb #41edfcf9
 STAGES: dict = {}  # stage name -> Stage, in pipeline order (filled by `register_stage`, see `stages`)
@@ -146,9 +111,6 @@ def stage_closure(names) -> list[str]:
     return [n for n in STAGES if n in want]
 
 # %% ../nbs/12a_cache.ipynb #98f97903
-MARKER = "stage.json"
-
-
 def utc_now() -> str:
     "The current time, ISO 8601 in UTC, to the second."
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -190,8 +152,9 @@ class Study:
             raise RuntimeError("no stage is registered: import sfc_vision.runs (or sfc_vision.stages) first")
         self.cfg, self.progress = cfg, progress
         self.runs_root = Path(runs_root).resolve()
-        self.cache_root = self.runs_root / "_cache"
+        self.cache_root = self.runs_root / CACHE
         self.run_dir = run_folder(self.runs_root, run_name(cfg))
+        self.run = RunFolder(self.run_dir)  # where each of its files goes
         force = [force] if isinstance(force, str) else list(force or [])
         for f in force:
             check_choice("force", f, ["all", *STAGES])
@@ -202,7 +165,7 @@ class Study:
         self._data: ImageData | None = None
         torch.set_num_threads(cfg.execution.threads)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(self.run_dir / "config.yaml", cfg.to_yaml())
+        write_text(self.run.config_path, cfg.to_yaml())
 
     def key(self, name: str) -> str:
         return stage_key(self.cfg, name)
@@ -305,7 +268,7 @@ def ensure(self: Study, name: str) -> dict:
 @patch
 def fix_command(self: Study, name: str) -> str:
     "The command that recomputes stage `name` of this run (and what depends on it)."
-    return f"sfc-vision run {self.run_dir / 'config.yaml'} --runs {self.runs_root} --force {name}"
+    return f"sfc-vision run {self.run.config_path} --runs {self.runs_root} --force {name}"
 
 
 @patch
@@ -347,14 +310,13 @@ def _compute(self: Study, st: Stage, upstream: dict, reason: str) -> dict:
 @patch
 def attempt(self: Study) -> float | None:
     "The `run_study` attempt this study is part of (its `force_since`, which status.json records), or None when used directly."
-    status = self.run_dir / "status.json"
-    return self.force_since if status.exists() and read_json(status).get("attempt") == self.force_since else None
+    return self.force_since if self.run.status.get("attempt") == self.force_since else None
 
 
 @patch
 def _note(self: Study, name: str, record: dict, reason: str, elapsed: float):
     "Record in the run folder which cache entry the run used and how; refresh metrics.json."
-    folder, note_path = self.stage_dir(name), self.run_dir / "stages" / f"{name}.json"
+    folder, note_path = self.stage_dir(name), self.run.note_path(name)
     attempt = self.attempt()
     if reason == "cached" and note_path.exists():
         note = read_json(note_path)
@@ -364,7 +326,7 @@ def _note(self: Study, name: str, record: dict, reason: str, elapsed: float):
     write_json(note_path, {"key": record["key"], "generation": record["generation"], "cached": reason == "cached",
                            "reason": reason, "wall_s": record["wall_s"], "elapsed_s": elapsed, "path": rel,
                            "summary": record["summary"], "attempt": attempt})
-    link = self.run_dir / "artifacts" / name
+    link = self.run.artifact_link(name)
     link.parent.mkdir(exist_ok=True)
     try:
         if link.is_symlink() or link.exists():
@@ -379,7 +341,7 @@ def _note(self: Study, name: str, record: dict, reason: str, elapsed: float):
 def figure(self: Study, fig, name: str, formats: tuple[str, ...] = ("png",)) -> None:
     """Save a figure into the run folder's `figures/<name>.<format>` (`name` may name a subfolder, as in
     `features/pool2_17`; each part is made filesystem-safe), show it inline in a notebook, and close it."""
-    stem = self.run_dir / "figures" / Path(*(safe_label(part) for part in name.split("/")))
+    stem = self.run.figure_stem(name)
     # returns nothing: a notebook cell ending in `study.figure(...)` shows the figure, not a list of paths
     show_figure(fig, save_figure(fig, stem, formats))
 
@@ -389,22 +351,21 @@ METRICS_SCHEMA = "sfc_vision.metrics/1"
 
 def write_metrics(run_dir: str | os.PathLike) -> dict:
     "Assemble `metrics.json` from the run folder's `status.json` and `stages/*.json`; return it."
-    run_dir = Path(run_dir)
-    status = read_json(run_dir / "status.json") if (run_dir / "status.json").exists() else {"status": "running"}
+    run = RunFolder(run_dir)
+    status = run.status or {"status": "running"}
     metrics = {"schema": METRICS_SCHEMA,
-               "run": {"name": run_dir.name, **{k: status.get(k) for k in
+               "run": {"name": run.name, **{k: status.get(k) for k in
                        ("status", "error", "failed_notebook", "started_at", "finished_at", "wall_s", "host")}},
                "stages": {}}
     elapsed = {}
     for name in STAGES:
-        note_path = run_dir / "stages" / f"{name}.json"
-        if note_path.exists():
-            note = read_json(note_path)
+        note = run.note(name)
+        if note is not None:
             metrics["stages"][name] = {k: note[k] for k in ("key", "cached", "reason", "wall_s", "elapsed_s", "path")}
             metrics[name] = note["summary"]
             elapsed[name] = note["elapsed_s"]
     metrics["wall_s"] = {"stages": elapsed, "notebooks": status.get("notebooks", {}), "total": status.get("wall_s")}
-    write_json(run_dir / "metrics.json", metrics)
+    write_json(run.metrics_path, metrics)
     return metrics
 
 

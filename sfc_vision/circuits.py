@@ -156,12 +156,24 @@ class Circuit:
                    {tuple(p): tensors[f"edges/{i}"] for i, p in enumerate(meta["edge_pairs"])}, meta["meta"])
 
 
-def find_circuit(splice: Splice, images: ImageSet, metric: Metric, patches: dict[str, Patch],
-                 threshold: float | dict[str, float] | None = None, top_k: int | dict[str, int] | None = None,
-                 target_faithfulness: float | None = None, *, edge_threshold: float = 0.0,
-                 effects: NodeEffects | None = None, edge_images: ImageSet | None = None, errors: str = "circuit",
-                 curve_points: int = 12, meta: dict | None = None, batch_size: int = 32, max_rows: int = 256,
-                 progress: bool = True) -> Circuit:
+def find_circuit(splice: Splice,                             # the classifier with its SAEs spliced in
+                 images: ImageSet,                           # images the nodes are selected on
+                 metric: Metric,                             # what the circuit explains
+                 patches: dict[str, Patch],                  # what each node is ablated to
+                 threshold: float | dict[str, float] | None = None,  # keep nodes with |IE| above it (per site: a dict)
+                 top_k: int | dict[str, int] | None = None,  # or keep the k nodes of largest |IE| of each site
+                 target_faithfulness: float | None = None,   # or the smallest circuit whose faithfulness reaches it
+                 *,
+                 edge_threshold: float = 0.0,                # edges with |weight| below it are zeroed
+                 effects: NodeEffects | None = None,         # node effects already computed on `images`
+                 edge_images: ImageSet | None = None,        # images the edges are averaged over (None: `images`)
+                 errors: str = "circuit",                    # how error nodes are handled while searching the target
+                 curve_points: int = 12,                     # thresholds tried on the way to the target
+                 meta: dict | None = None,                   # recorded with the circuit
+                 batch_size: int = 32,                       # images per backward pass
+                 max_rows: int = 256,                        # rows per batched gradient (memory)
+                 progress: bool = True,                      # show progress bars
+                ) -> Circuit:
     """The circuit of `metric` on `images`: nodes by |IE| — above `threshold`, the `top_k` of each site,
     or the smallest circuit along the threshold curve whose faithfulness on `images` (error nodes
     handled as `errors`) reaches `target_faithfulness` (`smallest_faithful`) — then the edges between

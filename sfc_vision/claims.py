@@ -15,15 +15,12 @@ from scipy import stats
 
 from .artifacts import json_safe, write_json, write_text
 from .config import digest
+from .study_config import SEED_KEYS
 
 # %% auto #0
-__all__ = ['SEED_KEYS', 'MIS_PUBLISHED', 't_interval', 'verdict', 'point_of', 'replicates', 'claims_table', 'claims_markdown',
-           'write_claims']
+__all__ = ['MIS_PUBLISHED', 't_interval', 'verdict', 'point_of', 'replicates', 'claims_table', 'claims_markdown', 'write_claims']
 
 # %% ../nbs/13a_claims.ipynb #bea477f0
-SEED_KEYS = ("model.seed", "train.seed", "capture.seed", "sae.seed", "circuit.seed", "mis.seed")  # what a replicate changes
-
-
 def t_interval(values, level: float = 0.95) -> dict:
     "Mean of `values` and its Student-t confidence interval at `level` (`lo`/`hi` None for fewer than 2 values)."
     xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]

@@ -6,16 +6,19 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+import tempfile
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 from .claims import t_interval
 from .artifacts import read_json, save_figure, show_figure, write_json, write_text
-from .cache import safe_label
+from .config import ConfigError
+from .runfolder import RunDamaged, contained_path, list_runs
 from .runs import error_text, notebook_kernel, notebooks_dir
-from .study_config import StudyConfig
-from .sweeps import study_status
+from .study_config import StudyConfig, safe_label
 
 # %% auto #0
 __all__ = ['representative_run', 'load_runs', 'record_figure', 'write_figure_index', 'make_figures', 'plot_training_history',
@@ -28,14 +31,18 @@ def representative_run(runs: list[dict]) -> dict:
     return next((r for r in runs if r["config"].sae == default), runs[0])
 
 
-def load_runs(runs_root: str | os.PathLike = "runs", status: str | None = "complete") -> list[dict]:
-    "Every run folder under `runs_root` (with `status`, None: any) as `{name, config (StudyConfig), metrics}`."
+def load_runs(runs_root: str | os.PathLike = "runs", status: str | None = "complete",
+              log: Callable[[str], None] | None = None) -> list[dict]:
+    """Every run folder under `runs_root` (with `status`, None: any) as `{name, config (StudyConfig), metrics, dir, run}`
+    (`run`: its `RunFolder`); a run with a damaged file is named through `log` (default: stderr) and left out."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
     out = []
-    for r in study_status(runs_root)["runs"]:
-        folder = Path(runs_root) / r["run"]
-        if (status is None or r["status"] == status) and (folder / "metrics.json").exists():
-            out.append({"name": r["run"], "config": StudyConfig.from_yaml_text((folder / "config.yaml").read_text()),
-                        "metrics": read_json(folder / "metrics.json"), "dir": folder})
+    for run in list_runs(runs_root):
+        try:
+            if (status is None or run.state == status) and run.metrics_path.exists():
+                out.append({"name": run.name, "config": run.config, "metrics": run.metrics, "dir": run.path, "run": run})
+        except RunDamaged as e:
+            log(f"figures: {e}; the run is left out")
     return out
 
 
@@ -68,30 +75,58 @@ def write_figure_index(figures_dir: str | os.PathLike) -> Path:
     return write_text(figures_dir / "README.md", "\n".join(lines) + "\n")
 
 
+def _previous_figures(figures_dir: Path) -> set[str]:
+    "The files an earlier build listed in `figures_dir/index.json`, each checked to lie inside `figures_dir` (else `ConfigError`)."
+    path = figures_dir / "index.json"
+    if not path.exists():
+        return set()
+    index = read_json(path)
+    entries = index.get("figures") if isinstance(index, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"{path}: expected {{\"figures\": [{{\"file\": …}}, …]}}; delete it to rebuild the figures from scratch")
+    return {contained_path(figures_dir, e.get("file"), f"{path}: figure {n}: file").relative_to(figures_dir.resolve()).as_posix()
+            for n, e in enumerate(entries, start=1)}
+
+
 def make_figures(runs_root: str | os.PathLike = "runs", figures_dir: str | os.PathLike = "figures",
                  log: Callable[[str], None] = print) -> dict:
-    "Run every analysis notebook over `runs_root` into `figures_dir`; return `{notebook: 'ok' or the error}`."
+    """Run every analysis notebook over `runs_root` into `figures_dir`; return `{notebook: 'ok' or the error}`.
+
+    The figures are made in a folder beside `figures_dir` and swapped in at the end, so a build killed
+    half-way leaves the previous figures whole; files an earlier build did not make stay."""
     runs_root, figures_dir = Path(runs_root).resolve(), Path(figures_dir).resolve()
-    if not load_runs(runs_root):
+    if not load_runs(runs_root, log=log):
         raise FileNotFoundError(f"no complete runs under {runs_root}: run `sfc-vision run` or `sfc-vision sweep` first")
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    old = read_json(figures_dir / "index.json")["figures"] if (figures_dir / "index.json").exists() else []
-    for e in old:  # figures a notebook no longer makes must not linger
-        (figures_dir / e["file"]).unlink(missing_ok=True)
-    (figures_dir / "index.json").unlink(missing_ok=True)
+    if figures_dir.exists() and not figures_dir.is_dir():
+        raise ConfigError(f"--out {figures_dir}: is a file; give a folder for the figures")
+    previous = _previous_figures(figures_dir)  # checked before anything is written
+    figures_dir.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f".{figures_dir.name}.build-", dir=figures_dir.parent))
     results, out_dir = {}, runs_root / "_analysis"
     out_dir.mkdir(parents=True, exist_ok=True)
-    with notebook_kernel(out_dir) as execute:
-        for nb in sorted(notebooks_dir("analysis").glob("*.ipynb")):
-            log(f"figures: {nb.stem}")
-            try:
-                execute(nb, out_dir / nb.name, {"runs_root": str(runs_root), "figures_dir": str(figures_dir)})
-                results[nb.stem] = "ok"
-            except Exception as e:
-                results[nb.stem] = error_text(e)
-                log(f"  failed: {results[nb.stem].splitlines()[0]} (see {out_dir / nb.name})")
-    write_figure_index(figures_dir)
+    try:
+        with notebook_kernel(out_dir) as execute:
+            for nb in sorted(notebooks_dir("analysis").glob("*.ipynb")):
+                log(f"figures: {nb.stem}")
+                try:
+                    execute(nb, out_dir / nb.name, {"runs_root": str(runs_root), "figures_dir": str(build)})
+                    results[nb.stem] = "ok"
+                except Exception as e:
+                    results[nb.stem] = error_text(e)
+                    log(f"  failed: {results[nb.stem].splitlines()[0]} (see {out_dir / nb.name})")
+        write_figure_index(build)
+        for p in sorted(figures_dir.iterdir()) if figures_dir.is_dir() else []:  # what no build made (notes of your own) stays
+            if p.name not in previous and p.name != "index.json" and not (build / p.name).exists():
+                (shutil.copytree if p.is_dir() else shutil.copy2)(p, build / p.name)
+        old = figures_dir.with_name(f".{figures_dir.name}.old-{os.getpid()}")
+        if figures_dir.exists():
+            os.replace(figures_dir, old)
+        os.replace(build, figures_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)  # gone already where it was swapped in
     return results
+
 
 # %% ../nbs/14_figures.ipynb #d5870141
 def plot_training_history(history: list[dict], title: str = ""):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -17,13 +19,14 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .attribution import Metric, NodeEffects
+from .attribution import Metric, NodeEffects, SiteNodes
 from .circuits import Circuit, Faithfulness
 from .config import ConfigError, check_choice, check_range
 
 # %% auto #0
 __all__ = ['POSITIVE', 'NEGATIVE', 'metric_unit', 'plot_ie_histograms', 'plot_median_ie', 'plot_nodes_vs_threshold',
-           'plot_faithfulness', 'plot_circuit_density', 'circuit_dot', 'draw_circuit']
+           'plot_faithfulness', 'plot_circuit_density', 'CircuitLayout', 'circuit_layout', 'circuit_dot',
+           'draw_circuit', 'draw_layout']
 
 # %% ../nbs/10b_plots_circuits.ipynb #592dd615
 POSITIVE, NEGATIVE = "#c0392b", "#2471a3"  # red: ablating the node raises the metric; blue: lowers it
@@ -39,12 +42,13 @@ def plot_ie_histograms(effects: NodeEffects, unit: str = "nats", bins: int = 30,
     sites = effects.sites
     fig, axes = plt.subplots(1, len(sites), figsize=(3.3 * len(sites), 2.9), squeeze=False)
     for ax, s in zip(axes[0], sites):
-        v = effects.mean[s][:-1].abs().numpy()
+        site_nodes = SiteNodes.of(effects.mean[s])
+        v = site_nodes.features(effects.mean[s]).abs().numpy()
         pos = v[v > 0]
         if len(pos):
             ax.hist(pos, bins=np.geomspace(pos.min(), pos.max() * 1.001, bins + 1), color="#7f8c8d")
             ax.set_xscale("log")
-        err = effects.mean[s][-1].abs().item()
+        err = site_nodes.error_value(effects.mean[s]).abs().item()
         if err > 0:
             ax.axvline(err, color=POSITIVE, ls="--", label="error node")
             ax.legend(fontsize=7)
@@ -60,7 +64,7 @@ def plot_median_ie(effects: dict[str, NodeEffects], unit: str = "nats") -> Figur
     "Median |IE| of the units (features or neurons; error nodes left out) per site, one line per kind."
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     for kind, eff in effects.items():
-        ax.plot(eff.sites, [eff.mean[s][:-1].abs().median().item() for s in eff.sites], marker="o", label=kind)
+        ax.plot(eff.sites, [SiteNodes.of(eff.mean[s]).features(eff.mean[s]).abs().median().item() for s in eff.sites], marker="o", label=kind)
     ax.set_yscale("log")
     ax.set_xlabel("site")
     ax.set_ylabel(f"median |IE| ({unit})")
@@ -115,7 +119,7 @@ def plot_circuit_density(circuit: Circuit, density_circuit: dict[str, torch.Tens
                          labels: tuple[str, str] = ("circuit's images", "evaluation set")) -> Figure:
     "Mean density and dead fraction of the circuit's features (error nodes left out) on two image sets, per site."
     sites = circuit.sites
-    feats = {s: circuit.nodes[s][circuit.nodes[s] < circuit.n_nodes[s] - 1] for s in sites}
+    feats = {s: circuit.nodes[s][~SiteNodes(circuit.n_nodes[s]).is_error(circuit.nodes[s])] for s in sites}
     fig, (ax_d, ax_z) = plt.subplots(1, 2, figsize=(8.5, 3.2))
     x = np.arange(len(sites))
     for i, (dens, label) in enumerate(((density_circuit, labels[0]), (density_eval, labels[1]))):
@@ -134,53 +138,65 @@ def plot_circuit_density(circuit: Circuit, density_circuit: dict[str, torch.Tens
     return fig
 
 # %% ../nbs/10b_plots_circuits.ipynb #7f0f2025
-def _node_label(circuit: Circuit, site: str, idx: int, labels: dict | None) -> str:
-    if labels and (site, idx) in labels:
-        return str(labels[site, idx])
-    return "ε" if idx == circuit.n_nodes[site] - 1 else str(idx)
+@dataclass
+class CircuitLayout:
+    "A circuit placed for drawing: one row per site (the first at the bottom), its drawn nodes by decreasing |IE| centred in the row, and the edges drawn."
+    nodes: dict[str, list[int]]                          # site -> its drawn nodes, strongest first
+    pos: dict[tuple[str, int], tuple[float, float]]      # (site, node) -> (x, row)
+    edges: list[tuple[str, int, str, int, float]]        # (site below, node, site above, node, weight), the ones drawn
+    n_edges: int                                         # non-zero edges among the drawn nodes
+    width: int                                           # most nodes in a row
+    w_max: float                                         # largest |weight| among the drawn nodes' edges (1 if none)
+    ie_max: float                                        # largest |IE| of a node (1 if none)
+    hidden: int                                          # nodes left out (beyond `max_per_site`)
 
 
-def _shown(circuit: Circuit, max_per_site: int | None) -> dict[str, int]:
-    "How many of each site's nodes (the first, by |IE|) are drawn."
-    return {s: len(v) if max_per_site is None else min(len(v), max_per_site) for s, v in circuit.nodes.items()}
-
-
-def _drawn_edges(circuit: Circuit, shown: dict[str, int], edge_fraction: float):
-    "`(up, down, i, j, w)` of the edges among shown nodes with |w| ≥ `edge_fraction` × the largest |w| among them (and w ≠ 0)."
+def circuit_layout(circuit: Circuit, max_per_site: int | None = 30, edge_fraction: float = 0.05,
+                   edges_per_node: int | None = None) -> CircuitLayout:
+    """Place `circuit` for drawing: at most `max_per_site` nodes per site (the strongest), the edges among them with
+    |weight| ≥ `edge_fraction` × the largest (and ≠ 0), and of those at most the `edges_per_node` strongest into each node."""
     check_range("edge_fraction", edge_fraction, lo=0, hi=1)
-    parts = {(u, d): w[:shown[d], :shown[u]] for (u, d), w in circuit.edges.items()}
+    nodes = {s: circuit.nodes[s].tolist()[:max_per_site] for s in circuit.sites}
+    pos = {(s, u): (x - (len(nodes[s]) - 1) / 2, row) for row, s in enumerate(circuit.sites) for x, u in enumerate(nodes[s])}
+    parts = {(u, d): w[:len(nodes[d]), :len(nodes[u])] for (u, d), w in circuit.edges.items()}
     w_max = max([w.abs().max().item() for w in parts.values() if w.numel()] or [0.0])
-    out = []
+    edges, n_edges = [], 0
     for (u, d), w in parts.items():
-        for j, i in torch.nonzero((w != 0) & (w.abs() >= edge_fraction * w_max)).tolist():
-            out.append((u, d, i, j, w[j, i].item()))
-    return out, w_max or 1.0
+        n_edges += int((w != 0).sum())
+        keep = (w != 0) & (w.abs() >= edge_fraction * w_max)
+        for j in range(w.shape[0]):
+            i = keep[j].nonzero().flatten()
+            if edges_per_node is not None:
+                i = i[w[j, i].abs().argsort(descending=True)[:edges_per_node]]
+            edges += [(u, nodes[u][k], d, nodes[d][j], w[j, k].item()) for k in sorted(i.tolist())]
+    ie_max = max([v.abs().max().item() for v in circuit.node_ie.values() if len(v)] or [1.0])
+    return CircuitLayout(nodes, pos, edges, n_edges, max([len(v) for v in nodes.values()] + [1]), w_max or 1.0, ie_max or 1.0,
+                         sum(len(circuit.nodes[s]) - len(nodes[s]) for s in circuit.sites))
 
-
+# %% ../nbs/10b_plots_circuits.ipynb #5b568471
 def circuit_dot(circuit: Circuit, labels: dict | None = None, max_per_site: int | None = 30,
                 edge_fraction: float = 0.05) -> str:
     """The circuit as graphviz DOT source: one rank per site, triangles for error nodes, colour = sign, width = |weight|;
     only edges with |weight| ≥ `edge_fraction` × the largest shown."""
-    shown = _shown(circuit, max_per_site)
+    lay = circuit_layout(circuit, max_per_site, edge_fraction)
     lines = ["digraph circuit {", "  rankdir=BT; newrank=true; splines=line; nodesep=0.12; ranksep=0.9;",
              '  node [style=filled, fontcolor=white, fontsize=9, width=0.35, fixedsize=true];']
-    ie_max = max([v.abs().max().item() for v in circuit.node_ie.values() if len(v)] or [1.0])
     for s in circuit.sites:
+        site = SiteNodes(circuit.n_nodes[s])
         lines.append(f'  subgraph "cluster_{s}" {{ label="{s}"; labeljust=l; labelloc=t; color=grey; fontsize=10; rank=same;')
-        for idx, ie in zip(circuit.nodes[s][:shown[s]].tolist(), circuit.node_ie[s][:shown[s]].tolist()):
-            shape = "triangle" if idx == circuit.n_nodes[s] - 1 else "circle"
-            size = 0.3 + 0.3 * abs(ie) / ie_max
-            lines.append(f'    "{s}/{idx}" [label="{_node_label(circuit, s, idx, labels)}", shape={shape}, '
+        for idx, ie in zip(lay.nodes[s], circuit.node_ie[s].tolist()):
+            size = 0.3 + 0.3 * abs(ie) / lay.ie_max
+            lines.append(f'    "{s}/{idx}" [label="{(labels or {}).get((s, idx), site.label(idx))}", '
+                         f'shape={"triangle" if site.is_error(idx) else "circle"}, '
                          f'width={size:.2f}, fillcolor="{POSITIVE if ie > 0 else NEGATIVE}"];')
         lines.append("  }")
-    edges, w_max = _drawn_edges(circuit, shown, edge_fraction)
-    for u, d, i, j, w in edges:
-        lines.append(f'  "{u}/{circuit.nodes[u][i].item()}" -> "{d}/{circuit.nodes[d][j].item()}" '
-                     f'[penwidth={0.3 + 4 * abs(w) / w_max:.2f}, arrowsize=0.4, color="{POSITIVE if w > 0 else NEGATIVE}"];')
+    for u, i, d, j, w in lay.edges:
+        lines.append(f'  "{u}/{i}" -> "{d}/{j}" '
+                     f'[penwidth={0.3 + 4 * abs(w) / lay.w_max:.2f}, arrowsize=0.4, color="{POSITIVE if w > 0 else NEGATIVE}"];')
     lines.append("}")
     return "\n".join(lines)
 
-
+# %% ../nbs/10b_plots_circuits.ipynb #f39c2d99
 def draw_circuit(circuit: Circuit, engine: Literal["auto", "graphviz", "matplotlib"] = "auto",
                  labels: dict | None = None, max_per_site: int | None = 30, title: str | None = None,
                  edge_fraction: float = 0.05) -> Figure:
@@ -205,33 +221,31 @@ def draw_circuit(circuit: Circuit, engine: Literal["auto", "graphviz", "matplotl
         if title:
             ax.set_title(title, fontsize=10)
         return fig
-    return _draw_matplotlib(circuit, labels, _shown(circuit, max_per_site), title, edge_fraction)
+    return draw_layout(circuit, circuit_layout(circuit, max_per_site, edge_fraction), labels, title)
 
-
-def _draw_matplotlib(circuit: Circuit, labels: dict | None, shown: dict[str, int], title: str | None,
-                     edge_fraction: float) -> Figure:
-    width = max(list(shown.values()) + [1])
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.45 * width + 2), 1.1 * len(circuit.sites) + 1))
-    pos = {}
-    for row, s in enumerate(circuit.sites):
-        for x, idx in enumerate(circuit.nodes[s][:shown[s]].tolist()):
-            pos[s, idx] = (x - (shown[s] - 1) / 2, row)
-    edges, w_max = _drawn_edges(circuit, shown, edge_fraction)
-    for u, d, i, j, w in edges:
-        (x0, y0), (x1, y1) = pos[u, circuit.nodes[u][i].item()], pos[d, circuit.nodes[d][j].item()]
-        ax.plot([x0, x1], [y0, y1], color=POSITIVE if w > 0 else NEGATIVE, lw=0.3 + 4 * abs(w) / w_max, alpha=0.55, zorder=1)
-    ie_max = max([v.abs().max().item() for v in circuit.node_ie.values() if len(v)] or [1.0])
+# %% ../nbs/10b_plots_circuits.ipynb #9f0177d2
+def draw_layout(circuit: Circuit, lay: CircuitLayout, labels: dict | None = None, title: str | None = None,
+                site_labels: dict[str, str] | None = None, href: Callable[[str, int], str] | None = None) -> Figure:
+    """Draw `lay` with matplotlib: `labels` maps `(site, node)` to a label (default: the unit, ε for the error node),
+    `site_labels` renames the rows, and `href(site, node)` links each node's marker and label (kept in SVG output)."""
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.45 * lay.width + 2), 1.1 * len(circuit.sites) + 1))
+    for u, i, d, j, w in lay.edges:
+        (x0, y0), (x1, y1) = lay.pos[u, i], lay.pos[d, j]
+        ax.plot([x0, x1], [y0, y1], color=POSITIVE if w > 0 else NEGATIVE, lw=0.3 + 4 * abs(w) / lay.w_max, alpha=0.55, zorder=1)
     for s in circuit.sites:
-        for idx, ie in zip(circuit.nodes[s][:shown[s]].tolist(), circuit.node_ie[s][:shown[s]].tolist()):
-            x, y = pos[s, idx]
-            error = idx == circuit.n_nodes[s] - 1
-            ax.scatter([x], [y], s=60 + 240 * abs(ie) / ie_max, marker="^" if error else "o", zorder=2,
-                       color=POSITIVE if ie > 0 else NEGATIVE, edgecolors="black", linewidths=0.5)
-            ax.annotate(_node_label(circuit, s, idx, labels), (x, y), xytext=(0, 10), textcoords="offset points",
-                        ha="center", fontsize=7)
-    ax.set_yticks(range(len(circuit.sites)), circuit.sites)
+        site = SiteNodes(circuit.n_nodes[s])
+        for idx, ie in zip(lay.nodes[s], circuit.node_ie[s].tolist()):
+            x, y = lay.pos[s, idx]
+            dot = ax.scatter([x], [y], s=60 + 240 * abs(ie) / lay.ie_max, marker="^" if site.is_error(idx) else "o", zorder=2,
+                             color=POSITIVE if ie > 0 else NEGATIVE, edgecolors="black", linewidths=0.5)
+            text = ax.annotate((labels or {}).get((s, idx), site.label(idx)), (x, y), xytext=(0, 10),
+                               textcoords="offset points", ha="center", fontsize=7)
+            if href is not None:
+                dot.set_urls([href(s, idx)])
+                text.set_url(href(s, idx))
+    ax.set_yticks(range(len(circuit.sites)), [(site_labels or {}).get(s, s) for s in circuit.sites])
     ax.set_ylim(-0.6, len(circuit.sites) - 0.3)
-    ax.set_xlim(-width / 2 - 0.5, width / 2 + 0.5)
+    ax.set_xlim(-lay.width / 2 - 0.5, lay.width / 2 + 0.5)
     ax.set_xticks([])
     ax.set_xlabel("nodes by decreasing |IE| (size: |IE|; edge width: |weight|)")
     ax.set_ylabel("site")

@@ -10,6 +10,7 @@ import io
 import math
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,24 +18,23 @@ from pathlib import Path
 import jinja2
 import nbformat
 
-from .artifacts import read_json, write_text
-from .attribution import NodeEffects
-from .cache import MARKER, Study, safe_label
+from .artifacts import ArtifactError, read_json, write_text
+from .attribution import NodeEffects, SiteNodes
+from .cache import Study
 from .circuits import Circuit
-from .plots_circuits import NEGATIVE, POSITIVE
+from .plots_circuits import circuit_layout, draw_layout
 from .config import ConfigError, check_choice
 from .mis import MISResult, mis_images
 from .plots_interpret import plot_feature_page
 from .sae import IdentityDictionary
-from .stages import RunOutputs, layer_folders
-from .study_config import StudyConfig
-from .sweeps import study_status
+from .runfolder import FIGURE_SUFFIXES, RunDamaged, RunFolder, contained_path, feature_figure_name, list_runs
+from .stages import RunOutputs
+from .study_config import safe_label
 
 # %% auto #0
-__all__ = ['GOOD_WORDS', 'BAD_WORDS', 'EVAL_KEYS', 'FEATURE_KINDS', 'REPORT_MARKER', 'FIGURE_SUFFIXES', 'fmt_num', 'fmt_pct',
-           'fmt_seconds', 'verdict', 'stage_folder', 'layer_rows', 'node_file', 'node_edges', 'feature_records',
-           'feature_figure_name', 'feature_pages', 'circuit_svg', 'templates_dir', 'render_notebook', 'feature_figures',
-           'load_claims', 'build_report']
+__all__ = ['GOOD_WORDS', 'BAD_WORDS', 'EVAL_KEYS', 'FEATURE_KINDS', 'REPORT_MARKER', 'fmt_num', 'fmt_pct', 'fmt_seconds',
+           'verdict', 'layer_rows', 'node_file', 'node_edges', 'feature_records', 'feature_pages', 'circuit_svg',
+           'templates_dir', 'render_notebook', 'load_claims', 'build_report']
 
 # %% ../nbs/16_report.ipynb #3f907b73
 def _missing(x) -> bool:
@@ -93,15 +93,6 @@ def verdict(v) -> dict | None:
     return {"label": label, "tone": tone, "detail": detail}
 
 # %% ../nbs/16_report.ipynb #e222b136
-def stage_folder(run_dir: str | os.PathLike, stage: str) -> Path | None:
-    "The complete stage-cache folder run `run_dir` used for `stage`, or None (the stage did not run or its entry is gone)."
-    note = Path(run_dir) / "stages" / f"{stage}.json"
-    if not note.exists():
-        return None
-    folder = (Path(run_dir) / read_json(note)["path"]).resolve()
-    return folder if (folder / MARKER).exists() else None
-
-
 EVAL_KEYS = ("fve", "nmse", "l0", "dead_fraction", "dense_fraction", "accuracy_ratio", "kl", "loss_recovered_zero",
              "loss_recovered_mean")
 
@@ -160,13 +151,13 @@ def feature_records(circuit: Circuit, effects=None, mis: dict[str, MISResult] | 
     edges in and out, page file."""
     mis, layer_names = mis or {}, layer_names or {}
     name = lambda s: layer_names.get(s, s)
-    label = lambda s, u: "ε" if u == circuit.n_nodes[s] - 1 else str(u)
+    label = lambda s, u: SiteNodes(circuit.n_nodes[s]).label(u)
     edge = lambda s, u, w: {"site": s, "layer": name(s), "unit": u, "label": label(s, u), "weight": w, "file": node_file(s, u)}
     out = []
     for s in circuit.sites:
         units = circuit.nodes[s].tolist()
         for rank, (u, ie) in enumerate(zip(units, circuit.node_ie[s].tolist()), start=1):
-            is_error = u == circuit.n_nodes[s] - 1
+            is_error = SiteNodes(circuit.n_nodes[s]).is_error(u)
             into, out_of = node_edges(circuit, s, u)
             abs_ie = None if effects is None or s not in effects.abs_mean else effects.abs_mean[s][u].item()
             out.append({"site": s, "layer": name(s), "unit": u, "label": label(s, u), "is_error": is_error,
@@ -178,11 +169,6 @@ def feature_records(circuit: Circuit, effects=None, mis: dict[str, MISResult] | 
 
 # %% ../nbs/16_report.ipynb #33472aa0
 FEATURE_KINDS = ("sae", "neurons")
-
-
-def feature_figure_name(layer: str, unit: int, kind: str = "sae") -> str:
-    "Name (under a run's `figures/`) of the feature page of `unit` at configured layer `layer`."
-    return f"features/{'neurons_' if kind == 'neurons' else ''}{safe_label(layer)}_{unit}"
 
 
 def feature_pages(study: Study, kind: str = "sae", units: Mapping[str, Sequence[int]] | None = None,
@@ -202,7 +188,7 @@ def feature_pages(study: Study, kind: str = "sae", units: Mapping[str, Sequence[
             raise ConfigError(f"{e}: pass `units`") from None
         circuit = None
     if units is None:
-        units = {layer: [u for u in circuit.nodes[site].tolist() if u != circuit.n_nodes[site] - 1][:per_site]
+        units = {layer: [u for u in circuit.nodes[site].tolist() if not SiteNodes(circuit.n_nodes[site]).is_error(u)][:per_site]
                  for layer, site in outputs.layers.items()}
     model, sha = outputs.model()
     dictionaries = {}
@@ -215,7 +201,7 @@ def feature_pages(study: Study, kind: str = "sae", units: Mapping[str, Sequence[
     images = mis_images(study.data(), study.cfg.mis)
     effects = outputs.effects(kind)
     names = {site: layer for layer, site in outputs.layers.items()}
-    label = lambda s, u: f"{names[s]} {'ε' if u == circuit.n_nodes[s] - 1 else u}"
+    label = lambda s, u: f"{names[s]} {SiteNodes(circuit.n_nodes[s]).label(u)}"
     for layer, dictionary in dictionaries.items():
         site = outputs.layers[layer]
         top, mis = outputs.top(layer, kind), outputs.mis(layer, kind)
@@ -232,51 +218,18 @@ def feature_pages(study: Study, kind: str = "sae", units: Mapping[str, Sequence[
 def circuit_svg(circuit: Circuit, href: Callable[[str, int], str], labels: dict[str, str] | None = None,
                 max_per_site: int = 30, edges_per_node: int = 3) -> tuple[str, str]:
     """The circuit as inline SVG (at most `max_per_site` nodes per site, the strongest) whose nodes link to
-    `href(site, unit)`; `labels` renames sites. Returns the SVG and a sentence on which edges it shows."""
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    labels = labels or {}
-    shown = {s: circuit.nodes[s][:max_per_site].tolist() for s in circuit.sites}
-    width = max([len(v) for v in shown.values()] + [1])
-    pos = {(s, u): (x - (len(shown[s]) - 1) / 2, row) for row, s in enumerate(circuit.sites) for x, u in enumerate(shown[s])}
-    fig = Figure(figsize=(max(5.0, 0.6 * width + 2.0), 1.25 * len(circuit.sites) + 0.5))
-    ax = fig.subplots()
-    drawn, total = 0, 0
-    w_max = max([w.abs().max().item() for w in circuit.edges.values() if w.numel()] + [0.0]) or 1.0
-    for (up, down), w in circuit.edges.items():
-        w = w[:len(shown[down]), :len(shown[up])]
-        total += int((w != 0).sum())
-        for j, v in enumerate(shown[down]):
-            strongest = w[j].abs().argsort(descending=True)[:edges_per_node].tolist()
-            for i in (i for i in strongest if w[j, i] != 0):
-                (x0, y0), (x1, y1) = pos[up, shown[up][i]], pos[down, v]
-                ax.add_line(Line2D([x0, x1], [y0, y1], lw=0.4 + 3.5 * abs(w[j, i].item()) / w_max, alpha=0.5, zorder=1,
-                                   color=POSITIVE if w[j, i] > 0 else NEGATIVE))
-                drawn += 1
-    ie_max = max([v.abs().max().item() for v in circuit.node_ie.values() if len(v)] + [0.0]) or 1.0
-    for s in circuit.sites:
-        ie = circuit.node_ie[s][:len(shown[s])].tolist()
-        for u, value in zip(shown[s], ie):
-            x, y = pos[s, u]
-            error = u == circuit.n_nodes[s] - 1
-            area = 140 + 500 * abs(value) / ie_max
-            dot = ax.scatter([x], [y], s=area * (1.8 if error else 1), marker="^" if error else "o", zorder=2,
-                             color=POSITIVE if value > 0 else NEGATIVE, edgecolors="white", linewidths=0.8)
-            dot.set_urls([href(s, u)])
-            text = ax.text(x, y - (0.04 if error else 0), "ε" if error else str(u), ha="center", va="center", fontsize=7.5,
-                           color="white", zorder=3)
-            text.set_url(href(s, u))
-        ax.text(-width / 2 - 0.6, pos[s, shown[s][0]][1] if shown[s] else circuit.sites.index(s), labels.get(s, s),
-                ha="right", va="center", fontsize=9)
-    ax.set_xlim(-width / 2 - 0.6 - 0.25 * max(len(labels.get(s, s)) for s in circuit.sites) if circuit.sites else -1, width / 2 + 0.2)
-    ax.set_ylim(-0.5, len(circuit.sites) - 0.5)
-    ax.axis("off")
+    `href(site, unit)`; `labels` renames sites. Returns the SVG and a sentence on which edges it shows.
+
+    It is the figure of `plots_circuits.draw_layout` (one layout, one drawing), with links."""
+    import matplotlib.pyplot as plt
+    lay = circuit_layout(circuit, max_per_site, edge_fraction=0.0, edges_per_node=edges_per_node)
+    fig = draw_layout(circuit, lay, site_labels=labels, href=href)
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
     svg = buf.getvalue()
-    hidden = sum(len(circuit.nodes[s]) - len(shown[s]) for s in circuit.sites)
-    note = (f"{drawn} of {total} edges drawn (the {edges_per_node} strongest into each node)"
-            + (f"; {hidden} weaker nodes left out (see the table)" if hidden else ""))
+    note = (f"{len(lay.edges)} of {lay.n_edges} edges drawn (the {edges_per_node} strongest into each node)"
+            + (f"; {lay.hidden} weaker nodes left out (see the table)" if lay.hidden else ""))
     return svg[svg.index("<svg"):], note
 
 # %% ../nbs/16_report.ipynb #0863b2d2
@@ -299,7 +252,6 @@ def render_notebook(nb: str | os.PathLike | nbformat.NotebookNode, out: str | os
 
 # %% ../nbs/16_report.ipynb #599977a6
 REPORT_MARKER = ".sfc_vision_report"
-FIGURE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg")
 
 
 def _environment() -> jinja2.Environment:
@@ -310,31 +262,31 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def _prepare(out_dir: Path, keep: set[str]) -> None:
-    "Empty `out_dir` (but `keep`) if it is an earlier report; refuse a folder with other content."
+def _check_out(out_dir: Path, keep: set[str]) -> None:
+    "Refuse an `out_dir` that holds other content than an earlier report (and `keep`)."
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"out: {out_dir} is a file; give a new or empty folder, or an earlier report's folder")
     if out_dir.exists() and any(p.name not in keep for p in out_dir.iterdir()) and not (out_dir / REPORT_MARKER).exists():
         raise ConfigError(f"out: {out_dir} is not empty and holds no report built by sfc_vision; "
                           f"give a new or empty folder, or an earlier report's folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for p in out_dir.iterdir():
-        if p.name not in keep and p.name != REPORT_MARKER:
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-    (out_dir / REPORT_MARKER).write_text("written by sfc_vision.report.build_report; rebuilt in place\n")
+
+
+def _swap_in(build: Path, out_dir: Path, keep: set[str]) -> None:
+    "Put the finished report `build` in the place of `out_dir`, moving `keep` (e.g. `docs`) over; the old report goes last."
+    for name in keep:
+        if (out_dir / name).exists():
+            os.replace(out_dir / name, build / name)
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(build, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _copy_figure(src: Path, out: Path, href: str, caption: str | None = None, made_by: str | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, out)
     return {"src": href, "name": src.name, "stem": safe_label(src.stem), "caption": caption, "made_by": made_by}
-
-
-def feature_figures(run_dir: Path, names: list[str], unit: int) -> list[Path]:
-    "The images run `run_dir` stored for unit `unit` of a layer called any of `names` (see `build_report`)."
-    found = []
-    for name in dict.fromkeys(safe_label(n) for n in names):
-        for pattern in (f"feature_{name}_{unit}.*", f"feature_{name}_{unit}_*.*", f"features/{name}_{unit}.*", f"features/{name}_{unit}_*.*"):
-            found += [p for p in sorted((run_dir / "figures").glob(pattern)) if p.suffix.lower() in FIGURE_SUFFIXES]
-    return list(dict.fromkeys(found))
 
 # %% ../nbs/16_report.ipynb #dc065046
 def load_claims(figures_dir: Path, out_dir: Path) -> dict | None:
@@ -354,70 +306,86 @@ def load_claims(figures_dir: Path, out_dir: Path) -> dict | None:
     for tag, attr in (("a", "href"), ("img", "src")):  # links to figures: to the report's copies
         for el in soup.find_all(tag):
             target = el.get(attr, "")
-            if target and "://" not in target and not target.startswith("#") and (out_dir / "figures" / target).exists():
+            if (target and "://" not in target and not target.startswith("#")
+                    and (out_dir / "figures" / target).resolve().is_relative_to((out_dir / "figures").resolve())
+                    and (out_dir / "figures" / target).exists()):
                 el[attr] = f"figures/{target}"
     return {"html": str(soup), "source": str(path)}
 
 
-def _layer_names(run_dir: Path) -> dict[str, str]:
+def _layer_names(run: RunFolder) -> dict[str, str]:
     "Canonical site name → configured layer name of a run (the identity where its configuration cannot be read)."
     try:
-        cfg = StudyConfig.from_yaml_text((run_dir / "config.yaml").read_text())
-        return {site: layer for layer, site in layer_folders(cfg).items()}
-    except Exception:  # a configuration of another version of the package: show canonical names
+        return {site: layer for layer, site in run.outputs.layers.items()}
+    except (ArtifactError, ConfigError, KeyError, ValueError):  # damaged, or of another version: show canonical names
         return {}
 
 # %% ../nbs/16_report.ipynb #8cd6721d
-def _circuit(run_dir: Path, out_run: Path, env: jinja2.Environment, common: dict, run_name: str) -> tuple[dict | None, str]:
+def _circuit(run: RunFolder, out_run: Path, env: jinja2.Environment, common: dict) -> tuple[dict | None, str]:
     "The circuit section of a run page (writing its feature pages), or None and why there is none."
-    folder = stage_folder(run_dir, "circuit")
-    if folder is None:
+    if run.stage_entry("circuit") is None:
         return None, "The circuit stage did not run or did not finish."
-    summary = read_json(run_dir / "stages" / "circuit.json")["summary"]
-    circuit = Circuit.load(folder / "circuit.safetensors")
-    names = _layer_names(run_dir)
-    attribution, mis_dir = stage_folder(run_dir, "attribution"), stage_folder(run_dir, "mis")
-    effects = NodeEffects.load(attribution / "effects_sae.safetensors") if attribution else None
-    mis = {s: MISResult.load(mis_dir / f"{s}_sae.safetensors") for s in circuit.sites
-           if mis_dir and (mis_dir / f"{s}_sae.safetensors").exists()}
+    outputs, summary = run.outputs, run.note("circuit").get("summary") or {}
+    circuit = outputs.circuit()
+    names = _layer_names(run)
+    effects = outputs.effects("sae") if run.stage_entry("attribution") else None
+    has_mis = run.stage_entry("mis") is not None
+    mis = {s: MISResult.load(outputs.mis_path(s)) for s in circuit.sites if has_mis and outputs.mis_path(s).exists()}
     features = feature_records(circuit, effects, mis, names)
     page = env.get_template("feature.html")
     for f in features:
         f["href"] = f"features/{f['file']}"
         for e in f["edges_in"] + f["edges_out"]:
             e["href"] = e["file"]
-        f["figures"] = [_copy_figure(p, out_run / "figures" / p.relative_to(run_dir / "figures"),
-                                     "../figures/" + p.relative_to(run_dir / "figures").as_posix())
-                        for p in feature_figures(run_dir, [f["layer"], f["site"]], f["unit"])]
-        if not mis_dir:
+        f["figures"] = [_copy_figure(p, out_run / "figures" / p.relative_to(run.figures_dir),
+                                     "../figures/" + p.relative_to(run.figures_dir).as_posix())
+                        for p in run.feature_figures([f["layer"], f["site"]], f["unit"])]
+        if not has_mis:
             f["mis_note"] = "The MIS stage did not run or did not finish."
         elif f["is_error"]:
             f["mis_note"] = "An error node is no unit of the SAE: it has no MIS."
-        write_text(out_run / "features" / f["file"], page.render(**common, root="../../../", f=f, run_name=run_name))
+        write_text(out_run / "features" / f["file"], page.render(**common, root="../../../", f=f, run_name=run.name))
     svg, shown = circuit_svg(circuit, lambda s, u: f"features/{node_file(s, u)}", names) if circuit.size else (None, "")
     return {**summary, "svg": svg, "shown_edges": shown, "features": features}, ""
 
 # %% ../nbs/16_report.ipynb #ba60d02e
-def _run_page(entry: dict, run_dir: Path, out_run: Path, env: jinja2.Environment, common: dict,
-              notebooks: bool) -> dict:
+def _readable(read: Callable, default):
+    "What `read()` returns, or `default` where the file is damaged (the damage is listed by `RunFolder.check`)."
+    try:
+        return read()
+    except RunDamaged:
+        return default
+
+
+def _run_page(run: RunFolder, out_run: Path, env: jinja2.Environment, common: dict, notebooks: bool,
+              log: Callable[[str], None]) -> dict:
     "Write a run's page, feature pages, figures and notebooks under `out_run`; return its row of the index."
-    status = read_json(run_dir / "status.json") if (run_dir / "status.json").exists() else {}
-    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
-    name = run_dir.name
-    circuit, circuit_missing = _circuit(run_dir, out_run, env, common, name)
+    entry = run.summary()
+    for problem in entry["damaged"]:
+        log(f"report: {problem}")
+    status, metrics = _readable(lambda: run.status, {}), _readable(lambda: run.metrics, {})
+    name = run.name
+    try:
+        circuit, circuit_missing = _circuit(run, out_run, env, common)
+    except (ArtifactError, FileNotFoundError) as e:  # a damaged note or a damaged cache entry: named, the rest is built
+        log(f"report: {name}: circuit: {e}")
+        circuit, circuit_missing = None, f"The circuit cannot be read: {e}"
     feature_srcs = {f2["src"].removeprefix("../") for f in (circuit or {}).get("features", []) for f2 in f["figures"]}
-    figures = [_copy_figure(p, out_run / "figures" / p.name, f"figures/{p.name}")
-               for p in sorted((run_dir / "figures").glob("*")) if p.suffix.lower() in FIGURE_SUFFIXES
-               and f"figures/{p.name}" not in feature_srcs]
+    figures = [_copy_figure(p, out_run / "figures" / p.name, f"figures/{p.name}") for p in run.figures()
+               if f"figures/{p.name}" not in feature_srcs]
     nbs = []
-    for nb in sorted((run_dir / "notebooks").glob("*.ipynb")):
-        href = f"notebooks/{nb.stem}.html"
-        if notebooks:
-            render_notebook(nb, out_run / href, f"{name}: {nb.stem}",
-                            {"title": f"{name} · {nb.stem}", "links": [{"text": "Runs", "href": "../../../index.html"},
-                                                                       {"text": "This run", "href": "../index.html"}]})
+    for nb in run.notebooks():
+        href, rel = f"notebooks/{nb.stem}.html", nb.relative_to(run.path).as_posix()
+        try:
+            if notebooks:
+                render_notebook(run.read_notebook(nb), out_run / href, f"{name}: {nb.stem}",
+                                {"title": f"{name} · {nb.stem}", "links": [{"text": "Runs", "href": "../../../index.html"},
+                                                                           {"text": "This run", "href": "../index.html"}]})
+            damage = None
+        except RunDamaged as e:
+            href, damage = None, str(e)
         nbs.append({"name": nb.stem, "href": href if notebooks else None, "wall_s": (status.get("notebooks") or {}).get(nb.stem),
-                    "failed": status.get("failed_notebook") == f"notebooks/{nb.name}"})
+                    "failed": status.get("failed_notebook") == rel, "damaged": damage})
     failed = next((n for n in nbs if n["failed"]), None)
     model, attr = metrics.get("model") or {}, metrics.get("attribution") or {}
     layers = layer_rows(metrics)
@@ -426,7 +394,7 @@ def _run_page(entry: dict, run_dir: Path, out_run: Path, env: jinja2.Environment
         ("circuit nodes", fmt_num((circuit or {}).get("nodes"))), ("faithfulness", fmt_num((circuit or {}).get("faithfulness"))),
         ("completeness", fmt_num((circuit or {}).get("completeness"))), ("run time", fmt_seconds(status.get("wall_s"))))]
     mis = metrics.get("mis") or {}
-    run = {"name": name, "status": entry["status"], "error": status.get("error"), "started_at": status.get("started_at"),
+    page = {"name": name, "status": entry["status"], "error": entry["error"], "damaged": entry["damaged"], "started_at": status.get("started_at"),
            "finished_at": status.get("finished_at"), "wall_s": status.get("wall_s"),
            "failed_notebook": failed or ({"name": status["failed_notebook"], "href": None} if status.get("failed_notebook") else None),
            "facts": [{"label": k, "value": v} for k, v in facts if v != "—"], "notebooks": nbs, "layers": layers,
@@ -443,13 +411,26 @@ def _run_page(entry: dict, run_dir: Path, out_run: Path, env: jinja2.Environment
                                       for l, v in (mis.get("layers") or {}).items()]},
            "figures": figures,
            "stages": [{"name": s, **v} for s, v in (metrics.get("stages") or {}).items()],
-           "config_text": (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""}
-    write_text(out_run / "index.html", env.get_template("run.html").render(**common, root="../../", run=run))
-    return {"name": name, "href": f"runs/{name}/index.html", "status": entry["status"], "error": status.get("error"),
+           "config_text": _readable(lambda: run.config_text, "") if run.config_path.exists() else ""}
+    write_text(out_run / "index.html", env.get_template("run.html").render(**common, root="../../", run=page))
+    return {"name": name, "href": f"runs/{name}/index.html", "status": entry["status"], "error": entry["error"],
             "accuracy": model.get("accuracy"), "circuit": circuit and {k: circuit.get(k) for k in ("nodes", "faithfulness", "completeness")},
             "layers": layers}
 
 # %% ../nbs/16_report.ipynb #38438fb6
+def _figure_index(fdir: Path) -> list[dict]:
+    "The entries of figure folder `fdir` (`index.json`, else its image files), each naming a file inside `fdir` (else `ConfigError`)."
+    if not (fdir / "index.json").exists():
+        return [{"file": p.name} for p in sorted(fdir.glob("*")) if p.suffix.lower() in FIGURE_SUFFIXES]
+    index = read_json(fdir / "index.json")
+    entries = index.get("figures") if isinstance(index, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"{fdir / 'index.json'}: expected {{\"figures\": [{{\"file\": …}}, …]}}; rebuild it with `sfc-vision figures`")
+    for n, e in enumerate(entries, start=1):
+        contained_path(fdir, e.get("file"), f"{fdir / 'index.json'}: figure {n}: file")
+    return entries
+
+
 def build_report(runs_root: str | os.PathLike = "runs", out_dir: str | os.PathLike = "report",
                  figures_dir: str | os.PathLike | None = "figures", docs_dir: str | os.PathLike | None = None,
                  notebooks: bool = True, log: Callable[[str], None] | None = None) -> Path:
@@ -464,29 +445,34 @@ def build_report(runs_root: str | os.PathLike = "runs", out_dir: str | os.PathLi
                                 f"or give the runs folder (--runs DIR)")
     docs_dir = out_dir / "docs" if docs_dir is None else Path(docs_dir)
     keep = {docs_dir.name} if docs_dir.resolve().parent == out_dir.resolve() else set()
-    _prepare(out_dir, keep)
+    _check_out(out_dir, keep)
+    fdir = Path(figures_dir) if figures_dir is not None and Path(figures_dir).is_dir() else None
+    index = _figure_index(fdir) if fdir else []  # checked before anything is written
     log = log or (lambda msg: None)
-    env = _environment()
-    shutil.copytree(templates_dir() / "report" / "static", out_dir / "static")
-    runs, cross = study_status(runs_root)["runs"], []
-    if figures_dir is not None and Path(figures_dir).is_dir():
-        fdir = Path(figures_dir)
-        index = read_json(fdir / "index.json")["figures"] if (fdir / "index.json").exists() else \
-            [{"file": p.name} for p in sorted(fdir.glob("*")) if p.suffix.lower() in FIGURE_SUFFIXES]
-        names = {r["run"] for r in runs}  # figures made from other runs than these are left out
-        cross = [_copy_figure(fdir / e["file"], out_dir / "figures" / e["file"], f"figures/{e['file']}", e.get("caption"),
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
+    try:
+        (build / REPORT_MARKER).write_text("written by sfc_vision.report.build_report; rebuilt in full\n")
+        env = _environment()
+        shutil.copytree(templates_dir() / "report" / "static", build / "static")
+        runs = list_runs(runs_root)
+        names = {r.name for r in runs}  # figures made from other runs than these are left out
+        cross = [_copy_figure(fdir / e["file"], build / "figures" / e["file"], f"figures/{e['file']}", e.get("caption"),
                               e.get("made_by")) for e in index
-                 if (fdir / e["file"]).exists() and (not e.get("runs") or names & set(e["runs"]))]
-    docs_href = os.path.relpath(docs_dir / "index.html", out_dir) if (docs_dir / "index.html").exists() else None
-    common = {"runs_root": str(runs_root.resolve()), "built_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "docs_href": docs_href,
-              "claims": load_claims(Path(figures_dir), out_dir) if figures_dir is not None and Path(figures_dir).is_dir() else None}
-    rows = []
-    for entry in runs:
-        log(f"report: {entry['run']}")
-        rows.append(_run_page(entry, runs_root / entry["run"], out_dir / "runs" / entry["run"], env, common, notebooks))
-    counts = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    return write_text(out_dir / "index.html", env.get_template("index.html").render(
-        **common, root="", runs=rows, counts=counts, figures=cross))
+                 if (fdir / e["file"]).is_file() and (not e.get("runs") or names & set(e["runs"]))]
+        docs_href = os.path.relpath(docs_dir / "index.html", out_dir) if (docs_dir / "index.html").exists() else None
+        common = {"runs_root": str(runs_root.resolve()), "built_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                  "docs_href": docs_href, "claims": load_claims(fdir, build) if fdir else None}
+        rows = []
+        for run in runs:
+            log(f"report: {run.name}")
+            rows.append(_run_page(run, build / "runs" / run.name, env, common, notebooks, log))
+        counts = {}
+        for r in rows:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        write_text(build / "index.html", env.get_template("index.html").render(
+            **common, root="", runs=rows, counts=counts, figures=cross))
+        _swap_in(build, out_dir, keep)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)  # gone already where the build was swapped in
+    return out_dir / "index.html"

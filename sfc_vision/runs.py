@@ -19,18 +19,18 @@ import torch
 from filelock import FileLock, Timeout
 
 from .activations import read_layers
-from .artifacts import read_json, write_json
+from .artifacts import write_json
 from .cache import STAGES, Study, stage_closure, utc_now, writable_folder, write_metrics
 from .config import ConfigError
 from .data import DATASETS, DataConfig, DataNotFoundError, class_index, load_data
 from .models import build_model, pretrained_path
+from .runfolder import RunFolder
 from . import stages  # importing it registers the study's stages
 from .study_config import StudyConfig, load_config
 
 # %% auto #0
-__all__ = ['STUDY_NOTEBOOKS', 'RUN_LOCK', 'RequirementError', 'DataFacts', 'data_facts', 'layer_widths', 'check_requirements',
-           'notebooks_dir', 'study_notebooks', 'notebook_kernel', 'error_text', 'run_status', 'run_study',
-           'run_config_file']
+__all__ = ['STUDY_NOTEBOOKS', 'RequirementError', 'DataFacts', 'data_facts', 'layer_widths', 'check_requirements',
+           'notebooks_dir', 'study_notebooks', 'notebook_kernel', 'error_text', 'run_study', 'run_config_file']
 
 # %% ../nbs/12c_runs.ipynb #19ec93c4
 class RequirementError(RuntimeError):
@@ -59,7 +59,7 @@ def data_facts(d: DataConfig) -> DataFacts | None:
         _DATA_FACTS[d.hash()] = DataFacts(list(data.class_names), shape, data.train.labels.clone(), data.test.labels.clone())
     return _DATA_FACTS[d.hash()]
 
-
+# %% ../nbs/12c_runs.ipynb #5cb9d921
 def _imagefolder_classes(root: Path) -> list[str] | None:
     "The class names of an imagefolder dataset when they are its train/ folder names (no names file beside them), else None."
     names = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
@@ -67,7 +67,7 @@ def _imagefolder_classes(root: Path) -> list[str] | None:
         return None  # the loader names the classes from a names file: checked when it loads
     return names
 
-
+# %% ../nbs/12c_runs.ipynb #94b1ea1e
 def layer_widths(cfg: StudyConfig, image_shape: tuple[int, int, int], num_classes: int) -> dict[str, int]:
     "Channels (vector width) of each captured layer: one forward pass of the untrained model on a blank image."
     model = build_model(cfg.model.replace(weights="none"), image_shape, num_classes).eval()
@@ -75,7 +75,7 @@ def layer_widths(cfg: StudyConfig, image_shape: tuple[int, int, int], num_classe
         model(torch.zeros(1, *image_shape))
     return {layer: acts[layer].shape[1] for layer in cfg.capture.layers}
 
-
+# %% ../nbs/12c_runs.ipynb #a95bbeb7
 def _data_problems(cfg: StudyConfig, facts: DataFacts | None, names: list[str] | None) -> list[str]:
     "What in `cfg` does not fit the dataset: classes, subset sizes, SAE width, MIS images."
     problems, d, want = [], cfg.data, set(stage_closure(cfg.run.stages or list(STAGES)))
@@ -115,7 +115,7 @@ def _data_problems(cfg: StudyConfig, facts: DataFacts | None, names: list[str] |
             problems.append(f"mis.{e} (evaluation: {n_eval} test images)")
     return problems
 
-
+# %% ../nbs/12c_runs.ipynb #6be28966
 def _device_problem(device: str, gpu: bool | None) -> str | None:
     "Why `execution.device` cannot be used here (`gpu`: None looks at this machine; True: the job will have one)."
     if not device.startswith("cuda") or gpu is True:
@@ -128,7 +128,7 @@ def _device_problem(device: str, gpu: bool | None) -> str | None:
                 f"valid: auto, cpu, cuda, cuda:0 … cuda:{n - 1}")
     return None
 
-
+# %% ../nbs/12c_runs.ipynb #bb47bc0f
 def check_requirements(cfg: StudyConfig, gpu: bool | None = None) -> None:
     """Raise `RequirementError` listing everything `cfg` needs that is missing or that does not fit its dataset;
     `gpu` (None: look) says whether CUDA is there."""
@@ -178,7 +178,7 @@ STUDY_NOTEBOOKS: dict[str, tuple[str, ...]] = {  # study notebook -> the stages 
     "03_interpret.ipynb": ("mis",),
 }
 
-
+# %% ../nbs/12c_runs.ipynb #5e84c27a
 def notebooks_dir(kind: str = "study") -> Path:
     "Folder of the study or analysis notebooks: `$SFC_VISION_NBS/<kind>` or `nbs/<kind>` of the source checkout."
     import sfc_vision
@@ -189,14 +189,14 @@ def notebooks_dir(kind: str = "study") -> Path:
                                 f"(pip install -e .), or set SFC_VISION_NBS to its nbs/ folder")
     return folder
 
-
+# %% ../nbs/12c_runs.ipynb #bb0678ee
 def study_notebooks(cfg: StudyConfig) -> list[Path]:
     "The study notebooks `cfg` runs, in order."
     want = set(stage_closure(cfg.run.stages or list(STAGES)))
     return [notebooks_dir("study") / nb for nb, stages in STUDY_NOTEBOOKS.items()
             if all(s in STAGES for s in stages) and want & set(stages)]
 
-
+# %% ../nbs/12c_runs.ipynb #4d741d83
 @contextmanager
 def notebook_kernel(cwd: str | os.PathLike, threads: int = 1):
     """A started `python3` kernel for several notebooks, and `execute(nb, out, parameters)` running one into `out`.
@@ -230,51 +230,27 @@ def notebook_kernel(cwd: str | os.PathLike, threads: int = 1):
             km.shutdown_kernel(now=True)
         shutil.rmtree(sockets, ignore_errors=True)
 
-
+# %% ../nbs/12c_runs.ipynb #5d09ea2b
 def error_text(e: Exception) -> str:
     "`Type: message` of a notebook's failure (papermill's, or a dead kernel's)."
     import papermill as pm
     return (f"{e.ename}: {e.evalue}" if isinstance(e, pm.PapermillExecutionError) else f"{type(e).__name__}: {e}").strip()
 
-
-RUN_LOCK = ".run.lock"  # held by the process running a run folder, from before its status says "running" to its end
-
-
-def run_status(run_dir: str | os.PathLike) -> str:
-    """`complete`, `failed`, `running`, `interrupted` (it says running, but no process holds its lock) or `missing`.
-
-    The operating system releases a lock when its process ends, however it ends (`kill -9`, a lost node on a
-    filesystem with working locks), so a run left behind is told from one under way without trusting a pid."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "status.json").exists():
-        return "missing"
-    st = read_json(run_dir / "status.json")
-    if st["status"] == "running":
-        lock = FileLock(str(run_dir / RUN_LOCK))
-        try:
-            lock.acquire(timeout=0)
-        except (Timeout, OSError):  # OSError: a folder this process cannot lock in; it cannot tell
-            return "running"
-        lock.release()
-        return "interrupted"
-    return st["status"]
-
-
-def _files(run_dir: Path) -> dict[Path, tuple]:
+# %% ../nbs/12c_runs.ipynb #5987247d
+def _files(run: RunFolder) -> dict[Path, tuple]:
     "Identity (inode, mtime, size) of each file an attempt writes in the run folder."
-    return {p: (s.st_ino, s.st_mtime_ns, s.st_size) for sub in ("notebooks", "figures", "stages") for p in (run_dir / sub).glob("*")
-            if p.is_file() and (s := p.stat())}
+    return {p: (s.st_ino, s.st_mtime_ns, s.st_size) for sub in (run.notebooks_dir, run.figures_dir, run.notes_dir)
+            for p in sub.glob("*") if p.is_file() and (s := p.stat())}
 
-
-def _notices(run_dir: Path, attempt: float, told: set, log) -> None:
+# %% ../nbs/12c_runs.ipynb #0b64b747
+def _notices(run: RunFolder, attempt: float, told: set, log) -> None:
     "Log, once each, the stages this attempt recomputed because their cache entry was corrupt (or could not be checked)."
-    for note_path in sorted((run_dir / "stages").glob("*.json")):
-        note = read_json(note_path)
-        if note.get("attempt") == attempt and note["reason"].startswith(("corrupt", "unverifiable")) and note_path.stem not in told:
-            told.add(note_path.stem)
-            log(f"{run_dir.name}: recomputed {note_path.stem} ({note['reason']})")
+    for stage, note in run.notes().items():
+        if note.get("attempt") == attempt and note["reason"].startswith(("corrupt", "unverifiable")) and stage not in told:
+            told.add(stage)
+            log(f"{run.name}: recomputed {stage} ({note['reason']})")
 
-
+# %% ../nbs/12c_runs.ipynb #234733e7
 def run_study(cfg: StudyConfig, runs_root: str | os.PathLike = "runs", force=(), force_since: float | None = None,
               log: Callable[[str], None] | None = None) -> dict:
     """Run every selected study notebook for `cfg` into its run folder; return `metrics.json` (never raises for a failing notebook).
@@ -282,56 +258,56 @@ def run_study(cfg: StudyConfig, runs_root: str | os.PathLike = "runs", force=(),
     Refuses (`RequirementError`) while another process runs the same configuration."""
     check_requirements(cfg)
     study = Study(cfg, writable_folder(runs_root), force, force_since, progress=False)  # validates `force`, writes config.yaml
-    run_dir = study.run_dir
-    lock = FileLock(str(run_dir / RUN_LOCK))
+    run = study.run
+    lock = FileLock(str(run.lock_path))
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        st = read_json(run_dir / "status.json") if (run_dir / "status.json").exists() else {}
-        raise RequirementError(f"run {run_dir.name} is running already (process {st.get('pid')} on {st.get('host')}, "
+        st = run.status
+        raise RequirementError(f"run {run.name} is running already (process {st.get('pid')} on {st.get('host')}, "
                                f"since {st.get('started_at')}); wait for it to end, or stop that process and run again") from None
     try:
         return _run_study(study, log)
     finally:
         lock.release()
 
-
+# %% ../nbs/12c_runs.ipynb #9c550dfe
 def _run_study(study: Study, log) -> dict:
-    cfg, run_dir, log, told = study.cfg, study.run_dir, log or (lambda msg: None), set()
-    earlier = _files(run_dir)  # an earlier attempt's notebooks and figures stay until this one completes
+    cfg, run, log, told = study.cfg, study.run, log or (lambda msg: None), set()
+    earlier = _files(run)  # an earlier attempt's notebooks and figures stay until this one completes
     status = {"status": "running", "error": None, "failed_notebook": None, "started_at": utc_now(), "finished_at": None,
               "wall_s": None, "notebooks": {}, "host": socket.gethostname(), "pid": os.getpid(), "attempt": study.force_since}
-    write_json(run_dir / "status.json", status)
+    write_json(run.status_path, status)
     start = time.time()
     params = {"config": cfg.to_dict(), "runs_root": str(study.runs_root), "force": sorted(study.force),
               "force_since": study.force_since, "progress": False}
-    (run_dir / "notebooks").mkdir(exist_ok=True)
-    with notebook_kernel(run_dir, cfg.execution.threads) as execute:
+    run.notebooks_dir.mkdir(exist_ok=True)
+    with notebook_kernel(run.path, cfg.execution.threads) as execute:
         for nb in study_notebooks(cfg):
-            log(f"{run_dir.name}: {nb.stem}")
+            log(f"{run.name}: {nb.stem}")
             t = time.time()
             try:
-                execute(nb, run_dir / "notebooks" / nb.name, params)
-                _notices(run_dir, study.force_since, told, log)
+                execute(nb, run.notebooks_dir / nb.name, params)
+                _notices(run, study.force_since, told, log)
             except Exception as e:  # PapermillExecutionError keeps the failed notebook; a dead kernel is reported alike
-                status.update(status="failed", error=error_text(e)[:2000], failed_notebook=f"notebooks/{nb.name}")
+                status.update(status="failed", error=error_text(e)[:2000], failed_notebook=(run.notebooks_dir / nb.name).relative_to(run.path).as_posix())
                 break
             finally:
                 status["notebooks"][nb.stem] = round(time.time() - t, 3)
         else:
             status["status"] = "complete"
-    _notices(run_dir, study.force_since, told, log)
+    _notices(run, study.force_since, told, log)
     if status["status"] == "complete":  # drop what only the earlier attempt wrote (no longer part of the run)
-        now = _files(run_dir)
+        now = _files(run)
         for path, ident in earlier.items():
             if now.get(path) == ident:
                 path.unlink()
-        for link in (run_dir / "artifacts").glob("*"):
-            if not (run_dir / "stages" / f"{link.name}.json").exists():
+        for link in run.artifacts_dir.glob("*"):
+            if not run.note_path(link.name).exists():
                 link.unlink()
     status.update(finished_at=utc_now(), wall_s=round(time.time() - start, 3))
-    write_json(run_dir / "status.json", status)
-    return write_metrics(run_dir)
+    write_json(run.status_path, status)
+    return write_metrics(run.path)
 
 # %% ../nbs/12c_runs.ipynb #ade481bb
 def run_config_file(config_path: str, runs_root: str, force=(), force_since: float | None = None) -> dict:

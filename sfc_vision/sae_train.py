@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from fastcore.basics import patch
 from tqdm import tqdm
 
 from .activations import DTYPES, ActivationCache
@@ -131,46 +132,52 @@ class SAETrainer:
         "`(d_sae,)` bool: latents that fired on none of the last `dead_window` training vectors."
         return self.since_fired >= self.dead_window
 
-    def step(self, x: torch.Tensor) -> None:
-        "One optimisation step on the normalised batch `x` (on the trainer's device)."
-        cfg, sae, step = self.cfg, self.sae, self.step_count
-        if (cfg.resample != "none" and step > 0 and step % self.resample_every == 0
-                and step < cfg.resample_stop * cfg.steps):
-            self.resample(x)
-        lr = sae_lr(cfg, step)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        dead = self.dead() if sae.uses_dead else None
-        with self._autocast():
-            out = sae.loss(x, sparsity_coeff(cfg, step), dead)
-        self.opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        with torch.no_grad():
-            w, g = sae.W_dec, sae.W_dec.grad
-            g.sub_(w * (g * w).sum(1, keepdim=True))      # no gradient along the decoder rows ...
-        self.opt.step()
-        with torch.no_grad():
-            w.div_(w.norm(dim=1, keepdim=True))           # ... and back onto the unit sphere
-            f = out.f.detach()                            # f ≥ 0 for every architecture, so:
-            self.since_fired.add_(len(x)).masked_fill_(f.amax(0) > 0, 0)   # fired in this batch
-            self._l0.add_(torch.sign(f).sum(dtype=torch.float32))         # active entries (10× cheaper than (f > 0).sum())
-            self._loss.add_(out.loss.detach(), alpha=len(x))
-            self._mse.add_(out.mse.detach(), alpha=len(x))
-            self._finite_steps.add_(torch.isfinite(self._loss))  # NaN/inf stick: counts steps before the first bad one
-            if self.first_loss is None:
-                self.first_loss = out.loss.detach().float().clone()   # read at the first flush, no sync here
-        self._n += len(x)
-        self.vectors_seen += len(x)
-        self.step_count += 1
+# %% ../nbs/07_sae_train.ipynb #60a98b89
+@patch
+def step(self: SAETrainer, x: torch.Tensor) -> None:
+    "One optimisation step on the normalised batch `x` (on the trainer's device)."
+    cfg, sae, step = self.cfg, self.sae, self.step_count
+    if (cfg.resample != "none" and step > 0 and step % self.resample_every == 0
+            and step < cfg.resample_stop * cfg.steps):
+        self.resample(x)
+    lr = sae_lr(cfg, step)
+    for group in self.opt.param_groups:
+        group["lr"] = lr
+    dead = self.dead() if sae.uses_dead else None
+    with self._autocast():
+        out = sae.loss(x, sparsity_coeff(cfg, step), dead)
+    self.opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    with torch.no_grad():
+        w, g = sae.W_dec, sae.W_dec.grad
+        g.sub_(w * (g * w).sum(1, keepdim=True))      # no gradient along the decoder rows ...
+    self.opt.step()
+    with torch.no_grad():
+        w.div_(w.norm(dim=1, keepdim=True))           # ... and back onto the unit sphere
+        f = out.f.detach()                            # f ≥ 0 for every architecture, so:
+        self.since_fired.add_(len(x)).masked_fill_(f.amax(0) > 0, 0)   # fired in this batch
+        self._l0.add_(torch.sign(f).sum(dtype=torch.float32))         # active entries (10× cheaper than (f > 0).sum())
+        self._loss.add_(out.loss.detach(), alpha=len(x))
+        self._mse.add_(out.mse.detach(), alpha=len(x))
+        self._finite_steps.add_(torch.isfinite(self._loss))  # NaN/inf stick: counts steps before the first bad one
+        if self.first_loss is None:
+            self.first_loss = out.loss.detach().float().clone()   # read at the first flush, no sync here
+    self._n += len(x)
+    self.vectors_seen += len(x)
+    self.step_count += 1
 
-    def _autocast(self):
-        if self.cfg.precision == "bfloat16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
-    @torch.no_grad()
-    def resample(self, x: torch.Tensor) -> int:
-        "Revive the dead latents now (see above) from the batch `x`; return how many."
+@patch
+def _autocast(self: SAETrainer):
+    if self.cfg.precision == "bfloat16":
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+# %% ../nbs/07_sae_train.ipynb #d76a1d82
+@patch
+def resample(self: SAETrainer, x: torch.Tensor) -> int:
+    "Revive the dead latents now (see above) from the batch `x`; return how many."
+    with torch.no_grad():
         dead = self.dead().nonzero().flatten()
         if len(dead) == 0:
             return 0
@@ -198,75 +205,87 @@ class SAETrainer:
         self.resampled += len(dead)
         return len(dead)
 
-    def epoch_of(self, step: int) -> int:
-        "The pass over the training vectors (1-based) that step `step` (0-based) belongs to."
-        return step // self.steps_per_epoch + 1 if self.steps_per_epoch else 1
+# %% ../nbs/07_sae_train.ipynb #340ff50b
+@patch
+def epoch_of(self: SAETrainer, step: int) -> int:
+    "The pass over the training vectors (1-based) that step `step` (0-based) belongs to."
+    return step // self.steps_per_epoch + 1 if self.steps_per_epoch else 1
 
-    def flush(self, data=None) -> dict | None:
-        """Read and reset the accumulated statistics (one device sync); check for divergence.
+# %% ../nbs/07_sae_train.ipynb #31582ef0
+@patch
+def flush(self: SAETrainer, data=None) -> dict | None:
+    """Read and reset the accumulated statistics (one device sync); check for divergence.
 
-        Raises `TrainingDiverged` if a loss since the last flush was not finite (`data`, the training
-        vectors, is then checked for NaN/inf to name the likely cause), if the mean loss since the
-        last flush exceeds `DIVERGENCE_FACTOR` times the first step's, or if every latent is dead
-        after the warm-up."""
-        if self._n == 0:
-            return None
-        dead_frac = self.dead().float().mean()
-        loss, mse, l0, dead_frac, finite_steps, first = torch.stack(
-            [self._loss, self._mse, self._l0, dead_frac, self._finite_steps, self.first_loss]).tolist()
-        if not math.isfinite(loss):
-            self._fail(self._first_step + int(finite_steps), data)
-        step, cfg = self.step_count, self.cfg
-        if loss / self._n > DIVERGENCE_FACTOR * max(first, 1e-12):
-            raise TrainingDiverged(
-                f"{self.label}: training diverged: the loss averaged {loss / self._n:.3g} over steps "
-                f"{self._first_step + 1}–{step} (epoch {self.epoch_of(step - 1)}), over {DIVERGENCE_FACTOR}× its start "
-                f"({first:.3g}); likely cause: {self._optimisation_cause()}. "
-                f"Training stopped; checkpoints already written are kept.")
-        if (dead_frac == 1.0 and step > cfg.warmup_steps(cfg.lr_warmup) and self.vectors_seen >= self.dead_window):
-            raise TrainingDiverged(
-                f"{self.label}: training failed: every latent is dead at step {step} (epoch {self.epoch_of(step - 1)}), "
-                f"none fired on the last {self.dead_window} vectors; likely fix: lower lr ({cfg.lr:g}) — the study setting sae.lr —"
-                f"{f' or l1_coeff ({cfg.l1_coeff:g}) — sae.l1_coeff' if 'l1_coeff' in SAE_ARCHS[cfg.arch].uses else ''}. "
-                f"Training stopped; checkpoints already written are kept.")
-        record = {"step": step, "vectors": self.vectors_seen, "loss": loss / self._n,
-                  "mse": mse / self._n, "l0": l0 / self._n, "dead_fraction": dead_frac, "resampled": self.resampled,
-                  "lr": sae_lr(cfg, step - 1), "sparsity_coeff": sparsity_coeff(cfg, step - 1), "n": self._n}
-        self._reset_stats()
-        self.resampled = 0
-        return record
+    Raises `TrainingDiverged` if a loss since the last flush was not finite (`data`, the training
+    vectors, is then checked for NaN/inf to name the likely cause), if the mean loss since the
+    last flush exceeds `DIVERGENCE_FACTOR` times the first step's, or if every latent is dead
+    after the warm-up."""
+    if self._n == 0:
+        return None
+    dead_frac = self.dead().float().mean()
+    loss, mse, l0, dead_frac, finite_steps, first = torch.stack(
+        [self._loss, self._mse, self._l0, dead_frac, self._finite_steps, self.first_loss]).tolist()
+    if not math.isfinite(loss):
+        self._fail(self._first_step + int(finite_steps), data)
+    step, cfg = self.step_count, self.cfg
+    if loss / self._n > DIVERGENCE_FACTOR * max(first, 1e-12):
+        raise TrainingDiverged(
+            f"{self.label}: training diverged: the loss averaged {loss / self._n:.3g} over steps "
+            f"{self._first_step + 1}–{step} (epoch {self.epoch_of(step - 1)}), over {DIVERGENCE_FACTOR}× its start "
+            f"({first:.3g}); likely cause: {self._optimisation_cause()}. "
+            f"Training stopped; checkpoints already written are kept.")
+    if (dead_frac == 1.0 and step > cfg.warmup_steps(cfg.lr_warmup) and self.vectors_seen >= self.dead_window):
+        raise TrainingDiverged(
+            f"{self.label}: training failed: every latent is dead at step {step} (epoch {self.epoch_of(step - 1)}), "
+            f"none fired on the last {self.dead_window} vectors; likely fix: lower lr ({cfg.lr:g}) — the study setting sae.lr —"
+            f"{f' or l1_coeff ({cfg.l1_coeff:g}) — sae.l1_coeff' if 'l1_coeff' in SAE_ARCHS[cfg.arch].uses else ''}. "
+            f"Training stopped; checkpoints already written are kept.")
+    record = {"step": step, "vectors": self.vectors_seen, "loss": loss / self._n,
+              "mse": mse / self._n, "l0": l0 / self._n, "dead_fraction": dead_frac, "resampled": self.resampled,
+              "lr": sae_lr(cfg, step - 1), "sparsity_coeff": sparsity_coeff(cfg, step - 1), "n": self._n}
+    self._reset_stats()
+    self.resampled = 0
+    return record
 
-    def _fail(self, step: int, data):
-        cfg = self.cfg
-        if data is not None and not _all_finite(data):
-            cause = "the activations contain NaN or inf values (check the cache and the model that produced it)"
-        elif cfg.precision == "bfloat16":
-            cause = f"bfloat16 overflow or divergence: train in float32, or lower lr ({cfg.lr:g}; sae.lr in a study)"
-        else:
-            cause = self._optimisation_cause()
-        raise TrainingDiverged(f"{self.label}: the loss became NaN/inf at step {step} (epoch {self.epoch_of(step)}); "
-                               f"likely cause: {cause}. Training stopped; checkpoints already written are kept.")
+# %% ../nbs/07_sae_train.ipynb #e88d9a93
+@patch
+def _fail(self: SAETrainer, step: int, data):
+    cfg = self.cfg
+    if data is not None and not _all_finite(data):
+        cause = "the activations contain NaN or inf values (check the cache and the model that produced it)"
+    elif cfg.precision == "bfloat16":
+        cause = f"bfloat16 overflow or divergence: train in float32, or lower lr ({cfg.lr:g}; sae.lr in a study)"
+    else:
+        cause = self._optimisation_cause()
+    raise TrainingDiverged(f"{self.label}: the loss became NaN/inf at step {step} (epoch {self.epoch_of(step)}); "
+                           f"likely cause: {cause}. Training stopped; checkpoints already written are kept.")
 
-    def _optimisation_cause(self) -> str:
-        cfg = self.cfg
-        return (f"the optimisation diverged: lower lr ({cfg.lr:g}) — the study setting sae.lr — or lengthen "
-                f"lr_warmup ({cfg.lr_warmup:g})")
 
-    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        "Everything needed to resume exactly: tensors and a JSON-safe remainder."
-        opt_tensors, opt_rest = optimizer_state_to_tensors(self.opt)
-        tensors = {**{f"sae.{k}": v for k, v in self.sae.state_dict().items()},
-                   **{f"opt.{k}": v for k, v in opt_tensors.items()}, "since_fired": self.since_fired}
-        first = None if self.first_loss is None else float(self.first_loss)
-        return tensors, {"opt": opt_rest, "step": self.step_count, "vectors": self.vectors_seen, "first_loss": first}
+@patch
+def _optimisation_cause(self: SAETrainer) -> str:
+    cfg = self.cfg
+    return (f"the optimisation diverged: lower lr ({cfg.lr:g}) — the study setting sae.lr — or lengthen "
+            f"lr_warmup ({cfg.lr_warmup:g})")
 
-    def load_state(self, tensors: dict[str, torch.Tensor], rest: dict) -> None:
-        "Inverse of `state`."
-        self.sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
-        load_optimizer_state(self.opt, {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")}, rest["opt"])
-        self.since_fired = tensors["since_fired"].to(self.device)
-        self.step_count, self.vectors_seen = rest["step"], rest["vectors"]
-        self.first_loss = None if rest.get("first_loss") is None else torch.tensor(rest["first_loss"], device=self.device)
+# %% ../nbs/07_sae_train.ipynb #54e8bfc3
+@patch
+def state(self: SAETrainer) -> tuple[dict[str, torch.Tensor], dict]:
+    "Everything needed to resume exactly: tensors and a JSON-safe remainder."
+    opt_tensors, opt_rest = optimizer_state_to_tensors(self.opt)
+    tensors = {**{f"sae.{k}": v for k, v in self.sae.state_dict().items()},
+               **{f"opt.{k}": v for k, v in opt_tensors.items()}, "since_fired": self.since_fired}
+    first = None if self.first_loss is None else float(self.first_loss)
+    return tensors, {"opt": opt_rest, "step": self.step_count, "vectors": self.vectors_seen, "first_loss": first}
+
+
+@patch
+def load_state(self: SAETrainer, tensors: dict[str, torch.Tensor], rest: dict) -> None:
+    "Inverse of `state`."
+    self.sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
+    load_optimizer_state(self.opt, {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")}, rest["opt"])
+    self.since_fired = tensors["since_fired"].to(self.device)
+    self.step_count, self.vectors_seen = rest["step"], rest["vectors"]
+    self.first_loss = None if rest.get("first_loss") is None else torch.tensor(rest["first_loss"], device=self.device)
 
 # %% ../nbs/07_sae_train.ipynb #cdad57d3
 SHARED_KEYS = ("batch_size", "seed", "init_sample")

@@ -9,17 +9,19 @@ import os
 from pathlib import Path
 
 import torch
+from fastcore.basics import patch
 
 from .activations import ActivationCache, cache_activations
 from .artifacts import json_safe, load_tensors, read_json, save_tensors, write_json
 from .cache import StageContext, Study, register_stage
+from .runfolder import RunFolder
 from .data import ImageData, ImageSet, stratified_subset
 from .models import MODELS, build_model, load_model, resolve_device, resolve_layer, save_model
 from .sae import IdentityDictionary
 from .sae_train import checkpoint_steps, load_checkpoint, train_sae
 from .sae_eval import evaluate_checkpoints, sae_verdict
 from .splice import Patch, Splice, load_patches, make_patches, save_patches
-from .attribution import NodeEffects, node_effects
+from .attribution import NodeEffects, SiteNodes, node_effects
 from .circuits import (Circuit, Faithfulness, faithfulness, faithfulness_curve, feature_density, find_circuit,
                                  images_of_class)
 from .backbones import BackboneConfig, EmbeddingCache, build_backbone
@@ -96,11 +98,12 @@ def saes_stage(ctx: StageContext) -> dict:
 
 # %% ../nbs/12b_stages.ipynb #5c80324f
 class RunOutputs:
-    "Typed access to the stored outputs of a configuration: `RunOutputs(study)`, or inside a stage `RunOutputs(ctx)`."
+    """Typed access to the stored outputs of a configuration: `RunOutputs(study)`, inside a stage `RunOutputs(ctx)`,
+    or of a finished run, read only, `RunOutputs(RunFolder(path))` (its `outputs`)."""
 
-    def __init__(self, source: Study | StageContext):
+    def __init__(self, source: Study | StageContext | RunFolder):
         self.cfg = source.cfg
-        self.folder = source.stage_dir if isinstance(source, Study) else source.upstream  # stage name -> its cache folder
+        self.folder = source.upstream if isinstance(source, StageContext) else source.stage_dir  # stage name -> its cache folder
         self.layers = layer_folders(self.cfg)  # configured layer name -> canonical layer (folder) name
 
     def model(self):
@@ -159,14 +162,23 @@ class RunOutputs:
         t, meta = load_tensors(self.folder("circuit") / "density.safetensors")
         return {k: {s: t[f"{k}/{s}"] for s in meta["sites"]} for k in ("circuit", "eval")}
 
+    def mis_path(self, site: str, kind: str = "sae", step: int | None = None) -> Path:
+        "Where the MIS of the units of canonical layer `site` is stored (`kind` sae or neurons; the SAE checkpoint of `step`)."
+        return self.folder("mis") / f"{site}_{kind if step is None else f'sae_step_{step:06d}'}.safetensors"
+
     def mis(self, layer: str, kind: str = "sae", step: int | None = None) -> MISResult:
         "The MIS of every unit of configured layer `layer` (`kind` sae or neurons; the SAE checkpoint of an earlier `step`)."
-        suffix = kind if step is None else f"sae_step_{step:06d}"
-        return MISResult.load(self.folder("mis") / f"{self.layers[layer]}_{suffix}.safetensors")
+        return MISResult.load(self.mis_path(self.layers[layer], kind, step))
 
     def top(self, layer: str, kind: str = "sae") -> TopImages:
         "The ranking MIS drew its tasks from: every unit's top and bottom images over `mis.pool` (final SAE, or neurons)."
         return TopImages.from_tensors(*load_tensors(self.folder("mis") / f"{self.layers[layer]}_{kind}_top.safetensors"))
+
+# %% ../nbs/12b_stages.ipynb #0ea90b31
+@patch(as_prop=True)
+def outputs(self: RunFolder) -> RunOutputs:
+    "The stage outputs the run used (the cache entries its stage notes name), read only."
+    return RunOutputs(self)
 
 # %% ../nbs/12b_stages.ipynb #3c66acf8
 def eval_images(ctx: StageContext) -> ImageSet:
@@ -228,9 +240,10 @@ def attribution_stage(ctx: StageContext) -> dict:
         eff = node_effects(sp, images, metric, patches, method=a.method, error_method=a.error_method, ig_steps=a.ig_steps,
                            batch_size=ex.grad_batch_size, max_rows=ex.max_rows, progress=ctx.progress)
         eff.save(ctx.dir / f"effects_{kind}.safetensors")
-        out[kind] = {names[s]: {"median_abs_ie": eff.mean[s][:-1].abs().median().item(),
-                                "max_abs_ie": eff.mean[s][:-1].abs().max().item(), "error_ie": eff.mean[s][-1].item(),
-                                "units": len(eff.mean[s]) - 1} for s in eff.sites}
+        nodes = {s: SiteNodes.of(eff.mean[s]) for s in eff.sites}
+        out[kind] = {names[s]: {"median_abs_ie": n.features(eff.mean[s]).abs().median().item(),
+                                "max_abs_ie": n.features(eff.mean[s]).abs().max().item(),
+                                "error_ie": n.error_value(eff.mean[s]).item(), "units": n.n_features} for s, n in nodes.items()}
     return out
 
 # %% ../nbs/12b_stages.ipynb #84148a34
@@ -301,7 +314,7 @@ def circuit_stage(ctx: StageContext) -> dict:
             "nodes": circuit.size, "all_nodes": sum(circuit.n_nodes.values()),
             "edges": _edge_count(circuit),
             "nodes_per_layer": _nodes_per_layer(circuit.nodes, names),
-            "error_nodes": sum(int((circuit.nodes[s] == circuit.n_nodes[s] - 1).sum()) for s in circuit.sites),
+            "error_nodes": sum(int(SiteNodes(circuit.n_nodes[s]).is_error(circuit.nodes[s]).sum()) for s in circuit.sites),
             "discovery_faithfulness": selection.get("faithfulness"),
             "faithfulness": faith.faithfulness[0].item(), "completeness": faith.completeness[0].item(),
             "random_faithfulness": None if faith.random is None else faith.random[0].mean().item(),

@@ -24,8 +24,8 @@ from .circuits import CircuitConfig
 from .mis import MISConfig
 
 # %% auto #0
-__all__ = ['StageName', 'RunConfig', 'EvalConfig', 'ExecutionConfig', 'StudyConfig', 'merge_settings', 'commented_yaml',
-           'load_config']
+__all__ = ['StageName', 'WINDOWS_RESERVED', 'SEED_KEYS', 'RunConfig', 'EvalConfig', 'ExecutionConfig', 'StudyConfig',
+           'merge_settings', 'commented_yaml', 'load_config', 'safe_label']
 
 # %% ../nbs/12_study_config.ipynb #7bea95f2
 StageName = Literal["model", "activations", "saes", "sae_eval", "attribution", "circuit", "mis"]  # the study's stages, in pipeline order
@@ -142,3 +142,22 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
         return StudyConfig.from_dict(apply_overrides(base, overrides or []))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None
+
+# %% ../nbs/12_study_config.ipynb #f4f248d8
+import re
+import unicodedata
+
+WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+SEED_KEYS = ("model.seed", "train.seed", "capture.seed", "sae.seed", "circuit.seed", "mis.seed")  # what a replicate changes
+
+
+def safe_label(text: str, max_len: int = 60) -> str:
+    "`text` reduced to a filesystem-safe label: ASCII `[A-Za-z0-9._=+-]`, no `..`, starting with a letter or digit."
+    s = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode()
+    s = re.sub(r"[^A-Za-z0-9._=+-]+", "_", s)
+    s = re.sub(r"\.{2,}", ".", s)
+    s = re.sub(r"^[^A-Za-z0-9]+", "", s)[:max_len].rstrip("._=+-") or "run"
+    stem, dot, rest = s.partition(".")
+    if stem.upper() in WINDOWS_RESERVED:  # CON, NUL.txt, … are device names on Windows
+        s = f"{stem}_" + f"{dot}{rest}"[:max_len - len(stem) - 1].rstrip("._=+-")
+    return s

@@ -19,12 +19,12 @@ from typing import Any, Callable, Literal
 
 import yaml
 
-from .artifacts import read_json, write_json, write_text
+from .artifacts import ArtifactError, read_json, write_json, write_text
 from .config import Config, ConfigError, apply_overrides, check_choice, check_range, digest, read_yaml, setting
-from .cache import MARKER, RUN_NAME_RE, STAGES, run_folder, run_name, safe_label, utc_now, writable_folder
-from .runs import check_requirements, run_config_file, run_status
-from .claims import SEED_KEYS
-from .study_config import StudyConfig
+from .cache import STAGES, utc_now, writable_folder
+from .runfolder import CACHE, MARKER, RunFolder, list_runs, run_folder, run_name, run_status
+from .runs import check_requirements, run_config_file
+from .study_config import SEED_KEYS, StudyConfig, safe_label
 
 # %% auto #0
 __all__ = ['ExecutorConfig', 'SweepConfig', 'point_label', 'sweep_runs', 'load_sweep', 'run_sweep', 'study_status',
@@ -52,7 +52,7 @@ class ExecutorConfig(Config):
         check_range("time_min", self.time_min, lo=3)
         check_range("max_parallel", self.max_parallel, lo=1)
 
-
+# %% ../nbs/13_sweeps.ipynb #64e2d53f
 @dataclass(frozen=True)
 class SweepConfig(Config):
     "A base configuration and the settings that vary: one run per grid combination and per extra point."
@@ -86,11 +86,11 @@ class SweepConfig(Config):
         if self.points is not None and not (isinstance(self.points, list) and self.points and all(_dotted_mapping(p) for p in self.points)):
             raise ConfigError(f"points: expected a non-empty list of mappings of dotted keys to values, got {self.points!r}")
 
-
+# %% ../nbs/13_sweeps.ipynb #c1e9e072
 def _dotted_mapping(x) -> bool:
     return isinstance(x, dict) and all(isinstance(k, str) and k for k in x)
 
-
+# %% ../nbs/13_sweeps.ipynb #ab99ea8b
 def _short(v) -> str:
     "A compact text of a swept value for run labels."
     if isinstance(v, float):
@@ -101,12 +101,12 @@ def _short(v) -> str:
         return digest(v)[:6]
     return str(v)
 
-
+# %% ../nbs/13_sweeps.ipynb #f6bf6634
 def point_label(sweep_name: str, point: dict) -> str:
     "Run label of a sweep point: the sweep's name and the swept values (last key component = value)."
     return safe_label("_".join([sweep_name] + [f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in point.items()]))
 
-
+# %% ../nbs/13_sweeps.ipynb #f622418f
 def sweep_runs(sweep: SweepConfig, base: dict | None = None, where: str = "") -> list[tuple[dict, StudyConfig]]:
     """Every `(point, configuration)` of `sweep` over `base`, validated; errors name the point and key.
 
@@ -138,7 +138,7 @@ def sweep_runs(sweep: SweepConfig, base: dict | None = None, where: str = "") ->
         out.append((point, cfg))
     return out
 
-
+# %% ../nbs/13_sweeps.ipynb #dd603610
 def load_sweep(path: str | os.PathLike) -> tuple[SweepConfig, list[tuple[dict, StudyConfig]]]:
     "Read and validate sweep file `path`: the sweep and every `(point, configuration)` it runs."
     path = Path(path)
@@ -196,7 +196,7 @@ def run_sweep(path: str | os.PathLike, runs_root: str | os.PathLike = "runs", fo
     write_json(sweep_dir / "summary.json", summary)
     return summary
 
-
+# %% ../nbs/13_sweeps.ipynb #9e6370a5
 def _die_with_parent() -> Callable[[], None] | None:
     """A `preexec_fn` that makes a worker process die with the sweep process (Linux: `PR_SET_PDEATHSIG`), else None.
 
@@ -213,7 +213,7 @@ def _die_with_parent() -> Callable[[], None] | None:
             os._exit(1)
     return preexec
 
-
+# %% ../nbs/13_sweeps.ipynb #99b35a7e
 def _run_local(todo: list[dict], runs_root: Path, force, force_since: float, ex: ExecutorConfig, sweep_dir: Path, log):
     "Run each entry as a `run_config_file` process, `ex.workers` at a time."
     code = "import json, sys; from sfc_vision.runs import run_config_file; run_config_file(**json.loads(sys.argv[1]))"
@@ -234,7 +234,7 @@ def _run_local(todo: list[dict], runs_root: Path, force, force_since: float, ex:
     with ThreadPoolExecutor(max_workers=ex.workers) as pool:
         list(pool.map(one, todo))
 
-
+# %% ../nbs/13_sweeps.ipynb #2f4f7f26
 def _run_slurm(todo: list[dict], runs_root: Path, force, force_since: float, ex: ExecutorConfig, sweep_dir: Path,
                sweep_name: str, wait: bool, log):
     "Submit the entries as one SLURM job array through submitit; wait for it unless `wait=False`."
@@ -267,15 +267,17 @@ def _run_slurm(todo: list[dict], runs_root: Path, force, force_since: float, ex:
             entry["job_error"] = f"SLURM job {job.job_id} ended {job.state}: " + (err[-1] if err else "no stderr")
         log(f"  {entry['run']}: {run_status(run_folder(runs_root, entry['run']))} (job {job.job_id}: {job.state})")
 
-
+# %% ../nbs/13_sweeps.ipynb #1f4846e5
 def _sweep_summary(sweep: SweepConfig, ex: ExecutorConfig, entries: list[dict], runs_root: Path, sweep_dir: Path,
                    wall_s: float) -> dict:
     runs = []
     for e in entries:
         folder = run_folder(runs_root, e["run"])
-        status = run_status(folder)
-        st = read_json(folder / "status.json") if (folder / "status.json").exists() else {}
-        error = st.get("error") if status == "failed" else None
+        try:
+            status, st = run_status(folder), RunFolder(folder).status
+        except ArtifactError as damage:  # a damaged status.json: the run's record says so
+            status, st = "damaged", {"error": str(damage)}
+        error = st.get("error") if status in ("failed", "damaged") else None
         if status not in ("complete", "failed") and e["todo"] and ("returncode" in e or "slurm_state" in e):
             status = "failed"  # the process ended without finishing the run: say why
             if e.get("job_error"):
@@ -297,17 +299,8 @@ def study_status(runs_root: str | os.PathLike = "runs") -> dict:
     "Runs (status, error, wall time), stage cache entries (complete, incomplete, size) and sweeps under `runs_root`."
     root = Path(runs_root)
     runs, cache, sweeps = [], {}, []
-    for d in sorted(root.iterdir()) if root.is_dir() else []:
-        if d.is_dir() and RUN_NAME_RE.fullmatch(d.name) and (d / "config.yaml").exists():
-            st = read_json(d / "status.json") if (d / "status.json").exists() else {}
-            metrics = read_json(d / "metrics.json") if (d / "metrics.json").exists() else {}
-            stages = metrics.get("stages", {})
-            runs.append({"run": d.name, "status": run_status(d), "error": st.get("error"),
-                         "failed_notebook": st.get("failed_notebook"), "finished_at": st.get("finished_at"),
-                         "wall_s": st.get("wall_s"), "cached": [n for n, s in stages.items() if s["cached"]],
-                         "computed": [n for n, s in stages.items() if not s["cached"]],
-                         "gate": {layer: e["gate"] for layer, e in metrics.get("sae_eval", {}).items() if "gate" in e}})
-    for stage_dir in sorted((root / "_cache").iterdir()) if (root / "_cache").is_dir() else []:
+    runs = [run.summary() for run in list_runs(root)]  # a damaged file is named in the run's line, not raised
+    for stage_dir in sorted((root / CACHE).iterdir()) if (root / CACHE).is_dir() else []:
         entries = [p for p in stage_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
         done = [p for p in entries if (p / MARKER).exists()]
         size = sum(f.stat().st_size for p in entries for f in p.rglob("*") if f.is_file())
@@ -317,7 +310,7 @@ def study_status(runs_root: str | os.PathLike = "runs") -> dict:
         sweeps.append({"sweep": s["sweep"], "executor": s["executor"], "finished_at": s["finished_at"], "counts": s["counts"]})
     return {"runs_root": str(root.resolve()), "runs": runs, "cache": cache, "sweeps": sweeps}
 
-
+# %% ../nbs/13_sweeps.ipynb #cbf579d7
 def format_status(st: dict) -> str:
     "`study_status` as text for a terminal."
     lines = [f"runs in {st['runs_root']}: {len(st['runs'])}"]
@@ -327,7 +320,7 @@ def format_status(st: dict) -> str:
         if r["computed"] or r["cached"]:
             lines.append(f"              computed: {', '.join(r['computed']) or '-'}; reused: {', '.join(r['cached']) or '-'}")
         if r["error"]:
-            lines.append(f"              {r['failed_notebook']}: {r['error'].splitlines()[0][:200]}")
+            lines.append(f"              {r['failed_notebook'] or ''}: {r['error'].splitlines()[0][:200]}")
         if r.get("gate"):
             failed = {layer: g["verdict"] for layer, g in r["gate"].items() if not g["passed"]}
             lines.append("              SAEs: " + ("all trained (quality gate passed)" if not failed else

@@ -84,3 +84,10 @@ def local_sweep(tmp_path_factory):
     result = run_cli("sweep", sweep, "--runs", root / "runs")
     return SimpleNamespace(root=root, runs=root / "runs", sweep=sweep, result=result, wall_s=time.time() - start,
                            summary=read_json(root / "runs" / "_sweeps" / "lam" / "summary.json"))
+
+
+def tree(folder: Path) -> dict[str, str]:
+    "Every file under `folder` by path: its SHA-256, or for a link where it points (a snapshot to compare byte for byte)."
+    import hashlib
+    return {p.relative_to(folder).as_posix(): (f"-> {os.readlink(p)}" if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(folder.rglob("*")) if p.is_symlink() or p.is_file()}

@@ -12,13 +12,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO, cli_command, descendants, read_json, run_cli, tiny_config, write_yaml
+from conftest import REPO, cli_command, descendants, read_json, run_cli, tiny_config, tree, write_yaml
 
 import sfc_vision.runs  # noqa: F401  (registers the stages)
 from sfc_vision.artifacts import ArtifactError, load_tensors
 from sfc_vision.cache import MARKER, STAGES, Study, comparable_metrics, run_folder, run_name, stage_key, verify_entry
 from sfc_vision.cli import main
-from sfc_vision.runs import run_status
+from sfc_vision.runfolder import run_status
 from sfc_vision.study_config import StudyConfig
 
 CFG = StudyConfig.from_dict(tiny_config(run={"name": "faults"}))
@@ -175,7 +175,7 @@ def complete_run(tmp_path_factory):
 def test_a_second_run_of_a_running_configuration_is_refused(complete_run):
     "While a process holds a run's lock (as the process running it does), another `sfc-vision run` of it is refused."
     from filelock import FileLock
-    from sfc_vision.runs import RUN_LOCK
+    from sfc_vision.runfolder import RUN_LOCK
     with FileLock(str(complete_run.folder / RUN_LOCK)):  # this test process plays the run under way
         r = run_cli("run", complete_run.cfg_file, "--runs", complete_run.runs)
     assert r.returncode == 2, r.stderr
@@ -395,3 +395,99 @@ def test_the_console_script_exits_2_with_one_line(tmp_path, cli):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"sfc-vision run: error: {tmp_path / 'cfg.yaml'}: not a text file (byte 0 is b'\\x00'); "
                                              f"expected a YAML configuration (UTF-8 text)"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# readers (status, report, figures): a damaged run is named and the rest is built; a path read from an index stays
+# inside its folder; a rebuild killed half-way leaves the previous output whole
+
+DAMAGES = [("config.yaml", b"\x89PNG\r\n\x1a\n\x00binary", "config.yaml is damaged: not UTF-8 text"),
+           ("config.yaml", b"model: [unclosed\n", "config.yaml is damaged"),
+           ("metrics.json", b'{"stages": {', "metrics.json is damaged: not JSON"),
+           ("status.json", b"\x00\x01", "status.json is damaged: not JSON"),
+           ("notebooks/01_model_saes.ipynb", None, "notebooks/01_model_saes.ipynb is damaged: not a readable notebook")]
+
+
+@pytest.mark.parametrize("file, content, message", DAMAGES, ids=["binary_config", "bad_yaml", "metrics", "status", "notebook"])
+def test_readers_name_a_damaged_run_and_build_the_rest(complete_run, tmp_path, file, content, message):
+    from sfc_vision.figures import load_runs
+    from sfc_vision.report import build_report
+    runs = copy_run(complete_run, tmp_path)
+    good, bad = complete_run.folder.name, "damaged-0123456789"
+    shutil.copytree(runs / good, runs / bad, symlinks=True)
+    path = runs / bad / file
+    path.write_bytes(content if content is not None else path.read_bytes()[:path.stat().st_size // 2])  # None: truncated
+    code, out, err = main_("status", "--runs", runs)
+    assert code == 0 and f"run {bad}: {message}" in out, out + err
+    said = []
+    index = build_report(runs, tmp_path / "report", figures_dir=None, notebooks=False, log=said.append).read_text()
+    assert any(f"run {bad}: {message}" in s for s in said), said
+    assert f"runs/{good}/index.html" in index and f"runs/{bad}/index.html" in index
+    assert (tmp_path / "report" / "runs" / good / "index.html").exists()
+    said = []
+    loaded = [r["name"] for r in load_runs(runs, log=said.append)]
+    if file.startswith("notebooks"):  # the figures read no notebook of a run
+        assert loaded == sorted([good, bad])
+    else:
+        assert loaded == [good] and any(f"run {bad}: {message}" in s for s in said), said
+
+
+def test_an_index_entry_leading_out_of_its_folder_is_refused_and_nothing_outside_is_touched(complete_run, tmp_path):
+    runs = copy_run(complete_run, tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    (figs / "index.json").write_text(json.dumps({"figures": [{"file": "../victim.txt", "caption": "c", "made_by": "m", "runs": []}]}))
+    code, out, err = main_("figures", "--runs", runs, "--out", figs)
+    assert code == 2 and "index.json: figure 1: file: '../victim.txt' leads out of" in err, err
+    code, out, err = main_("report", "--runs", runs, "--out", tmp_path / "report", "--figures", figs)
+    assert code == 2 and "index.json: figure 1: file: '../victim.txt' leads out of" in err, err
+    assert victim.read_text() == "keep me" and not (tmp_path / "report").exists()
+    assert not list(tmp_path.glob(".*build-*"))
+
+
+def test_a_rebuild_killed_half_way_leaves_the_previous_report_and_figures_whole(complete_run, tmp_path, monkeypatch):
+    from contextlib import contextmanager
+    import matplotlib.pyplot as plt
+    import sfc_vision.figures as figures
+    import sfc_vision.report as report
+    runs = copy_run(complete_run, tmp_path)
+    out = tmp_path / "report"
+    report.build_report(runs, out, figures_dir=None, notebooks=False)
+    before = tree(out)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(report, "_run_page", killed)
+        with pytest.raises(KeyboardInterrupt):
+            report.build_report(runs, out, figures_dir=None, notebooks=False)
+    assert tree(out) == before
+
+    build = {"n": 0}
+
+    @contextmanager
+    def kernel(cwd, threads=1):  # stands for the analysis notebooks: each records one figure; build 2 dies in its second
+        build["n"] += 1
+        done = []
+
+        def execute(nb, out_nb, parameters):
+            if build["n"] == 2 and done:
+                raise KeyboardInterrupt
+            done.append(nb)
+            fig = plt.figure()
+            figures.record_figure(fig, parameters["figures_dir"], f"{nb.stem}_{build['n']}", "caption", nb.name, [])
+            plt.close(fig)
+        yield execute
+    monkeypatch.setattr(figures, "notebook_kernel", kernel)
+    figs = tmp_path / "figures"
+    figures.make_figures(runs, figs, log=lambda msg: None)
+    (figs / "notes.md").write_text("mine")  # made by no build: stays
+    before = tree(figs)
+    with pytest.raises(KeyboardInterrupt):
+        figures.make_figures(runs, figs, log=lambda msg: None)
+    assert tree(figs) == before and not list(tmp_path.glob(".figures.build-*"))
+    figures.make_figures(runs, figs, log=lambda msg: None)
+    names = {p.name for p in figs.iterdir()}
+    assert "notes.md" in names and not any(n.endswith("_1.png") for n in names) and any(n.endswith("_3.png") for n in names)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from bs4 import BeautifulSoup
-from conftest import REPO, read_json, run_cli, tiny_config, write_yaml
+from conftest import REPO, read_json, run_cli, tiny_config, tree, write_yaml
 
 from sfc_vision.docs import build_docs
 from sfc_vision.report import build_report
@@ -188,3 +188,24 @@ def test_pages_load_in_chromium_without_errors(site):
     differs = np.abs(img - background).sum(-1) > 0.1
     assert differs.mean() > 0.02, f"the index's screenshot is nearly blank ({differs.mean():.1%} of pixels differ from the background)"
     assert len(np.unique((img * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 20
+
+
+
+def test_reading_finished_runs_leaves_every_file_byte_identical(site, tmp_path):
+    "RunFolder, the report, the figures (the analysis notebooks) and `status` read the runs; not a byte of them changes."
+    from sfc_vision.figures import load_runs, make_figures
+    from sfc_vision.runfolder import RunFolder, list_runs
+    runs = site["runs"]
+    before = {d.name: tree(d) for d in runs.iterdir() if d.name != "_analysis"}  # _analysis: the figures' own notebooks
+    for run in list_runs(runs):
+        run.summary(), run.config, run.notes(), [run.read_notebook(nb) for nb in run.notebooks()]
+        if run.stage_entry("circuit"):
+            run.outputs.circuit(), run.outputs.sae_records()
+    build_report(runs, tmp_path / "report", figures_dir=None, notebooks=True)
+    assert load_runs(runs)
+    results = make_figures(runs, tmp_path / "figures", log=lambda msg: None)
+    assert set(results.values()) == {"ok"}, results
+    assert run_cli("status", "--runs", runs).returncode == 0
+    after = {d.name: tree(d) for d in runs.iterdir() if d.name != "_analysis"}
+    assert after == before
+    assert (tmp_path / "figures" / "index.json").exists() and not list(tmp_path.glob(".figures.build-*"))

@@ -13,7 +13,8 @@ import yaml
 from conftest import LAMBDAS, REPO, TINY, cli_command, descendants, read_json, tiny_config, write_yaml
 
 from sfc_vision.cache import METRICS_SCHEMA, STAGES, comparable_metrics, run_folder, run_name, stage_key
-from sfc_vision.runs import STUDY_NOTEBOOKS, run_status
+from sfc_vision.runfolder import run_status
+from sfc_vision.runs import STUDY_NOTEBOOKS
 from sfc_vision.study_config import StudyConfig
 
 STUDY = REPO / "nbs" / "study"
