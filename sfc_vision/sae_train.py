@@ -15,6 +15,7 @@ import torch
 from fastcore.basics import patch
 from tqdm import tqdm
 
+from . import tracking
 from .activations import DTYPES, ActivationCache
 from .artifacts import load_meta, load_optimizer_state, load_tensors, optimizer_state_to_tensors, save_tensors
 from .config import ConfigError
@@ -478,6 +479,7 @@ def train_saes(source, cfgs: list[SAEConfig], out_dirs: list[str | Path], meta: 
             run.history = load_meta(checkpoint_path(out, start))["history"]
         runs.append(run)
     del sample
+    tracked = {id(r): f"sae/{layer or 'sae'}" + (f"/{i}" if len(runs) > 1 else "") for i, r in enumerate(runs)}
     first, last = min(starts), max(cfg.steps for cfg in cfgs)
     saves = [set(r.cfg.checkpoint_steps()) for r in runs]
     bar = tqdm(total=last - first, desc=f"{layer or 'SAEs'}", disable=not progress, leave=False)
@@ -492,6 +494,7 @@ def train_saes(source, cfgs: list[SAEConfig], out_dirs: list[str | Path], meta: 
                 rec = r.trainer.flush(data)
                 if rec is not None:
                     r.log.append(rec)
+                    tracking.log(rec, rec["step"], tracked[id(r)])   # to the experiment tracker, if one runs
             if done in s:
                 r.history.append(_interval_record(r.log, n))
                 r.log = []
