@@ -21,8 +21,8 @@ from .splice import Patch, Splice, check_patches, eval_mode
 
 # %% auto #0
 __all__ = ['METRICS', 'ERROR_METHODS', 'ESTIMATORS', 'Metric', 'check_metric', 'make_metric', 'AttributionConfig', 'SiteNodes',
-           'atp_batch', 'ig_batch', 'ig_error_batch', 'exact_batch', 'Estimator', 'estimate', 'NodeEffects',
-           'node_effects']
+           'atp_batch', 'ig_batch', 'ig_error_batch', 'exact_batch', 'Estimator', 'estimate', 'ig_error_converged',
+           'NodeEffects', 'node_effects']
 
 # %% ../nbs/09a_attribution.ipynb #c4baa20d
 METRICS = {"ce": "cross-entropy of the true class (the thesis's metric)",
@@ -82,7 +82,9 @@ class AttributionConfig(Config):
     baseline: str | int | None = setting(None, "logit_diff: the class whose logit is subtracted")
     method: Literal["atp", "ig", "exact"] = setting("atp", "node estimator, see ESTIMATORS (edges always use gradients)")
     error_method: Literal["ig", "same"] = setting("ig", "error nodes: integrated gradients of each alone, or as `method` (see node_effects)")
-    ig_steps: int = setting(10, "ig: points on the path from the activation to the patch")
+    ig_steps: int = setting(10, "ig: points on the path from the activation to the patch (error nodes: the first try, see ig_tolerance)")
+    ig_tolerance: float | None = setting(0.05, "error nodes by IG: each image's steps double from ig_steps until |IG − exact| ≤ this · |exact| (completeness); None: ig_steps, unchecked")
+    ig_max_steps: int = setting(160, "error nodes by IG: the most steps the doubling may reach")
     patch: Literal["mean", "zero"] = setting("mean", "what ablated nodes become: mean over reference images (per position) or zero")
     n_reference: int = setting(1000, "training images the mean patch is taken over")
     n_images: int = setting(1000, "training images whose effects are averaged to find circuits")
@@ -92,6 +94,9 @@ class AttributionConfig(Config):
         check_choice("error_method", self.error_method, ERROR_METHODS)
         for key in ("ig_steps", "n_reference", "n_images"):
             check_range(key, getattr(self, key), lo=1)
+        if self.ig_tolerance is not None:
+            check_range("ig_tolerance", self.ig_tolerance, lo=0, lo_open=True)
+        check_range("ig_max_steps", self.ig_max_steps, lo=self.ig_steps)
 
     def metric_fn(self, class_names: list[str]) -> Metric:
         "The metric, with its classes checked against `class_names`."
@@ -222,6 +227,46 @@ def estimate(method: str, splice: Splice, x: torch.Tensor, y: torch.Tensor, metr
     settings = {"ig_steps": ("steps", ig_steps), "max_rows": ("max_rows", max_rows)}
     return est.fn(splice, x, y, metric, patches, **dict(settings[k] for k in est.takes))
 
+# %% ../nbs/09a_attribution.ipynb #1e125d6e
+@torch.no_grad()
+def _error_ablated(splice: Splice, x, y, metric: Callable, patches: dict[str, Patch], site: str, clean: torch.Tensor):
+    "`(B,)`: the exact effect of ablating `site`'s error node alone (all positions), in eval mode."
+    keep = torch.ones(1, splice.n_nodes(site), dtype=torch.bool)
+    keep[0, -1] = False
+    with eval_mode(splice.model) as model, splice.ablate({site: keep}, patches):
+        return metric(model(x), y) - clean
+
+
+def ig_error_converged(splice: Splice, x: torch.Tensor, y: torch.Tensor, metric: Callable, patches: dict[str, Patch],
+                       steps: int = 10, tolerance: float = 0.05, max_steps: int = 160,
+                       max_rows: int = 256) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """`ig_error_batch` with the steps chosen by completeness: per site and image, from `steps`, doubled until
+    the IG effects `(B, P)` summed over positions reproduce the exact effect of ablating the error node within
+    `tolerance · |exact| + 1e-5`, or `max_steps` is reached.
+
+    Returns the effects and, per site, `{"steps"` (the most used), `"abs_error"` (`Σ|IG − exact|`), `"abs_exact"`
+    (`Σ|exact|`), `"residual"` (their ratio) and `"converged"` (every image within tolerance)`}`."""
+    check_range("tolerance", tolerance, lo=0, lo_open=True)
+    check_range("max_steps", max_steps, lo=steps)
+    with torch.no_grad(), eval_mode(splice.model) as model:
+        clean = metric(model(x), y)
+    effects, info = {}, {}
+    for site in splice.order:
+        exact = _error_ablated(splice, x, y, metric, patches, site, clean).double()
+        done, out, k = torch.zeros(len(x), dtype=torch.bool, device=exact.device), None, steps
+        while True:
+            ie = _ig_site(splice, x, y, metric, patches[site], site, k, max_rows, True)[..., -1]
+            out = ie if out is None else torch.where(done[:, None], out, ie)   # an image keeps its first converged value
+            done |= (out.sum(1).double() - exact).abs() <= tolerance * exact.abs() + 1e-5
+            if done.all() or k >= max_steps:
+                break
+            k = min(2 * k, max_steps)
+        err, ref = (out.sum(1).double() - exact).abs().sum().item(), exact.abs().sum().item()
+        effects[site] = out
+        info[site] = {"steps": k, "abs_error": err, "abs_exact": ref, "residual": err / max(ref, 1e-12),
+                      "converged": bool(done.all())}
+    return effects, info
+
 # %% ../nbs/09a_attribution.ipynb #215c90f4
 @dataclass
 class NodeEffects:
@@ -233,6 +278,7 @@ class NodeEffects:
     pos_mean: dict[str, torch.Tensor] | None     # site -> (P, n_nodes) mean over examples per position (atp, ig)
     per_example: dict[str, torch.Tensor] | None = None  # site -> (n, P, n_nodes) in the images' order, when asked
     error_method: str = "same"                   # how the error nodes were estimated (ERROR_METHODS)
+    error_ig: dict | None = None                 # error nodes by IG: per site the most steps used, the largest completeness residual
 
     @property
     def sites(self) -> list[str]:
@@ -246,7 +292,8 @@ class NodeEffects:
         tensors = {f"{kind}/{s}": t for kind in ("mean", "abs_mean", "pos_mean", "per_example")
                    for s, t in (getattr(self, kind) or {}).items()}
         return save_tensors(path, tensors, {"kind": "node_effects", "method": self.method, "n": self.n,
-                                            "error_method": self.error_method, "sites": self.sites, "meta": meta or {}})
+                                            "error_method": self.error_method, "error_ig": self.error_ig,
+                                            "sites": self.sites, "meta": meta or {}})
 
     @classmethod
     def load(cls, path: str | Path) -> NodeEffects:
@@ -256,16 +303,19 @@ class NodeEffects:
             raise ArtifactError(f"{path} holds no node effects (kind: {info.get('kind')!r})")
         part = lambda kind: {s: tensors[f"{kind}/{s}"] for s in info["sites"]} if f"{kind}/{info['sites'][0]}" in tensors else None
         return cls(info["method"], info["n"], part("mean"), part("abs_mean"), part("pos_mean"), part("per_example"),
-                   info.get("error_method", "same"))
+                   info.get("error_method", "same"), info.get("error_ig"))
 
 
 def node_effects(splice: Splice, images: ImageSet, metric: Callable, patches: dict[str, Patch],
                  method: str = "atp", error_method: str = "ig", ig_steps: int = 10, per_example: bool = False, *,
-                 batch_size: int = 64, max_rows: int = 256, progress: bool = True) -> NodeEffects:
+                 ig_tolerance: float | None = 0.05, ig_max_steps: int = 160, batch_size: int = 64, max_rows: int = 256,
+                 progress: bool = True) -> NodeEffects:
     """Indirect effects of every node of every site on `metric` over `images` by `method` (see `ESTIMATORS`).
 
     `error_method="ig"`: where `method` approximates (atp, ig), each site's error node is estimated by
-    integrated gradients along its own path (`ig_error_batch`, `ig_steps` points); exact ablation is
+    integrated gradients along its own path, from `ig_steps` points doubled per batch until completeness holds
+    within `ig_tolerance` (at most `ig_max_steps`; `ig_error_converged`; `ig_tolerance=None`: `ig_steps`
+    points, unchecked); the steps and residuals are in `error_ig`. Exact ablation is
     exact for every node. `"same"`: error nodes as the features. The model runs in eval mode (the
     caller's mode is restored). `batch_size` images per pass; `max_rows` bounds the images per forward
     pass of IG and exact ablation (batches × replicas); neither changes the result."""
@@ -275,6 +325,7 @@ def node_effects(splice: Splice, images: ImageSet, metric: Callable, patches: di
     if len(images) == 0:
         raise ValueError("node effects: no images")
     errors_by_ig = error_method == "ig" and method != "exact"
+    error_ig: dict[str, dict] = {}
     sums: dict[str, list] = {}
     examples: dict[str, list] = {}
     n = 0
@@ -285,9 +336,19 @@ def node_effects(splice: Splice, images: ImageSet, metric: Callable, patches: di
         splice.probe(x)
         check_patches(splice, patches)
         ie = estimate(method, splice, x, y, metric, patches, ig_steps, max_rows)
-        if errors_by_ig:
+        if errors_by_ig and ig_tolerance is None:
             for site, err in ig_error_batch(splice, x, y, metric, patches, ig_steps, max_rows).items():
                 ie[site][..., -1] = err
+        elif errors_by_ig:
+            errs, info = ig_error_converged(splice, x, y, metric, patches, ig_steps, ig_tolerance, ig_max_steps, max_rows)
+            for site, err in errs.items():
+                ie[site][..., -1] = err
+                seen = error_ig.setdefault(site, {"steps": 0, "abs_error": 0.0, "abs_exact": 0.0, "converged": True,
+                                                  "tolerance": ig_tolerance})
+                seen.update(steps=max(seen["steps"], info[site]["steps"]), abs_error=seen["abs_error"] + info[site]["abs_error"],
+                            abs_exact=seen["abs_exact"] + info[site]["abs_exact"],
+                            converged=seen["converged"] and info[site]["converged"])
+                seen["residual"] = seen["abs_error"] / max(seen["abs_exact"], 1e-12)  # over all images so far
         for site, v in ie.items():
             v = v.detach().double()
             per_image = v.sum(1)
@@ -304,4 +365,4 @@ def node_effects(splice: Splice, images: ImageSet, metric: Callable, patches: di
                        {s: (sums[s][1] / n).float().cpu() for s in order},
                        None if method == "exact" else {s: (sums[s][2] / n).float().cpu() for s in order},
                        {s: torch.cat(examples[s]) for s in order} if per_example else None,
-                       "ig" if errors_by_ig else "same")
+                       "ig" if errors_by_ig else "same", error_ig or None)

@@ -23,17 +23,17 @@ from .edges import edge_effects
 from .splice import Patch, Splice, check_patches
 
 # %% auto #0
-__all__ = ['ERRORS', 'SELECTIONS', 'CircuitConfig', 'select_nodes', 'images_of_class', 'Circuit', 'find_circuit',
-           'ablated_metric', 'Faithfulness', 'faithfulness', 'curve_thresholds', 'faithfulness_curve',
-           'smallest_faithful', 'feature_density']
+__all__ = ['ERRORS', 'SELECTIONS', 'MIN_GAP', 'CircuitConfig', 'select_nodes', 'images_of_class', 'Circuit', 'find_circuit',
+           'ablated_metric', 'Faithfulness', 'faithfulness_undefined', 'faithfulness', 'curve_thresholds',
+           'faithfulness_curve', 'smallest_faithful', 'feature_density']
 
 # %% ../nbs/10_circuits.ipynb #733c262e
 ERRORS = {"circuit": "error nodes are kept only if they are in the circuit",
           "always": "error nodes are always ablated",
           "never": "error nodes are never ablated"}
 
-SELECTIONS = {"faithfulness": "the smallest circuit along the threshold curve whose faithfulness on the images it is "
-                              "found on reaches target_faithfulness",
+SELECTIONS = {"faithfulness": "the smallest circuit along the threshold curve whose faithfulness reaches "
+                              "target_faithfulness + margin on the images it is found on and on a check half of them",
               "threshold": "the nodes with |IE| ≥ node_threshold",
               "top_k": "the top_k nodes of each site"}
 
@@ -42,7 +42,8 @@ SELECTIONS = {"faithfulness": "the smallest circuit along the threshold curve wh
 class CircuitConfig(Config):
     "How circuits are selected, checked and drawn."
     select: Literal["faithfulness", "threshold", "top_k"] = setting("faithfulness", "see SELECTIONS")
-    target_faithfulness: float = setting(0.9, "select faithfulness: F the circuit must reach on the images it is found on")
+    target_faithfulness: float = setting(0.9, "select faithfulness: F the circuit must reach, on images it was not chosen on too (see margin)")
+    margin: float = setting(0.02, "select faithfulness: the size is the smallest whose F reaches target + margin on both halves of the discovery images (a selection and a check half), so that held-out images reach the target")
     node_threshold: float = setting(0.01, "select threshold: |IE| in metric units (nats for ce), one value for all sites")
     top_k: int = setting(10, "select top_k: nodes kept per site")
     edge_threshold: float = setting(0.0, "edges with |weight| below this are dropped")
@@ -58,6 +59,7 @@ class CircuitConfig(Config):
 
     def validate(self):
         check_range("target_faithfulness", self.target_faithfulness, lo=0, lo_open=True)
+        check_range("margin", self.margin, lo=0)
         check_range("node_threshold", self.node_threshold, lo=0)
         check_range("edge_threshold", self.edge_threshold, lo=0)
         check_range("draw_edge_fraction", self.draw_edge_fraction, lo=0, hi=1)
@@ -68,7 +70,7 @@ class CircuitConfig(Config):
 
     def selection(self) -> dict:
         "The node selection as keyword arguments of `find_circuit` (threshold, top_k or target_faithfulness)."
-        return {"faithfulness": {"target_faithfulness": self.target_faithfulness},
+        return {"faithfulness": {"target_faithfulness": self.target_faithfulness, "margin": self.margin},
                 "threshold": {"threshold": self.node_threshold}, "top_k": {"top_k": self.top_k}}[self.select]
 
 # %% ../nbs/10_circuits.ipynb #d8141d85
@@ -164,6 +166,8 @@ def find_circuit(splice: Splice,                             # the classifier wi
                  top_k: int | dict[str, int] | None = None,  # or keep the k nodes of largest |IE| of each site
                  target_faithfulness: float | None = None,   # or the smallest circuit whose faithfulness reaches it
                  *,
+                 margin: float = 0.0,                        # the target must be reached with this much to spare
+                 check_images: ImageSet | None = None,       # images the size is confirmed on (not used to rank nodes)
                  edge_threshold: float = 0.0,                # edges with |weight| below it are zeroed
                  effects: NodeEffects | None = None,         # node effects already computed on `images`
                  edge_images: ImageSet | None = None,        # images the edges are averaged over (None: `images`)
@@ -175,16 +179,17 @@ def find_circuit(splice: Splice,                             # the classifier wi
                  progress: bool = True,                      # show progress bars
                 ) -> Circuit:
     """The circuit of `metric` on `images`: nodes by |IE| — above `threshold`, the `top_k` of each site,
-    or the smallest circuit along the threshold curve whose faithfulness on `images` (error nodes
-    handled as `errors`) reaches `target_faithfulness` (`smallest_faithful`) — then the edges between
-    kept nodes of consecutive sites, zeroed below `edge_threshold`.
+    or the smallest circuit along the threshold curve whose faithfulness on `images` and on
+    `check_images` (error nodes handled as `errors`) reaches `target_faithfulness + margin`
+    (`smallest_faithful`) — then the edges between kept nodes of consecutive sites, zeroed below
+    `edge_threshold`.
 
     `effects`: node effects already computed on `images` (else `node_effects`' defaults). `edge_images`:
     the images edges are averaged over (default `images`; a subset keeps them cheap: they cost a
     backward pass per kept downstream node). A selection that keeps no node gives an empty circuit,
     with a warning that says so; an unreachable target is refused. The model runs in eval mode (the
     caller's mode is restored). `meta["selection"]` records the threshold chosen and the faithfulness
-    reached on `images`."""
+    reached on `images` and on `check_images`."""
     check_range("edge_threshold", edge_threshold, lo=0)
     if sum(v is not None for v in (threshold, top_k, target_faithfulness)) != 1:
         raise ConfigError("give a node threshold, a top_k or a target_faithfulness (exactly one)")
@@ -193,10 +198,15 @@ def find_circuit(splice: Splice,                             # the classifier wi
     selection = {}
     if target_faithfulness is not None:
         nodes, found = smallest_faithful(splice, effects.mean, images, metric, patches, target_faithfulness, curve_points,
-                                         errors, batch_size=batch_size, max_rows=max_rows, progress=progress)
-        selection = {"target_faithfulness": target_faithfulness, "threshold": found.thresholds[0].item(),
+                                         errors, margin=margin, check_images=check_images, batch_size=batch_size,
+                                         max_rows=max_rows, progress=progress)
+        check = None if check_images is None else faithfulness(splice, check_images, metric, patches, [nodes], errors,
+                                                               completeness=False, batch_size=batch_size,
+                                                               max_rows=max_rows, progress=progress).faithfulness[0].item()
+        selection = {"target_faithfulness": target_faithfulness, "margin": margin, "threshold": found.thresholds[0].item(),
                      "faithfulness": found.faithfulness[0].item(), "completeness": found.completeness[0].item(),
-                     "errors": errors, "n_images": len(images)}
+                     "check_faithfulness": check, "errors": errors, "n_images": len(images),
+                     "n_check_images": None if check_images is None else len(check_images)}
     else:
         nodes = select_nodes(effects.mean, threshold, top_k)
     info = {"metric": metric.to_dict(), "threshold": threshold, "top_k": top_k, "edge_threshold": edge_threshold,
@@ -258,6 +268,7 @@ class Faithfulness:
     errors: str                           # how error nodes were handled (ERRORS)
     random: torch.Tensor | None = None    # (T, n_random) F of random circuits with as many nodes per site
     thresholds: torch.Tensor | None = None  # (T,) the node thresholds of a curve
+    undefined: str | None = None          # why F is undefined (NaN) here: m(M) ≈ m(∅)
 
     def to_dict(self) -> dict:
         "Plain lists and numbers (JSON), which `from_dict` turns back."
@@ -269,9 +280,10 @@ class Faithfulness:
     @classmethod
     def from_dict(cls, d: dict) -> Faithfulness:
         "The inverse of `to_dict`."
-        t = lambda key, dtype=torch.float32: None if d.get(key) is None else torch.tensor(d[key], dtype=dtype)
+        nan = lambda v: [nan(x) for x in v] if isinstance(v, list) else float("nan") if v is None else v  # JSON null: NaN
+        t = lambda key, dtype=torch.float32: None if d.get(key) is None else torch.tensor(nan(d[key]), dtype=dtype)
         return cls(t("n_nodes", torch.long), t("faithfulness"), t("completeness"), t("m_circuit"), t("m_complement"),
-                   d["m_full"], d["m_empty"], d["errors"], t("random"), t("thresholds"))
+                   d["m_full"], d["m_empty"], d["errors"], t("random"), t("thresholds"), d.get("undefined"))
 
     def save(self, path: str | Path) -> None:
         "Write to `path` as JSON."
@@ -281,6 +293,19 @@ class Faithfulness:
     def load(cls, path: str | Path) -> Faithfulness:
         "Read what `save` wrote."
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+MIN_GAP = 0.01  # |m(M) − m(∅)| below this share of max(|m(M)|, |m(∅)|): F divides by ~0 and is undefined
+
+
+def faithfulness_undefined(m_full: float, m_empty: float, min_gap: float = MIN_GAP) -> str | None:
+    """Why faithfulness `(m(C) − m(∅)) / (m(M) − m(∅))` is undefined for these metric values, or None where it is
+    defined: when ablating every node moves the metric by less than `min_gap` of its size (a model at chance)."""
+    gap, size = abs(m_full - m_empty), max(abs(m_full), abs(m_empty))
+    if gap <= min_gap * size or gap == 0:
+        return (f"faithfulness undefined: ablating every node moves the metric from m(M) = {m_full:.4g} to m(∅) = "
+                f"{m_empty:.4g}, less than {min_gap:.0%} of its size; F would divide by ~0 (is the model at chance?)")
+    return None
 
 
 def _as_masks(splice: Splice, circuit: Circuit | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -334,12 +359,13 @@ def faithfulness(splice: Splice, images: ImageSet, metric: Metric, patches: dict
     keep = {s: torch.stack(v) for s, v in rows.items()}
     values = ablated_metric(splice, images, metric, patches, keep, batch_size=batch_size, max_rows=max_rows, progress=progress)
     full, empty = values[0].item(), values[1].item()
-    score = lambda v: (v - empty) / (full - empty)
+    undefined = faithfulness_undefined(full, empty)
+    score = lambda v: torch.full_like(v, float("nan")) if undefined else (v - empty) / (full - empty)
     c = t if completeness else 0
     circuit_m = values[2:2 + t]
     complement_m = values[2 + t:2 + t + c] if completeness else torch.full((t,), float("nan"))
     return Faithfulness(sizes, score(circuit_m), score(complement_m), circuit_m, complement_m, full, empty, errors,
-                        score(values[2 + t + c:]).view(t, n_random) if n_random else None)
+                        score(values[2 + t + c:]).view(t, n_random) if n_random else None, undefined=undefined)
 
 # %% ../nbs/10_circuits.ipynb #d35a703b
 def curve_thresholds(ie: dict[str, torch.Tensor], n_points: int = 12) -> torch.Tensor:
@@ -367,10 +393,13 @@ def faithfulness_curve(splice: Splice, ie: dict[str, torch.Tensor], images: Imag
 # %% ../nbs/10_circuits.ipynb #58da74fb
 def smallest_faithful(splice: Splice, ie: dict[str, torch.Tensor], images: ImageSet, metric: Metric,
                       patches: dict[str, Patch], target: float = 0.9, n_points: int = 12, errors: str = "circuit",
-                      refine: int = 3, *, batch_size: int = 64, max_rows: int = 256,
-                      progress: bool = True) -> tuple[dict[str, torch.Tensor], Faithfulness]:
-    """The smallest circuit along the threshold curve of `ie` whose faithfulness on `images` reaches
-    `target`, as node indices per site, and its `Faithfulness` there (`thresholds`: its |IE| threshold).
+                      refine: int = 3, *, margin: float = 0.0, check_images: ImageSet | None = None, batch_size: int = 64,
+                      max_rows: int = 256, progress: bool = True) -> tuple[dict[str, torch.Tensor], Faithfulness]:
+    """The smallest circuit along the threshold curve of `ie` whose faithfulness reaches `target + margin` on
+    `images` and (if given) on `check_images`, as node indices per site, and its `Faithfulness` on `images`
+    (`thresholds`: its |IE| threshold). The margin and the check images are what make the target hold on
+    images the size was not chosen on: the curve is flat near the target, so a size chosen where it first
+    crosses on one set of images falls short on others.
 
     The curve's `n_points` sizes come first; between the last one below the target and the first
     that reaches it, `refine` sizes at a time are evaluated until they are one node apart (the search
@@ -378,21 +407,28 @@ def smallest_faithful(splice: Splice, ie: dict[str, torch.Tensor], images: Image
     that no circuit on the curve reaches is refused, naming the best faithfulness found."""
     check_range("target_faithfulness", target, lo=0, lo_open=True)
     check_range("refine", refine, lo=1)
+    check_range("margin", margin, lo=0)
     values = torch.cat([v.abs() for v in ie.values()]).sort(descending=True).values
     kw = dict(batch_size=batch_size, max_rows=max_rows, progress=progress)
+    sets = [images] + ([] if check_images is None else [check_images])
+    where = f"these {len(images)} images" + ("" if check_images is None else f" and the {len(check_images)} check images")
 
-    def evaluate(sizes):
+    def evaluate(sizes):  # the worst faithfulness over the image sets, less the margin
         circuits = [select_nodes(ie, size=k) for k in sizes]
-        return faithfulness(splice, images, metric, patches, circuits, errors, completeness=False, **kw).faithfulness
+        res = [faithfulness(splice, s, metric, patches, circuits, errors, completeness=False, **kw) for s in sets]
+        for r in res:
+            if r.undefined:
+                raise ValueError(f"target_faithfulness {target}: {r.undefined}")
+        return torch.stack([r.faithfulness for r in res]).min(0).values - margin
 
     sizes = np.unique(np.round(np.geomspace(1, len(values), n_points)).astype(int)).tolist()
     f = evaluate(sizes)
     reached = torch.nonzero(f >= target).flatten()
     if not len(reached):
         best = int(f.argmax())
-        raise ValueError(f"target_faithfulness {target}: no circuit along the threshold curve reaches it on these "
-                         f"{len(images)} images; the best faithfulness found is {f[best]:.3f}, with {sizes[best]} of "
-                         f"{len(values)} nodes (error nodes: {errors})")
+        raise ValueError(f"target_faithfulness {target}" + (f" + margin {margin}" if margin else "") + ": no circuit "
+                         f"along the threshold curve reaches it on {where}; the best faithfulness found is "
+                         f"{f[best] + margin:.3f}, with {sizes[best]} of {len(values)} nodes (error nodes: {errors})")
     i = int(reached[0])
     lo, hi = (sizes[i - 1] if i else 0), sizes[i]
     while hi - lo > 1:

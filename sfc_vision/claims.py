@@ -13,12 +13,14 @@ from pathlib import Path
 
 from scipy import stats
 
-from .artifacts import json_safe, write_json, write_text
+from .artifacts import json_safe, read_json, write_json, write_text
 from .config import digest
 from .study_config import SEED_KEYS
 
 # %% auto #0
-__all__ = ['MIS_PUBLISHED', 't_interval', 'verdict', 'point_of', 'replicates', 'claims_table', 'claims_markdown', 'write_claims']
+__all__ = ['FRAGILE_SHARE', 'MIS_PUBLISHED', 'FINDINGS_START', 'FINDINGS_END', 't_interval', 'verdict', 'fragile', 'point_of',
+           'replicates', 'claims_table', 'claims_markdown', 'write_claims', 'readme_findings',
+           'readme_findings_section', 'update_readme_findings']
 
 # %% ../nbs/13a_claims.ipynb #bea477f0
 def t_interval(values, level: float = 0.95) -> dict:
@@ -46,6 +48,17 @@ def verdict(interval: dict, direction: int = 1) -> str:
         return "not supported"
     return "inconclusive"
 
+
+FRAGILE_SHARE = 0.1  # 0 this close to an end of the interval, as a share of its width: a verdict another machine may flip
+
+
+def fragile(interval: dict, share: float = FRAGILE_SHARE) -> bool:
+    "True where 0 lies within `share` of the interval's width of one of its ends (inside or outside): the verdict hangs on it."
+    lo, hi = interval["lo"], interval["hi"]
+    if lo is None:
+        return False
+    return bool(min(abs(lo), abs(hi)) < share * (hi - lo))
+
 # %% ../nbs/13a_claims.ipynb #f10bbfdb
 def point_of(cfg_dict: dict, seed_keys=SEED_KEYS) -> str:
     "Digest of a configuration without its name, its execution settings and the replicate seeds: equal for replicates."
@@ -64,12 +77,22 @@ def replicates(runs: list[dict], seed_keys=SEED_KEYS) -> dict[str, list[dict]]:
     return dict(out)
 
 # %% ../nbs/13a_claims.ipynb #e1fab455
-def _mis_gap(layer: str) -> Callable[[dict], float | None]:
+def _mis_gap(layer: str, key: str = "median") -> Callable[[dict], float | None]:
+    "SAE − neuron median MIS (`key` median) or median accuracy (`median_accuracy`) at `layer`, both kinds ranked alike."
     def f(m):
         mis = m.get("mis", {}).get("layers", {}).get(layer)
-        if not mis or mis["sae"]["median"] is None or mis["neurons"]["median"] is None:
+        if not mis or mis["sae"].get(key) is None or mis["neurons"].get(key) is None:
             return None
-        return mis["sae"]["median"] - mis["neurons"]["median"]
+        return mis["sae"][key] - mis["neurons"][key]
+    return f
+
+
+def _mis_gap_other_ranking(layer: str, key: str = "") -> Callable[[dict], float | None]:
+    "The same gap with both kinds ranked the other way (`evaluation.alternatives`; `key` `_accuracy` for accuracy)."
+    def f(m):
+        alt = m.get("mis", {}).get("layers", {}).get(layer, {}).get("alternatives", {}).get("ranking", {})
+        sae, neurons = alt.get("sae" + key), alt.get("neurons" + key)
+        return None if sae is None or neurons is None else sae - neurons
     return f
 
 
@@ -86,21 +109,16 @@ def _nodes_gap(m: dict) -> float | None:
     return None if pair is None else pair[0]["nodes"] - pair[1]["nodes"]
 
 
-def _share_gap(m: dict) -> float | None:
-    pair = _faithful_circuits(m)
-    return None if pair is None else pair[0]["nodes"] / pair[0]["all_nodes"] - pair[1]["nodes"] / pair[1]["all_nodes"]
-
-
-def _share_over(limit: float) -> Callable[[dict], float | None]:
+def _faithfulness_margin(kind: str, which: str) -> Callable[[dict], float | None]:
+    "Faithfulness − the target of the SAE (`kind` sae) or neuron circuit, on its pick half (`discovery`) or held out."
     def f(m):
         c = m.get("circuit", {})
-        return None if c.get("selection") != "faithfulness" else c["nodes"] / c["all_nodes"] - limit
+        if c.get("selection") != "faithfulness":
+            return None
+        circuit = c if kind == "sae" else c.get("neurons", {})
+        value = circuit.get("faithfulness" if which == "held_out" else "discovery_faithfulness")
+        return None if value is None else value - c["target_faithfulness"]
     return f
-
-
-def _held_out_margin(m: dict) -> float | None:
-    c = m.get("circuit", {})
-    return None if c.get("selection") != "faithfulness" else c["faithfulness"] - c["target_faithfulness"]
 
 
 def _alternative_gap(layer: str, which: str) -> Callable[[dict], float | None]:
@@ -109,6 +127,8 @@ def _alternative_gap(layer: str, which: str) -> Callable[[dict], float | None]:
         mis = m.get("mis", {}).get("layers", {}).get(layer, {})
         alt = mis.get("alternatives", {}).get(which)
         expected = {"backbone": ("name", "proxy"), "ranking": ("activation", "post")}[which]  # what the questions ask
+        if which == "ranking" and m.get("mis", {}).get("activation", "pre") != "pre":
+            return None
         if not alt or alt.get(expected[0]) != expected[1] or mis["sae"]["median"] is None or alt["sae"] is None:
             return None
         if which == "ranking":
@@ -162,25 +182,41 @@ def claims_table(runs: list[dict], representative: Callable[[list[dict]], dict],
         ci = t_interval(values, level)
         rows.append({"claim": claim, "question": question, "quantity": quantity, "unit": unit, "direction": direction,
                      **{k: ci[k] for k in ("mean", "lo", "hi", "n", "sd", "method")}, "level": level,
-                     "verdict": verdict(ci, direction), "reported": reported})
+                     "verdict": verdict(ci, direction), "fragile": fragile(ci), "reported": reported})
 
     metrics = [r["metrics"] for r in reps]
+    ranked = {"pre": "pre-activation", "post": "output"}
+    ranking = ranked[rep["config"].mis.activation]
+    other = ranked["post" if rep["config"].mis.activation == "pre" else "pre"]
     for layer in layers:
         add(f"mis_sae_vs_neurons_{layer}", f"Are SAE features at {layer} more interpretable than its neurons (MIS)?",
-            "median MIS of SAE features − median MIS of neurons", [_mis_gap(layer)(m) for m in metrics], +1, MIS_PUBLISHED)
+            f"median MIS of SAE features − median MIS of neurons, both ranked by {ranking}",
+            [_mis_gap(layer)(m) for m in metrics], +1, MIS_PUBLISHED)
+        add(f"mis_accuracy_sae_vs_neurons_{layer}", f"Are SAE features at {layer} more interpretable than its neurons "
+            "(MIS accuracy: share of tasks answered correctly)?",
+            f"median MIS accuracy of SAE features − of neurons, both ranked by {ranking}",
+            [_mis_gap(layer, "median_accuracy")(m) for m in metrics], +1, "the accuracy does not depend on the temperature")
+        add(f"mis_sae_vs_neurons_{layer}_other_ranking", f"Are SAE features at {layer} more interpretable than its neurons "
+            f"(MIS, both ranked by {other})?", f"median MIS of SAE features − median MIS of neurons, both ranked by {other}",
+            [_mis_gap_other_ranking(layer)(m) for m in metrics], +1, "the same question under the other ranking")
+        add(f"mis_accuracy_sae_vs_neurons_{layer}_other_ranking", f"Are SAE features at {layer} more interpretable than "
+            f"its neurons (MIS accuracy, both ranked by {other})?",
+            f"median MIS accuracy of SAE features − of neurons, both ranked by {other}",
+            [_mis_gap_other_ranking(layer, "_accuracy")(m) for m in metrics], +1, "the same question under the other ranking")
     nothing = "the thesis reports no comparable number"
     target = f"{rep['config'].circuit.target_faithfulness:g}"  # the circuits' faithfulness target
     add("nodes_for_f90", f"Do SAE circuits need fewer nodes than neuron circuits to reach faithfulness {target}?",
-        f"nodes of the smallest circuit reaching F ≥ {target}: SAE features − neurons", [_nodes_gap(m) for m in metrics], -1,
-        nothing, "nodes")
-    add("share_for_f90", f"Do SAE circuits need a smaller share of their nodes than neuron circuits to reach faithfulness {target}?",
-        f"share of all nodes in the smallest circuit reaching F ≥ {target}: SAE features − neurons",
-        [_share_gap(m) for m in metrics], -1, nothing)
-    add("share_within_10pct", f"Does an SAE circuit of at most 10 % of all SAE nodes (features and errors) reach F ≥ {target}?",
-        f"share of all SAE nodes in the smallest circuit reaching F ≥ {target} − 0.10", [_share_over(0.10)(m) for m in metrics],
-        -1, nothing)
-    add("held_out_faithfulness", f"Does the circuit found to reach F ≥ {target} keep it on held-out images?",
-        "held-out faithfulness − the target", [_held_out_margin(m) for m in metrics], +1, nothing)
+        f"nodes (error nodes counted for both) of the smallest circuit reaching F ≥ {target} + margin on both discovery "
+        "halves: SAE features − neurons", [_nodes_gap(m) for m in metrics], -1, nothing, "nodes")
+    for kind, name in (("sae", "SAE"), ("neurons", "neuron")):
+        for which, where in (("discovery", "on the discovery images its size was picked on"),
+                             ("held_out", "on held-out images")):
+            values = [_faithfulness_margin(kind, which)(m) for m in metrics]
+            add(f"faithfulness_{kind}_{which}" if (kind, which) != ("sae", "held_out") else "held_out_faithfulness",
+                f"Does the {name} circuit chosen to reach F ≥ {target} reach it {where}?",
+                f"faithfulness {where} − the target" + (f" (reached in {sum(v >= 0 for v in values if v is not None)} of "
+                                                        f"{sum(v is not None for v in values)} seeds)" if which == "held_out" else ""),
+                values, +1, nothing)
     add("circuit_vs_random", "Is the default circuit more faithful than random circuits of equal size?",
         "faithfulness of the circuit − mean faithfulness of random circuits of its size", [_random_gap(m) for m in metrics],
         +1, nothing)
@@ -195,7 +231,8 @@ def claims_table(runs: list[dict], representative: Callable[[list[dict]], dict],
             "(SAE − neuron median MIS) with the proxy backbone − the same with the configured backbone",
             [_alternative_gap(layer, "backbone")(m) for m in metrics], -1, nothing)
         add(f"mis_ranking_{layer}", f"At {layer}, does ranking SAE features by their output (ties at 0) instead of their "
-            "pre-activation lower their MIS?", "median MIS of SAE features ranked by output − by pre-activation",
+            "pre-activation lower their MIS?", "median MIS of SAE features ranked by output − by pre-activation (the "
+            "neurons are ranked the same way as the SAE features in either case)",
             [_alternative_gap(layer, "ranking")(m) for m in metrics], -1,
             "the thesis ranked SAE features by pre-activation")
     by_seed = defaultdict(list)  # seed -> runs across the λ of the sweep, other settings as the representative's
@@ -225,13 +262,15 @@ def claims_markdown(rows: list[dict], runs: list[str]) -> str:
              "Each row: a question, the per-seed quantity that answers it, its mean over seeds with the 95 % Student-t",
              "confidence interval, the number of seeds, and the verdict read off the interval (supported: the whole",
              "interval on the claimed side of 0; not supported: wholly on the other side; inconclusive: it contains 0,",
-             "or fewer than 2 seeds). Regenerated by `sfc-vision figures` from the runs listed at the end.", "",
+             "or fewer than 2 seeds). *Fragile*: 0 lies within 10 % of the interval's width of one of its ends, so",
+             "another machine's rounding or a few more seeds may flip the verdict. Regenerated by `sfc-vision figures`",
+             "from the runs listed at the end.", "",
              "| question | quantity | mean | 95 % CI | seeds | verdict | reported elsewhere |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         ci = "—" if r["lo"] is None else f"[{r['lo']:+.3g}, {r['hi']:+.3g}]"
         side = "> 0" if r["direction"] > 0 else "< 0"
         lines.append(f"| {r['question']} | {r['quantity']} (claimed {side}) | {_fmt(r['mean'], r['unit'])} | {ci} | {r['n']} "
-                     f"| **{r['verdict']}** | {r['reported']} |")
+                     f"| **{r['verdict']}**{' (fragile)' if r.get('fragile') else ''} | {r['reported']} |")
     lines += ["", f"Runs: {', '.join(sorted(runs))}", ""]
     return "\n".join(lines)
 
@@ -242,3 +281,36 @@ def write_claims(rows: list[dict], runs: list[str], out_dir) -> tuple[Path, Path
     md = write_text(out_dir / "claims.md", claims_markdown(rows, runs))
     js = write_json(out_dir / "claims.json", json_safe({"schema": "sfc_vision.claims/1", "runs": sorted(runs), "claims": rows}))
     return md, js
+
+# %% ../nbs/13a_claims.ipynb #15435a00
+FINDINGS_START = "<!-- findings: generated from figures/claims.json by sfc_vision.claims.update_readme_findings -->"
+FINDINGS_END = "<!-- /findings -->"
+
+
+def readme_findings(claims: dict) -> str:
+    "The README's findings: one line per row of `claims` (as `claims.json` holds it), every number as it stands there."
+    lines = []
+    for r in claims["claims"]:
+        ci = "no interval" if r["lo"] is None else f"95 % CI [{r['lo']:+.3g}, {r['hi']:+.3g}]"
+        lines.append(f"- {r['question']} {r['quantity']}: {_fmt(r['mean'], r['unit'])}, {ci}, {r['n']} seeds: "
+                     f"**{r['verdict']}**" + (" (fragile)" if r.get("fragile") else ""))
+    return "\n".join(lines)
+
+
+def readme_findings_section(text: str) -> str:
+    "The text between the findings markers of a README; a README without them fails, naming the markers."
+    if FINDINGS_START not in text or FINDINGS_END not in text:
+        raise ValueError(f"the README has no findings section: put the lines {FINDINGS_START!r} and {FINDINGS_END!r} "
+                         "around it")
+    return text.split(FINDINGS_START, 1)[1].split(FINDINGS_END, 1)[0].strip("\n")
+
+
+def update_readme_findings(readme, claims_json) -> bool:
+    "Rewrite the findings section of `readme` from `claims_json` (`write_claims`' file); True if it changed."
+    readme, text = Path(readme), Path(readme).read_text()
+    new = readme_findings(read_json(claims_json))
+    if readme_findings_section(text) == new:
+        return False
+    head, rest = text.split(FINDINGS_START, 1)
+    write_text(readme, head + FINDINGS_START + "\n" + new + "\n" + FINDINGS_END + rest.split(FINDINGS_END, 1)[1])
+    return True

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from .activations import from_vectors, read_layers, to_vectors
@@ -17,7 +18,7 @@ from .artifacts import ArtifactError
 from .config import ConfigError, check_choice
 from .data import ImageSet
 from .models import VisionModel, resolve_device
-from .sae import Dictionary
+from .sae import Dictionary, IdentityDictionary
 
 # %% auto #0
 __all__ = ['ACTIVATIONS', 'StopForward', 'site_activations', 'encode_site', 'site_features', 'unit_scores', 'ordered_keys',
@@ -35,17 +36,63 @@ def _stop_forward(module, inputs, output):
 ACTIVATIONS = ("post", "pre")
 
 
-def site_activations(model: VisionModel, site: str, x: torch.Tensor) -> torch.Tensor:
-    "The output of `site` for images `x`, running the model only up to it."
-    with read_layers(model, [site]) as store:
-        handle = model.layer(site).register_forward_hook(_stop_forward)  # runs after read_layers' hook
+def _last_bn(branch: nn.Module) -> nn.Module:
+    "The BatchNorm before the ReLU that ends a GoogLeNet branch (a `BasicConv2d`, or a sequence ending in one)."
+    return (branch[-1] if isinstance(branch, nn.Sequential) else branch).bn
+
+
+def _preactivation_hooks(model: VisionModel, name: str, store: list) -> tuple[list, object] | None:
+    """Hooks that put the pre-activation of layer `name`'s neurons into `store[0]`, and a function applied to it
+    after the forward pass; None where the layer's output has no nonlinearity (its pre-activation is its output)."""
+    mod = model.net.get_submodule(name)
+    # copies: GoogLeNet's ReLU after a BatchNorm runs in place; the last call wins (a ResNet block's final ReLU)
+    keep_input = lambda m, args: store.__setitem__(0, args[0].clone())
+    keep_output = lambda m, args, out: store.__setitem__(0, out.clone())
+    if isinstance(mod, (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid)):
+        return [mod.register_forward_pre_hook(keep_input)], None
+    if type(mod).__name__ == "BasicConv2d":                       # GoogLeNet: conv, BN, then a functional ReLU
+        return [mod.bn.register_forward_hook(keep_output)], None
+    if type(mod).__name__ == "Inception":                         # GoogLeNet: the concatenation of four such branches
+        parts = [None] * 4
+        hooks = [_last_bn(getattr(mod, f"branch{i + 1}")).register_forward_hook(
+                 lambda m, a, out, i=i: parts.__setitem__(i, out.clone())) for i in range(4)]
+        return hooks, lambda _: torch.cat(parts, 1)
+    if type(mod).__name__ in ("BasicBlock", "Bottleneck"):        # ResNet: the residual sum before the block's ReLU
+        return [mod.relu.register_forward_pre_hook(keep_input)], None
+    if isinstance(mod, nn.MaxPool2d):                             # a max-pool commutes with the ReLU before it
+        names = model.layer_names
+        before = names[names.index(name) - 1] if name in names and names.index(name) > 0 else None
+        inner = _preactivation_hooks(model, before, store) if before else None
+        if inner is None:
+            return None
+        hooks, after = inner
+        return hooks, lambda v: mod(v if after is None else after(v))
+    return None
+
+
+def site_activations(model: VisionModel, site: str, x: torch.Tensor, pre: bool = False):
+    """The output of `site` for images `x`, running the model only up to it; with `pre`, `(output, pre_activation)`:
+    the neurons' pre-activation, the input to the nonlinearity their output passed through (their output where
+    the site has none), in the layout of the output."""
+    site = model.resolve(site)
+    store = [None]
+    plan = _preactivation_hooks(model, site, store) if pre else None
+    with read_layers(model, [site]) as outputs:
+        handles = [model.layer(site).register_forward_hook(_stop_forward)]  # runs after read_layers' hook
+        handles += plan[0] if plan else []
         try:
             model(x)
         except StopForward:
             pass
         finally:
-            handle.remove()
-    return store[site]
+            for h in handles:
+                h.remove()
+    out = outputs[site]
+    if not pre:
+        return out
+    if plan is None:
+        return out, out
+    return out, store[0] if plan[1] is None else plan[1](store[0])
 
 
 def encode_site(dictionary: Dictionary, acts: torch.Tensor, site: str, activation: str = "post") -> torch.Tensor:
@@ -54,13 +101,22 @@ def encode_site(dictionary: Dictionary, acts: torch.Tensor, site: str, activatio
     if acts.shape[1] != dictionary.d_in:
         raise ConfigError(f"the dictionary expects {dictionary.d_in}-dim vectors but site {site!r} has "
                           f"{acts.shape[1]} channels; use a dictionary trained on {site!r}")
-    encode = getattr(dictionary, "pre_acts", dictionary.encode) if activation == "pre" else dictionary.encode
+    if activation == "pre" and not hasattr(dictionary, "pre_acts"):
+        raise ConfigError(f"activation 'pre': {type(dictionary).__name__} has no pre-activation of the site's output "
+                          f"(a neuron's is captured at the site's input: use site_features or site_activations(pre=True))")
+    encode = dictionary.pre_acts if activation == "pre" else dictionary.encode
     return from_vectors(encode(to_vectors(acts)), acts.shape)
 
 
 def site_features(model: VisionModel, site: str, dictionary: Dictionary, x: torch.Tensor,
                   activation: str = "post") -> torch.Tensor:
-    "Features of `dictionary` at `site` for images `x`: `(B, d_sae, H, W)` at conv sites, `(B, d_sae)` at dense ones."
+    """Features of `dictionary` at `site` for images `x`: `(B, d_sae, H, W)` at conv sites, `(B, d_sae)` at dense ones.
+
+    Neurons (`IdentityDictionary`) with `activation="pre"` give their pre-activation (`site_activations`)."""
+    if activation == "pre" and isinstance(dictionary, IdentityDictionary):
+        out, pre = site_activations(model, site, x, pre=True)
+        encode_site(dictionary, out, site)  # checks the width
+        return pre
     return encode_site(dictionary, site_activations(model, site, x), site, activation)
 
 
@@ -220,16 +276,21 @@ def top_images_many(model: VisionModel, site: str, dictionaries: Mapping[str, tu
     dev = resolve_device(device)
     model = model.to(dev).eval()
     dics = {name: (dic.to(dev), activation) for name, (dic, activation) in dictionaries.items()}
+    neuron_pre = any(a == "pre" and isinstance(d, IdentityDictionary) for d, a in dics.values())
     pick = slice(None) if unit_ids is None else unit_ids.to(dev)
     spatial = None
     bar = tqdm(images.batches(batch_size), total=math.ceil(len(images) / batch_size), desc=f"top images {site}",
                disable=not progress, leave=False)
     for x, _, idx in bar:
-        acts = site_activations(model, site, x.to(dev))
+        x = x.to(dev)
+        acts, pre = site_activations(model, site, x, pre=True) if neuron_pre else (site_activations(model, site, x), None)
         spatial = acts.ndim == 4
         for name, (dic, activation) in dics.items():
             post = unit_scores(encode_site(dic, acts, site)).float()
-            scores = post if activation == "post" else unit_scores(encode_site(dic, acts, site, "pre")).float()
+            if activation == "post":
+                scores = post
+            else:
+                scores = unit_scores(pre if isinstance(dic, IdentityDictionary) else encode_site(dic, acts, site, "pre")).float()
             rankers[name].update(scores[:, pick], idx, post[:, pick] > 0)
     return {name: r.result(torch.arange(dics[name][0].d_sae) if unit_ids is None else unit_ids, spatial, site,
                            dics[name][1]) for name, r in rankers.items()}

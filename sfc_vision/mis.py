@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -25,7 +26,8 @@ from .sae import Dictionary, IdentityDictionary
 # %% auto #0
 __all__ = ['MIS_STATUSES', 'PUBLISHED_GOOGLENET_MEDIANS', 'PUBLISHED_SOURCE', 'MISConfig', 'task_ranks', 'unit_task_ranks',
            'mis_images', 'task_deltas', 'MISResult', 'unit_status', 'mis_from_top', 'mis_meta', 'run_mis',
-           'published_median', 'common_backbone', 'dictionary_kind', 'layer_table', 'mis_exclusion']
+           'calibrate_temperature', 'published_median', 'common_backbone', 'dictionary_kind', 'layer_table',
+           'mis_exclusion']
 
 # %% ../nbs/11b_mis.ipynb #2fcc6d53
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class MISConfig(Config):
     fair_shuffle: bool = setting(True, "shuffle each bin's images before dealing them to the tasks (the paper's fair batches)")
     pool: Literal["train", "test"] = setting("train", "split whose images are ranked (references should be a small top fraction)")
     pool_size: int | None = setting(None, "rank a stratified subset of this many pool images; None: all")
-    sae_activation: Literal["pre", "post"] = setting("pre", "rank SAE features by encoder pre-activation (no ties) or output; neurons: output")
+    activation: Literal["pre", "post"] = setting("pre", "rank SAE features and neurons alike by their pre-activation (the input to their nonlinearity: no ties at 0) or their output")
     backbone: BackboneConfig = setting(BackboneConfig(), "the perceptual embedding")
 
     def validate(self):
@@ -237,7 +239,7 @@ def run_mis(model: VisionModel, site: str, dictionary: Dictionary, images: Image
             progress: bool = True) -> tuple[MISResult, TopImages]:
     """MIS of every unit (or of `units`) of `dictionary` at `site` of `model`, ranked over `images` (see `mis_images`).
 
-    SAE features are ranked by `cfg.sae_activation`, neurons by their output. Pass one `embeddings`
+    SAE features and neurons are both ranked by `cfg.activation`. Pass one `embeddings`
     cache to share embeddings across sites and dictionaries (else one is built from `cfg.backbone`,
     on disk under `cache_dir` if given). The model runs on `device`, `batch_size` images at a time;
     the backbone embeds `embed_batch_size` at a time. Returns the result and the ranking."""
@@ -248,11 +250,26 @@ def run_mis(model: VisionModel, site: str, dictionary: Dictionary, images: Image
                                     cache_dir, progress)
     elif len(embeddings.images) != len(images):
         raise ConfigError(f"the embedding cache is for an image set of {len(embeddings.images)} images, not {len(images)}")
-    neurons = isinstance(dictionary, IdentityDictionary)
     top = top_images(model, site, dictionary, images, k=cfg.n_candidates, seed=cfg.seed, units=units,
-                     activation="post" if neurons else cfg.sae_activation, batch_size=batch_size, device=device,
-                     progress=progress)
+                     activation=cfg.activation, batch_size=batch_size, device=device, progress=progress)
     return mis_from_top(top, embeddings, cfg, mis_meta(model, dictionary, meta)), top
+
+# %% ../nbs/11b_mis.ipynb #ff6e9d96
+def calibrate_temperature(delta: torch.Tensor, p: float = 0.95, lo: float = 1e-6, hi: float = 1e6) -> float:
+    """The temperature T at which tasks with deltas `delta` (any shape; NaN ignored) of perfectly readable
+    ground-truth units score a mean `p = mean σ(Δ / T)`: found by bisection on log T (the mean falls as T grows)."""
+    check_range("p", p, lo=0.5, hi=1, lo_open=True, hi_open=True)
+    d = delta[~torch.isnan(delta)].double()
+    mean_p = lambda t: torch.sigmoid(d / t).mean().item()
+    if len(d) == 0 or mean_p(lo) <= p:
+        raise ValueError(f"calibrate_temperature: these units cannot reach a mean p of {p} at any temperature "
+                         f"(share of tasks with Δ > 0: {(d > 0).double().mean().item() if len(d) else float('nan'):.3f}); "
+                         "calibrate on units that answer (nearly) every task correctly")
+    a, b = math.log(lo), math.log(hi)
+    for _ in range(100):
+        mid = (a + b) / 2
+        a, b = (mid, b) if mean_p(math.exp(mid)) > p else (a, mid)
+    return math.exp((a + b) / 2)
 
 # %% ../nbs/11b_mis.ipynb #53c4246d
 PUBLISHED_GOOGLENET_MEDIANS = {"mixed3a": 0.834, "mixed3b": 0.862, "mixed4a": 0.888, "mixed4b": 0.922, "mixed4c": 0.944,

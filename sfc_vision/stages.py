@@ -32,8 +32,8 @@ from .train import channel_stats, evaluate_classifier, train_classifier
 
 # %% auto #0
 __all__ = ['SAE_EVAL_KEYS', 'model_stage', 'layer_folders', 'activations_stage', 'saes_stage', 'RunOutputs', 'eval_images',
-           'sae_eval_stage', 'circuit_images', 'attribution_stage', 'edge_images', 'circuit_stage', 'mis_stage',
-           'default_runs_root', 'open_study']
+           'sae_eval_stage', 'circuit_images', 'attribution_stage', 'circuit_counts', 'discovery_halves', 'edge_images',
+           'circuit_stage', 'mis_stage', 'default_runs_root', 'open_study']
 
 # %% ../nbs/12b_stages.ipynb #d84024d1
 def _num_classes(cfg: StudyConfig, data: ImageData) -> int:
@@ -223,7 +223,7 @@ def circuit_images(ctx: StageContext, split: str) -> ImageSet:
     return images.subset(stratified_subset(images.labels, n, ctx.cfg.data.seed))
 
 
-@register_stage("attribution", sections=("attribution", "circuit.target_class"), upstream=("model", "saes"))
+@register_stage("attribution", sections=("attribution", "circuit.target_class"), upstream=("model", "saes"), version=2)  # 2: IG by completeness
 def attribution_stage(ctx: StageContext) -> dict:
     "Mean patches and the indirect effect of every node (SAE features, error nodes; raw neurons to compare) on the metric."
     a, ex, data = ctx.cfg.attribution, ctx.cfg.execution, ctx.data()
@@ -238,12 +238,14 @@ def attribution_stage(ctx: StageContext) -> dict:
         patches = make_patches(sp, a.patch, reference, batch_size=ex.batch_size, progress=ctx.progress)
         save_patches(patches, ctx.dir / f"patches_{kind}.safetensors", {"patch": a.patch})
         eff = node_effects(sp, images, metric, patches, method=a.method, error_method=a.error_method, ig_steps=a.ig_steps,
-                           batch_size=ex.grad_batch_size, max_rows=ex.max_rows, progress=ctx.progress)
+                           ig_tolerance=a.ig_tolerance, ig_max_steps=a.ig_max_steps, batch_size=ex.grad_batch_size,
+                           max_rows=ex.max_rows, progress=ctx.progress)
         eff.save(ctx.dir / f"effects_{kind}.safetensors")
         nodes = {s: SiteNodes.of(eff.mean[s]) for s in eff.sites}
         out[kind] = {names[s]: {"median_abs_ie": n.features(eff.mean[s]).abs().median().item(),
                                 "max_abs_ie": n.features(eff.mean[s]).abs().max().item(),
-                                "error_ie": n.error_value(eff.mean[s]).item(), "units": n.n_features} for s, n in nodes.items()}
+                                "error_ie": n.error_value(eff.mean[s]).item(), "units": n.n_features,
+                                "error_ig": (eff.error_ig or {}).get(s)} for s, n in nodes.items()}  # steps, completeness residual
     return out
 
 # %% ../nbs/12b_stages.ipynb #84148a34
@@ -255,6 +257,32 @@ def _edge_count(circuit: Circuit) -> int:
     return sum(int((w != 0).sum()) for w in circuit.edges.values())
 
 
+def circuit_counts(circuit: Circuit) -> dict[str, int]:
+    """A circuit's size counted by one rule for SAE features and neurons alike: `nodes` and `all_nodes` both count
+    the error nodes (a neuron splice has one per site too, always 0), `error_nodes` and `units` (features or
+    neurons) split `nodes`. Sizes are compared in absolute nodes: a share of `all_nodes` is decided by the width."""
+    errors = sum(int((circuit.nodes[s] == circuit.n_nodes[s] - 1).sum()) for s in circuit.sites)
+    return {"nodes": circuit.size, "all_nodes": sum(circuit.n_nodes.values()), "error_nodes": errors,
+            "units": circuit.size - errors}
+
+
+def discovery_halves(images: ImageSet, seed: int) -> tuple[ImageSet, ImageSet]:
+    "The discovery images in two stratified halves: one to pick a circuit's size on, one to check it on (`margin`)."
+    pick = stratified_subset(images.labels, len(images) // 2, seed)
+    rest = torch.ones(len(images), dtype=torch.bool)
+    rest[pick] = False
+    return images.subset(pick), images.subset(torch.nonzero(rest).flatten())
+
+
+def _selection(circuit: Circuit, held, target: float | None) -> dict:
+    "Discovery (pick half), check-half and held-out faithfulness side by side, and whether the held-out one reaches the target."
+    sel = circuit.meta.get("selection", {})
+    f = held.faithfulness[0].item()
+    return {"discovery_faithfulness": sel.get("faithfulness"), "check_faithfulness": sel.get("check_faithfulness"),
+            "faithfulness": f, "completeness": held.completeness[0].item(), "faithfulness_undefined": held.undefined,
+            "held_out_reached": None if target is None or held.undefined else f >= target}
+
+
 def edge_images(ctx: StageContext, images: ImageSet) -> ImageSet:
     "The `circuit.n_edge_images` of the circuit's `images` (stratified) its edges are averaged over."
     n = ctx.cfg.circuit.n_edge_images
@@ -262,30 +290,31 @@ def edge_images(ctx: StageContext, images: ImageSet) -> ImageSet:
 
 
 def _neuron_circuit(ctx: StageContext, neurons: Splice, effects: NodeEffects, patches: dict, images: ImageSet,
-                    held_out: ImageSet, metric, names: dict[str, str], meta: dict, kw: dict) -> dict:
-    """The neuron circuit chosen as the SAE circuit is (a faithfulness target only), with its edges, saved as
-    `circuit_neurons.safetensors`; its size and held-out faithfulness."""
+                    halves: tuple[ImageSet, ImageSet], held_out: ImageSet, metric, names: dict[str, str], meta: dict,
+                    kw: dict) -> dict:
+    """The neuron circuit chosen as the SAE circuit is (a faithfulness target only: the same halves and margin),
+    with its edges, saved as `circuit_neurons.safetensors`; its size and discovery, check and held-out faithfulness."""
     c = ctx.cfg.circuit
     if c.select != "faithfulness":
         return {"selection": c.select}
     try:
-        circuit = find_circuit(neurons, images, metric, patches, target_faithfulness=c.target_faithfulness,
+        circuit = find_circuit(neurons, halves[0], metric, patches, **c.selection(), check_images=halves[1],
                                edge_threshold=c.edge_threshold, effects=effects, errors=c.errors,
                                edge_images=edge_images(ctx, images), curve_points=c.curve_points, meta=meta, **kw)
     except ValueError as e:  # the target is out of the neurons' reach: that is a finding, not a failure
         return {"selection": c.select, "reached": False, "reason": str(e)}
     circuit.save(ctx.dir / "circuit_neurons.safetensors")
     held = faithfulness(neurons, held_out, metric, patches, [circuit], errors=c.errors, **kw)
-    return {"selection": c.select, "reached": True, "nodes": circuit.size,
-            "all_nodes": sum(circuit.n_nodes.values()) - len(circuit.sites),  # the neurons (their error nodes are 0)
+    return {"selection": c.select, "reached": True, **circuit_counts(circuit),
             "edges": _edge_count(circuit), "nodes_per_layer": _nodes_per_layer(circuit.nodes, names),
-            "discovery_faithfulness": circuit.meta["selection"]["faithfulness"],
-            "faithfulness": held.faithfulness[0].item(), "completeness": held.completeness[0].item()}
+            **_selection(circuit, held, c.target_faithfulness)}
 
 
-@register_stage("circuit", sections=("circuit",), upstream=("model", "saes", "attribution"), version=2)  # 2: neuron circuit saved
+@register_stage("circuit", sections=("circuit",), upstream=("model", "saes", "attribution"), version=3)  # 3: held-out selection, one node count
 def circuit_stage(ctx: StageContext) -> dict:
-    "Select the circuit, compute its edges, its faithfulness and completeness on held-out images, curves and densities."
+    """Select the circuit (a faithfulness target: its size picked on one half of the discovery images and checked on
+    the other, both with `circuit.margin`), compute its edges, its faithfulness and completeness on held-out
+    images, curves and densities; the same for a neuron circuit."""
     c, ex, data = ctx.cfg.circuit, ctx.cfg.execution, ctx.data()
     outputs = RunOutputs(ctx)
     splice, sha = outputs.splice(ex.device)
@@ -294,7 +323,9 @@ def circuit_stage(ctx: StageContext) -> dict:
     patches, effects = outputs.patches("sae"), outputs.effects("sae")
     kw = dict(batch_size=ex.grad_batch_size, max_rows=ex.max_rows, progress=ctx.progress)
     meta = {"model_sha256": sha, "target_class": c.target_class}
-    circuit = find_circuit(splice, images, metric, patches, **c.selection(), edge_threshold=c.edge_threshold,
+    halves = discovery_halves(images, ctx.cfg.data.seed)
+    pick = dict(images=halves[0], check_images=halves[1]) if c.select == "faithfulness" else dict(images=images)
+    circuit = find_circuit(splice, metric=metric, patches=patches, **pick, **c.selection(), edge_threshold=c.edge_threshold,
                            effects=effects, edge_images=edge_images(ctx, images), errors=c.errors,
                            curve_points=c.curve_points, meta=meta, **kw)
     circuit.save(ctx.dir / "circuit.safetensors")
@@ -309,17 +340,15 @@ def circuit_stage(ctx: StageContext) -> dict:
                  {"sites": splice.order})
     write_json(ctx.dir / "curves.json", json_safe(curves))
     names = {folder: layer for layer, folder in outputs.layers.items()}
-    selection = circuit.meta.get("selection", {})
-    return {"selection": c.select, "target_faithfulness": c.target_faithfulness if c.select == "faithfulness" else None,
-            "nodes": circuit.size, "all_nodes": sum(circuit.n_nodes.values()),
-            "edges": _edge_count(circuit),
-            "nodes_per_layer": _nodes_per_layer(circuit.nodes, names),
-            "error_nodes": sum(int(SiteNodes(circuit.n_nodes[s]).is_error(circuit.nodes[s]).sum()) for s in circuit.sites),
-            "discovery_faithfulness": selection.get("faithfulness"),
-            "faithfulness": faith.faithfulness[0].item(), "completeness": faith.completeness[0].item(),
+    target = c.target_faithfulness if c.select == "faithfulness" else None
+    return {"selection": c.select, "target_faithfulness": target, "margin": c.margin if target else None,
+            **circuit_counts(circuit), "edges": _edge_count(circuit),
+            "nodes_per_layer": _nodes_per_layer(circuit.nodes, names), **_selection(circuit, faith, target),
             "random_faithfulness": None if faith.random is None else faith.random[0].mean().item(),
-            "m_full": faith.m_full, "m_empty": faith.m_empty, "n_images": len(images), "n_eval": len(held_out),
-            "neurons": _neuron_circuit(ctx, neurons, n_effects, n_patches, images, held_out, metric, names, meta, kw),
+            "m_full": faith.m_full, "m_empty": faith.m_empty, "n_images": len(images),
+            "n_pick": len(halves[0]) if target else None, "n_check": len(halves[1]) if target else None,
+            "n_eval": len(held_out),
+            "neurons": _neuron_circuit(ctx, neurons, n_effects, n_patches, images, halves, held_out, metric, names, meta, kw),
             "curves": {k: {key: v[key] for key in ("n_nodes", "faithfulness", "completeness")} for k, v in curves.items()}}
 
 # %% ../nbs/12b_stages.ipynb #75990c01
@@ -332,18 +361,19 @@ def _mis_stats(r: MISResult) -> dict:
 
 def _mis_alternatives(ctx: StageContext, model, images: ImageSet) -> dict:
     """With `evaluation.alternatives`: the other backbone (proxy, or gradients where proxy is configured) with its
-    embedding cache, and the other ranking of SAE features (output, or pre-activation)."""
+    embedding cache, and the other ranking of SAE features and neurons alike (output, or pre-activation)."""
     cfg, ex = ctx.cfg.mis, ctx.cfg.execution
     other = BackboneConfig(name="gradients" if cfg.backbone.name == "proxy" else "proxy")
     backbone = build_backbone(other, model, device=ex.device, batch_size=ex.grad_batch_size)
     return {"backbone": EmbeddingCache(backbone, images, progress=ctx.progress),
-            "ranking": "post" if cfg.sae_activation == "pre" else "pre"}
+            "ranking": "post" if cfg.activation == "pre" else "pre"}
 
 
-@register_stage("mis", sections=("mis", "evaluation"), upstream=("model", "saes"), version=2)  # 2: rankings stored
+@register_stage("mis", sections=("mis", "evaluation"), upstream=("model", "saes"), version=3)  # 3: one ranking for both kinds
 def mis_stage(ctx: StageContext) -> dict:
-    """MIS of every SAE feature and every neuron of each layer, ranked over `mis.pool` (and of the SAE at every
-    checkpoint): one ranking pass per layer for all its dictionaries, one embedding cache for all layers."""
+    """MIS of every SAE feature and every neuron of each layer, both ranked by `mis.activation` over `mis.pool` (and
+    of the SAE at every checkpoint): one ranking pass per layer for all its dictionaries, one embedding cache for all
+    layers. With `evaluation.alternatives`, also under the other backbone and with both kinds ranked the other way."""
     outputs, ex, cfg = RunOutputs(ctx), ctx.cfg.execution, ctx.cfg.mis
     model, sha = outputs.model()
     images = mis_images(ctx.data(), cfg)
@@ -357,9 +387,9 @@ def mis_stage(ctx: StageContext) -> dict:
         if ctx.cfg.evaluation.checkpoints:
             dictionaries |= {f"sae_step_{step:06d}": (outputs.sae(layer, step, model_sha256=sha)[0], step)
                              for step in outputs.sae_steps(layer)[:-1]}
-        rankings = {name: (dic, "post" if name == "neurons" else cfg.sae_activation) for name, (dic, _) in dictionaries.items()}
+        rankings = {name: (dic, cfg.activation) for name, (dic, _) in dictionaries.items()}  # the same statistic for both kinds
         if alternatives:
-            rankings["sae_other_ranking"] = (sae, alternatives["ranking"])
+            rankings |= {f"{kind}_other_ranking": (dictionaries[kind][0], alternatives["ranking"]) for kind in ("sae", "neurons")}
         tops = top_images_many(model, folder, rankings, images, k=cfg.n_candidates, seed=cfg.seed, batch_size=ex.batch_size,
                                device=ex.device, progress=ctx.progress)
         res = {}
@@ -371,16 +401,17 @@ def mis_stage(ctx: StageContext) -> dict:
             save_tensors(ctx.dir / f"{folder}_{kind}_top.safetensors", *tops[kind].to_tensors())
         out[layer] = {kind: _mis_stats(res[kind]) for kind in ("sae", "neurons")}
         if alternatives:
-            median = lambda top, emb: _mis_stats(mis_from_top(top, emb, cfg))["median"]
+            def scores(suffix, emb):  # median MIS and median accuracy of both kinds
+                st = {kind: _mis_stats(mis_from_top(tops[kind + suffix], emb, cfg)) for kind in ("sae", "neurons")}
+                return {**{k: s["median"] for k, s in st.items()}, **{f"{k}_accuracy": s["median_accuracy"] for k, s in st.items()}}
             out[layer]["alternatives"] = {
-                "backbone": {"name": alternatives["backbone"].backbone.name,
-                             **{kind: median(tops[kind], alternatives["backbone"]) for kind in ("sae", "neurons")}},
-                "ranking": {"activation": alternatives["ranking"], "sae": median(tops["sae_other_ranking"], embeddings)}}
+                "backbone": {"name": alternatives["backbone"].backbone.name, **scores("", alternatives["backbone"])},
+                "ranking": {"activation": alternatives["ranking"], **scores("_other_ranking", embeddings)}}
         out[layer]["checkpoints"] = sorted(({"step": step, "median": _mis_stats(res[name])["median"]}
                                             for name, (_, step) in dictionaries.items() if name != "neurons"),
                                            key=lambda e: e["step"])
     return {"layers": out, "backbone": backbone.label, "comparable_to_published": backbone.comparable,
-            "temperature": cfg.temperature, "pool": cfg.pool, "n_images": len(images)}
+            "temperature": cfg.temperature, "pool": cfg.pool, "n_images": len(images), "activation": cfg.activation}
 
 # %% ../nbs/12b_stages.ipynb #c60b8a84
 def default_runs_root() -> Path:

@@ -59,7 +59,7 @@ def test_sparse_units_are_never_scored_on_padded_ties(tmp_path):
     needs per side is `sparse` (NaN, counted apart), never scored on lists padded with zeros."""
     data = load_data(DataConfig(limit_train=400))
     model = build_model(ModelConfig(), data.image_shape, data.num_classes)
-    cfg = MISConfig(n_tasks=6, n_refs=5)
+    cfg = MISConfig(n_tasks=6, n_refs=5, activation="post")
     res, top = run_mis(model, "relu3", IdentityDictionary(128), data.train, cfg, device="cpu", progress=False)
     n = cfg.n_candidates
     assert {"scored", "sparse"} <= set(res.status)  # the untrained CNN's relu3 has both (and dead ones)
