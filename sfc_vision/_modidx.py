@@ -754,6 +754,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                   'sfc_vision/sweeps.py'),
                                    'sfc_vision.sweeps.SweepConfig': ('sweeps.html#sweepconfig', 'sfc_vision/sweeps.py'),
                                    'sfc_vision.sweeps.SweepConfig.validate': ('sweeps.html#sweepconfig.validate', 'sfc_vision/sweeps.py'),
+                                   'sfc_vision.sweeps._check_slurm': ('sweeps.html#_check_slurm', 'sfc_vision/sweeps.py'),
                                    'sfc_vision.sweeps._die_with_parent': ('sweeps.html#_die_with_parent', 'sfc_vision/sweeps.py'),
                                    'sfc_vision.sweeps._dotted_mapping': ('sweeps.html#_dotted_mapping', 'sfc_vision/sweeps.py'),
                                    'sfc_vision.sweeps._run_local': ('sweeps.html#_run_local', 'sfc_vision/sweeps.py'),

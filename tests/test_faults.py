@@ -395,3 +395,31 @@ def test_the_console_script_exits_2_with_one_line(tmp_path, cli):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"sfc-vision run: error: {tmp_path / 'cfg.yaml'}: not a text file (byte 0 is b'\\x00'); "
                                              f"expected a YAML configuration (UTF-8 text)"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# injection: what reaches a SLURM batch script is checked against what it may be, before any script is written
+
+
+@pytest.mark.parametrize("setting,value", [("partition", "gpu\ntouch /tmp/pwned"), ("account", "lab;id"), ("partition", "$(id)"),
+                                           ("account", "a`id`")], ids=["newline", "semicolon", "dollar", "backtick"])
+def test_a_slurm_setting_that_would_run_a_command_is_refused_before_any_script_is_written(tmp_path, setting, value):
+    base = write_yaml(tmp_path / "base.yaml", tiny_config(run={"stages": ["model"]}))
+    sweep = write_yaml(tmp_path / "s.yaml", {"base": base.name, "grid": {"sae.l1_coeff": [0.1]},
+                                             "executor": {"kind": "slurm", setting: value}})
+    code, _, err = main_("sweep", sweep, "--runs", tmp_path / "runs")
+    assert code == 2, err
+    assert f"executor.{setting}: {value!r} is not a SLURM {setting} name; valid: letters, digits and ._-" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # no sweep folder, no batch script
+
+
+def test_a_slurm_sweep_without_slurm_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no sbatch here, whatever this machine has
+    base = write_yaml(tmp_path / "base.yaml", tiny_config(run={"stages": ["model"]}))
+    sweep = write_yaml(tmp_path / "s.yaml", {"base": base.name, "grid": {"sae.l1_coeff": [0.1]}})
+    code, _, err = main_("sweep", sweep, "--runs", tmp_path / "runs", "--executor", "slurm")
+    assert code == 2 and "executor.kind: slurm needs SLURM's sbatch, and none is on PATH here" in err, err
+    assert not (tmp_path / "runs").exists()
+    code, _, err = main_("sweep", sweep, "--runs", tmp_path / "a$(id)" / "runs", "--executor", "slurm")
+    assert code == 2 and "a SLURM batch script would run this path" in err, err
