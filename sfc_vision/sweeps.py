@@ -24,7 +24,7 @@ import yaml
 from .artifacts import read_json, write_json, write_text
 from .config import Config, ConfigError, apply_overrides, check_choice, check_range, digest, read_yaml, setting
 from .cache import MARKER, RUN_NAME_RE, STAGES, run_folder, run_name, safe_label, utc_now, writable_folder
-from .runs import check_requirements, run_config_file, run_status
+from .runs import check_requirements, check_run_folder, run_config_file, run_status
 from .claims import SEED_KEYS
 from .study_config import StudyConfig
 
@@ -189,6 +189,8 @@ def run_sweep(path: str | os.PathLike, runs_root: str | os.PathLike = "runs", fo
         check_choice("force", f, ["all", *STAGES])
     runs_root = writable_folder(runs_root)
     sweep_dir = runs_root / "_sweeps" / sweep.name
+    for _, cfg in points:
+        check_run_folder(runs_root, cfg)
     if ex.kind == "slurm":
         _check_slurm(sweep_dir)
     write_text(sweep_dir / "sweep.yaml", yaml.safe_dump({**sweep.to_dict(), "executor": ex.to_dict()}, sort_keys=False))

@@ -300,10 +300,17 @@ CONFIG_FILES = [  # (config file content, what the message says)
     (b"model: !!python/object/apply:os.system [echo]\n", "cfg.yaml, line 1, column 8: tag 'tag:yaml.org,2002:python/object/apply:os.system' is not allowed"),
     (b"sae:\n  lr: 0.1\n  lr: 0.2\n", "cfg.yaml, line 3, column 3: duplicate key 'lr' (first on line 2)"),
     (b"- 1\n- 2\n", "cfg.yaml: expected a mapping of sections"),
+    (b"", "cfg.yaml: the configuration file is empty; give its settings, or leave out the file to run the embedded default"),
+    (b"# settings to come\n", "cfg.yaml: the configuration file is empty"),
+    (b"a: &a [x, x, x, x, x, x, x, x, x, x]\n" + b"".join(b"%c: &%c [%s]\n" % (98 + i, 98 + i, b", ".join([b"*%c" % (97 + i)] * 10))
+                                                        for i in range(9)),
+     "cfg.yaml: refused: its aliases expand it to more than 100000 values"),
+    (b"a: 1\n" + b"#" * (2 << 20), "cfg.yaml: larger than a configuration's limit of 1048576 bytes; refused"),
 ]
 
 
-@pytest.mark.parametrize("content,message", CONFIG_FILES, ids=["syntax", "tab", "binary", "python-tag", "duplicate", "list"])
+@pytest.mark.parametrize("content,message", CONFIG_FILES, ids=["syntax", "tab", "binary", "python-tag", "duplicate", "list", "empty",
+                                                                 "comment-only", "billion-laughs", "too-large"])
 def test_a_malformed_config_file_is_refused_naming_file_and_line(tmp_path, content, message):
     (tmp_path / "cfg.yaml").write_bytes(content)
     code, _, err = main_("run", tmp_path / "cfg.yaml", "--runs", tmp_path / "runs")
@@ -322,6 +329,15 @@ SETTINGS = [  # (--set assignments, what the message says)
     (["execution.device=cuda:7"], "execution.device: cuda:7"),
     (["mis.n_refs=100"], "mis.n_tasks·n_refs: MIS with N=4 tasks and K=100 references needs"),
     (["data.limit_train=5"], "data.limit_train: 5 keeps 0 images, of 0 of the 10 classes"),
+    (["capture.layers=!!set {pool2: null}"], "tag 'tag:yaml.org,2002:set' is not allowed: only plain YAML is read"),
+    (["execution.threads=100000000"], "execution.threads: 100000000 is out of range; valid: [1, 1024]"),
+    (["circuit.target_faithfulness=1.5"], "circuit.target_faithfulness: 1.5 is out of range; valid: (0, 1]"),
+    (["mis.pool_size=100000"], "mis.pool_size: 100000 images asked for, the train split has 1000; valid: 32 … 1000, or None (all of them)"),
+    (["sae.d_in=7"], "sae.d_in: 7, but layer pool2 has 16 channels"),
+    (["capture.layers=[pool2, relu3, pool2]"], "capture.layers[2]: 'pool2' names layer pool2 again (capture.layers[0])"),
+    (["data.classes=['3', '5', '3']"], "data.classes[2]: class '3' is listed twice; give each class once"),
+    (["data.classes=['3']"], "data.classes: ['3'] keeps 1 class; a classifier needs at least 2"),
+    (["data.classes=['3', '5']", "model.num_classes=4"], "model.num_classes: 4 outputs, but the kept classes have labels up to 5"),
 ]
 
 
@@ -344,11 +360,13 @@ SWEEPS = [  # (sweep file, what the message says)
     ("name: a\nname: b\ngrid: {sae.l1_coeff: [0.1]}", "s.yaml, line 2, column 1: duplicate key 'name'"),
     ("base: bad_base.yaml\ngrid: {sae.l1_coeff: [0.1]}", "bad_base.yaml, line 1, column 15: expected ',' or ']'"),
     ("name: nul.txt\ngrid: {sae.l1_coeff: [0.1]}", "name: 'nul.txt' is not a plain label; use letters, digits and ._=+- (e.g. 'nul_.txt')"),
+    ("seeds: [0, 1]\ngrid: {sae.seed: [0, 1], sae.l1_coeff: [0.1, 0.3]}", "grid.sae.seed: set by seeds: (every replicate sets"),
 ]
 
 
 @pytest.mark.parametrize("text,message", SWEEPS, ids=["equal-values", "empty-grid", "empty-points", "empty-file",
-                                                      "syntax", "duplicate", "bad-base", "reserved-name"])
+                                                      "syntax", "duplicate", "bad-base", "reserved-name",
+                                                      "seed-beside-seeds"])
 def test_a_malformed_sweep_is_refused(tmp_path, text, message):
     (tmp_path / "bad_base.yaml").write_text("model: {fc: [1}\n")
     (tmp_path / "s.yaml").write_text(text)
@@ -423,3 +441,109 @@ def test_a_slurm_sweep_without_slurm_is_refused_before_anything_is_written(tmp_p
     assert not (tmp_path / "runs").exists()
     code, _, err = main_("sweep", sweep, "--runs", tmp_path / "a$(id)" / "runs", "--executor", "slurm")
     assert code == 2 and "a SLURM batch script would run this path" in err, err
+
+
+# ---------------------------------------------------------------------------------------------------
+# the environment: paths, a full disk, broken weights; exit status 2 and one line, before any stage computes
+
+
+def test_a_runs_path_that_cannot_be_a_folder_is_refused(tmp_path):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    long = tmp_path / ("x" * 300)
+    cases = [(tmp_path / "loop" / "runs", "cannot be followed"), (long, "a component of 300 bytes (xxxxxxxxxxxxxxxxxxxx…); a file "
+                                                                       "or folder name may have at most 255")]
+    for runs, message in cases:
+        for command in (("run", "--set", "run.stages=[model]"), ("status",)):
+            code, _, err = main_(command[0], "--runs", runs, *command[1:])
+            assert code == 2 and f"--runs {str(runs)[:60]}" in err and message in err, err
+            assert len(err.strip().splitlines()) == 1
+
+
+def test_a_run_folder_name_taken_by_a_file_is_refused(tmp_path):
+    cfg_file = write_yaml(tmp_path / "cfg.yaml", RUN_CONFIG)
+    runs = tmp_path / "runs"
+    folder = run_folder(runs, run_name(StudyConfig.from_dict(RUN_CONFIG)))
+    runs.mkdir()
+    folder.write_text("not a folder")
+    code, _, err = main_("run", cfg_file, "--runs", runs)
+    assert code == 2 and f"run folder {folder}: a file has this name; move or delete it" in err, err
+    assert folder.read_text() == "not a folder"
+
+
+def test_a_date_is_text_and_a_tag_is_refused():
+    assert StudyConfig.from_dict(tiny_config()).run.name == "tiny"
+    from sfc_vision.study_config import load_config
+    assert load_config(None, ["run.name=2024-01-01"]).run.name == "2024-01-01"  # YAML 1.2: no timestamps
+
+
+def test_a_billion_laughs_is_refused_quickly_without_growing_memory(tmp_path):
+    import tracemalloc
+    text = "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10))
+    (tmp_path / "laughs.yaml").write_text(text)
+    tracemalloc.start()
+    start = time.time()
+    code, _, err = main_("run", tmp_path / "laughs.yaml", "--runs", tmp_path / "runs")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert code == 2 and "laughs.yaml: refused: its aliases expand it to more than 100000 values" in err, err
+    assert time.time() - start < 5 and peak < 50 * 2**20, (time.time() - start, peak)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    "A 512 KiB filesystem (tmpfs; needs the right to mount), filled to the last byte."
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small filesystem here (needs root)")
+    try:
+        (mnt / "runs").mkdir()
+        with open(mnt / "filler", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_naming_the_path_and_leaves_nothing_half_written(small_disk, tmp_path):
+    cfg_file = write_yaml(tmp_path / "cfg.yaml", RUN_CONFIG)
+    runs = small_disk / "runs"
+    code, _, err = main_("run", cfg_file, "--runs", runs)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device; free space there, or give another --runs" in lines[0], err
+    assert str(runs) in lines[0]
+    assert not [p for p in runs.rglob("*") if p.name.startswith((".tmp-", ".old-")) or (p.is_file() and p.stat().st_size == 0)]
+
+
+def _weights_file(path: Path, change) -> Path:
+    from safetensors.torch import save_file
+    from sfc_vision.models import build_model
+    from sfc_vision.runs import data_facts
+    cfg = StudyConfig.from_dict(RUN_CONFIG)
+    facts = data_facts(cfg.data)
+    state = build_model(cfg.model, facts.image_shape, len(facts.class_names)).state_dict()
+    save_file({k: change(k, v) for k, v in state.items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["nan", "inf", "constant"])
+def test_model_weights_holding_nan_inf_or_one_value_are_refused_and_nothing_is_committed(tmp_path, kind):
+    value = {"nan": float("nan"), "inf": float("inf"), "constant": 0.0}[kind]
+    weights = _weights_file(tmp_path / f"{kind}.safetensors", lambda k, v: torch.full_like(v, value) if k == "net.fc1.weight" else v)
+    cfg_file = write_yaml(tmp_path / "cfg.yaml", {**RUN_CONFIG, "model": {**RUN_CONFIG["model"], "weights": str(weights)}})
+    code, _, err = main_("run", cfg_file, "--runs", tmp_path / "runs")
+    assert code == 2 and f"model.weights: {weights}: net.fc1.weight " in err and "a classifier needs finite, varied weights" in err, err
+    assert not (tmp_path / "runs").exists()
+    # the stage checks too (a file changed after the check, or a library user calling the stage directly): nothing committed
+    from sfc_vision.config import ConfigError
+    cfg = StudyConfig.from_dict({**RUN_CONFIG, "model": {**RUN_CONFIG["model"], "weights": str(weights)}})
+    with pytest.raises(ConfigError, match="net.fc1.weight"):
+        Study(cfg, tmp_path / "lib", progress=False).ensure("model")
+    assert not list((tmp_path / "lib" / "_cache").rglob(MARKER))
