@@ -145,6 +145,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'sfc_vision.cache.Study': ('cache.html#study', 'sfc_vision/cache.py'),
                                   'sfc_vision.cache.Study.__init__': ('cache.html#study.__init__', 'sfc_vision/cache.py'),
                                   'sfc_vision.cache.Study._compute': ('cache.html#study._compute', 'sfc_vision/cache.py'),
+                                  'sfc_vision.cache.Study._misplaced': ('cache.html#study._misplaced', 'sfc_vision/cache.py'),
                                   'sfc_vision.cache.Study._note': ('cache.html#study._note', 'sfc_vision/cache.py'),
                                   'sfc_vision.cache.Study.attempt': ('cache.html#study.attempt', 'sfc_vision/cache.py'),
                                   'sfc_vision.cache.Study.cached': ('cache.html#study.cached', 'sfc_vision/cache.py'),

@@ -5,6 +5,7 @@
 # %% ../nbs/12a_cache.ipynb #4fd35900
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -256,6 +257,20 @@ def verify_entry(folder: str | os.PathLike, record: dict, hashes: bool = True) -
 
 
 @patch
+def _misplaced(self: Study, name: str, record: dict, upstream: dict) -> str | None:
+    "Why an intact record is not the entry its folder's key names (moved or copied from another key), or None."
+    got = {"stage": record.get("stage"), "key": record.get("key"), "version": record.get("version"),
+           "settings": record.get("settings"), "upstream": {u: v.get("key") for u, v in record.get("upstream", {}).items()}}
+    want = {"stage": name, "key": self.key(name), "version": STAGES[name].version, "settings": stage_settings(self.cfg, name),
+            "upstream": {u: r["key"] for u, r in upstream.items()}}
+    for k in got:
+        if digest(got[k]) != digest(want[k]):
+            return (f"misplaced: {MARKER} records {k} {json.dumps(got[k], sort_keys=True)[:120]}, this entry's key needs "
+                    f"{json.dumps(want[k], sort_keys=True)[:120]} (the entry was moved or copied here)")
+    return None
+
+
+@patch
 def cached(self: Study, name: str, upstream: dict | None = None) -> tuple[dict | None, str]:
     "`(record, 'cached')` if stage `name`'s cache entry can be reused, else `(None, why not)`."
     folder = self.stage_dir(name)
@@ -268,6 +283,8 @@ def cached(self: Study, name: str, upstream: dict | None = None) -> tuple[dict |
     if name in self.force and record.get("finished_at", 0) < self.force_since:
         return None, "forced"
     upstream = {u: self.ensure(u) for u in STAGES[name].upstream} if upstream is None else upstream
+    if record.get("digest") == record_digest(record) and (wrong := self._misplaced(name, record, upstream)):
+        return None, wrong
     for u, r in upstream.items():
         if record.get("upstream", {}).get(u, {}).get("generation") != r["generation"]:
             return None, f"stale: {u} was recomputed"
@@ -294,7 +311,7 @@ def ensure(self: Study, name: str) -> dict:
         with FileLock(str(folder.with_name(folder.name + ".lock"))):
             record, reason = self.cached(name, upstream)  # another process may have computed it meanwhile
             if record is None:
-                if reason.startswith(("corrupt", "unverifiable")):
+                if reason.startswith(("corrupt", "unverifiable", "misplaced")):
                     print(f"{name}: recomputing {folder}: {reason}", file=sys.stderr, flush=True)
                 record = self._compute(STAGES[name], upstream, reason)
     self.records[name], self.reasons[name] = record, reason

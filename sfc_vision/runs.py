@@ -304,10 +304,10 @@ def _files(run_dir: Path) -> dict[Path, tuple]:
 
 
 def _notices(run_dir: Path, attempt: float, told: set, log) -> None:
-    "Log, once each, the stages this attempt recomputed because their cache entry was corrupt (or could not be checked)."
+    "Log, once each, the stages this attempt recomputed because their cache entry was corrupt, misplaced (or could not be checked)."
     for note_path in sorted((run_dir / "stages").glob("*.json")):
         note = read_json(note_path)
-        if note.get("attempt") == attempt and note["reason"].startswith(("corrupt", "unverifiable")) and note_path.stem not in told:
+        if note.get("attempt") == attempt and note["reason"].startswith(("corrupt", "unverifiable", "misplaced")) and note_path.stem not in told:
             told.add(note_path.stem)
             log(f"{run_dir.name}: recomputed {note_path.stem} ({note['reason']})")
 

@@ -547,3 +547,23 @@ def test_model_weights_holding_nan_inf_or_one_value_are_refused_and_nothing_is_c
     with pytest.raises(ConfigError, match="net.fc1.weight"):
         Study(cfg, tmp_path / "lib", progress=False).ensure("model")
     assert not list((tmp_path / "lib" / "_cache").rglob(MARKER))
+
+
+# ---------------------------------------------------------------------------------------------------
+# cache identity: an intact entry moved under another key is recomputed, not reused
+
+
+def test_an_entry_moved_under_another_key_is_recomputed_with_a_notice(cache, tmp_path, capfd):
+    root = copy_cache(cache, tmp_path)
+    cfg = StudyConfig.from_dict(tiny_config(run={"name": "faults"}, sae={"l1_coeff": 1.0}))
+    source, target = entry(root, "saes"), entry(root, "saes", cfg)
+    assert source != target and not target.exists()
+    os.replace(source, target)  # the λ of CFG's SAEs, under the key of λ 1.0
+    study = Study(cfg, root, progress=False)
+    record = study.ensure("saes")
+    reason = study.reasons["saes"]
+    assert reason.startswith(f'misplaced: stage.json records key "{source.name}", this entry\'s key needs "{target.name}"'), reason
+    assert f"saes: recomputing {target}: {reason}" in capfd.readouterr().err
+    assert record["key"] == target.name and record["settings"]["sae"]["l1_coeff"] == 1.0
+    assert read_json(target / MARKER)["settings"]["sae"]["l1_coeff"] == 1.0
+    assert study.reasons["activations"] == "cached"
