@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from fastcore.basics import patch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from .artifacts import (ArtifactError, json_safe, read_json, save_figure, sha256_file, show_figure, write_json,
                                   write_text)
@@ -305,6 +305,8 @@ def ensure(self: Study, name: str) -> dict:
     upstream = {u: self.ensure(u) for u in STAGES[name].upstream}
     start = time.time()
     record, reason = self.cached(name, upstream)
+    if record is not None:
+        self._clean_leftovers(name)
     if record is None:
         folder = self.stage_dir(name)
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -326,10 +328,32 @@ def fix_command(self: Study, name: str) -> str:
 
 
 @patch
+def _clean_leftovers(self: Study, name: str, locked: bool = False) -> None:
+    """Delete what a killed computation of stage `name` left beside its entry: its temporary folder (`.tmp-<key>-…`,
+    a forced recomputation killed before its swap) and the replaced entry (`.old-<key>-…`, killed during it).
+    Only while no process computes the stage: under its lock (`locked`), or when the lock is free right now."""
+    folder = self.stage_dir(name)
+    left = [*folder.parent.glob(f".tmp-{folder.name}-*"), *folder.parent.glob(f".old-{folder.name}-*")]
+    if not left:
+        return
+    lock = FileLock(str(folder.with_name(folder.name + ".lock")))
+    if not locked:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return  # another process is computing it: its temporary folder is in use
+    try:
+        for path in left:
+            shutil.rmtree(path, ignore_errors=True)
+    finally:
+        if not locked:
+            lock.release()
+
+
+@patch
 def _compute(self: Study, st: Stage, upstream: dict, reason: str) -> dict:
     folder = self.stage_dir(st.name)
-    for left in folder.parent.glob(f".tmp-{folder.name}-*"):  # a killed recomputation's (the lock is ours)
-        shutil.rmtree(left, ignore_errors=True)
+    self._clean_leftovers(st.name, locked=True)  # a killed recomputation's (the lock is ours)
     in_place = st.resumable and not (folder / MARKER).exists()  # resume a killed computation from its checkpoints
     work = folder if in_place else Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
     work.mkdir(parents=True, exist_ok=True)

@@ -29,9 +29,9 @@ from .stages import weights_problem
 from .study_config import StudyConfig, load_config
 
 # %% auto #0
-__all__ = ['STUDY_NOTEBOOKS', 'RUN_LOCK', 'RequirementError', 'DataFacts', 'data_facts', 'layer_widths', 'check_requirements',
-           'notebooks_dir', 'study_notebooks', 'notebook_kernel', 'error_text', 'run_status', 'check_run_folder',
-           'run_study', 'run_config_file']
+__all__ = ['STUDY_NOTEBOOKS', 'KERNEL_PREFIX', 'RUN_LOCK', 'RequirementError', 'DataFacts', 'data_facts', 'layer_widths',
+           'check_requirements', 'notebooks_dir', 'study_notebooks', 'clean_kernel_leftovers', 'notebook_kernel',
+           'error_text', 'run_status', 'check_run_folder', 'run_study', 'run_config_file']
 
 # %% ../nbs/12c_runs.ipynb #19ec93c4
 class RequirementError(RuntimeError):
@@ -234,6 +234,25 @@ def study_notebooks(cfg: StudyConfig) -> list[Path]:
             if all(s in STAGES for s in stages) and want & set(stages)]
 
 
+KERNEL_PREFIX = "sfc-kernel-"  # a run's private folder in the temporary folder: the kernel's connection file and sockets
+
+
+def clean_kernel_leftovers(tmp: str | os.PathLike | None = None) -> list[Path]:
+    "Delete the kernel folders (connection file, sockets) that killed runs of this user left in `tmp`; return them."
+    gone = []
+    for folder in Path(tmp or tempfile.gettempdir()).glob(f"{KERNEL_PREFIX}*"):
+        try:
+            if hasattr(os, "getuid") and folder.stat().st_uid != os.getuid():
+                continue
+            os.kill(int((folder / "owner.pid").read_text()), 0)  # raises if that process is gone
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+            gone.append(folder)
+        except (OSError, ValueError):  # no owner written (yet), unreadable, or a process of another user: leave it
+            continue
+    return gone
+
+
 @contextmanager
 def notebook_kernel(cwd: str | os.PathLike, threads: int = 1):
     """A started `python3` kernel for several notebooks, and `execute(nb, out, parameters)` running one into `out`.
@@ -245,8 +264,11 @@ def notebook_kernel(cwd: str | os.PathLike, threads: int = 1):
     network, and the kernel has no reason to warn about unencrypted TCP."""
     import papermill as pm
     from jupyter_client.manager import KernelManager
-    sockets = tempfile.mkdtemp(prefix="sfc-kernel-")
-    km = KernelManager(kernel_name="python3", **({"transport": "ipc", "ip": os.path.join(sockets, "k")} if os.name == "posix" else {}))
+    clean_kernel_leftovers()
+    sockets = tempfile.mkdtemp(prefix=KERNEL_PREFIX)
+    Path(sockets, "owner.pid").write_text(str(os.getpid()))  # a killed run's folder is told by its owner being gone
+    km = KernelManager(kernel_name="python3", connection_file=os.path.join(sockets, "kernel.json"),
+                       **({"transport": "ipc", "ip": os.path.join(sockets, "k")} if os.name == "posix" else {}))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     try:
         km.start_kernel(cwd=str(cwd), env=env)

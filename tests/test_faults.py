@@ -6,6 +6,8 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +20,7 @@ import sfc_vision.runs  # noqa: F401  (registers the stages)
 from sfc_vision.artifacts import ArtifactError, load_tensors
 from sfc_vision.cache import MARKER, STAGES, Study, comparable_metrics, run_folder, run_name, stage_key, verify_entry
 from sfc_vision.cli import main
-from sfc_vision.runs import run_status
+from sfc_vision.runs import KERNEL_PREFIX, run_status
 from sfc_vision.study_config import StudyConfig
 
 CFG = StudyConfig.from_dict(tiny_config(run={"name": "faults"}))
@@ -261,6 +263,10 @@ def test_a_killed_sweep_takes_its_workers_along_and_a_rerun_finishes_its_runs(tm
     while any(_alive(p) for p in below) and time.time() < deadline:
         time.sleep(0.1)
     assert not [p for p in below if _alive(p)], "worker processes outlived their sweep"
+    def kernel_folders():  # the killed workers' kernel folders (connection file, sockets)
+        return [f for f in Path(tempfile.gettempdir()).glob(f"{KERNEL_PREFIX}*")
+                if (f / "owner.pid").is_file() and (f / "owner.pid").read_text().strip() in {str(p) for p in below}]
+    assert kernel_folders()  # left by the kill…
     names = [p.stem for p in (runs / "_sweeps" / "kill" / "configs").glob("*.yaml")]
     assert len(names) == 2 and {run_status(runs / n) for n in names} <= {"interrupted", "missing"}
     assert not (runs / "_sweeps" / "kill" / "summary.json").exists()
@@ -268,6 +274,7 @@ def test_a_killed_sweep_takes_its_workers_along_and_a_rerun_finishes_its_runs(tm
     r = cli("sweep", sweep, "--runs", runs)
     assert r.returncode == 0, r.stderr
     assert "0 complete already, 2 to run" in r.stdout
+    assert not kernel_folders()  # …and gone with the next run
     summary = read_json(runs / "_sweeps" / "kill" / "summary.json")
     assert summary["counts"] == {"complete": 2}
     reasons = sorted(read_json(runs / n / "metrics.json")["stages"]["model"]["reason"] for n in names)
@@ -567,3 +574,25 @@ def test_an_entry_moved_under_another_key_is_recomputed_with_a_notice(cache, tmp
     assert record["key"] == target.name and record["settings"]["sae"]["l1_coeff"] == 1.0
     assert read_json(target / MARKER)["settings"]["sae"]["l1_coeff"] == 1.0
     assert study.reasons["activations"] == "cached"
+
+
+# ---------------------------------------------------------------------------------------------------
+# leftovers of killed computations
+
+
+def test_a_killed_forced_recompute_leaves_its_temporary_folder_only_until_the_stage_is_used_again(cache, tmp_path):
+    root = copy_cache(cache, tmp_path)
+    folder = entry(root, "saes")
+    code = ("import sys, sfc_vision.runs; from sfc_vision.cache import Study; from sfc_vision.study_config import StudyConfig; "
+            "from conftest import tiny_config; "
+            "Study(StudyConfig.from_dict(tiny_config(run={'name': 'faults'})), sys.argv[1], force=['saes'], progress=False).ensure('saes')")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(root)], cwd=Path(__file__).parent,
+                            env={"OMP_NUM_THREADS": "1", **os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)])})
+    _wait_for(lambda: any(p.is_file() for p in folder.parent.glob(f".tmp-{folder.name}-*/**/*")), proc, what="the forced SAE training")
+    proc.kill()
+    proc.wait()
+    assert list(folder.parent.glob(f".tmp-{folder.name}-*"))  # killed before its swap: the temporary folder stays…
+    study = Study(CFG, root, progress=False)
+    assert study.ensure("saes")["generation"] == cache.records["saes"]["generation"]  # …the good entry is used…
+    assert study.reasons["saes"] == "cached"
+    assert not list(folder.parent.glob(f".tmp-{folder.name}-*"))  # …and the leftover is gone
