@@ -43,14 +43,16 @@ def _num_classes(cfg: StudyConfig, data: ImageData) -> int:
 
 
 def weights_problem(state: dict[str, torch.Tensor]) -> str | None:
-    "Why the weights `state` cannot be a working classifier (a NaN or ±inf, a weight matrix of one repeated value), or None."
+    """Why the weights `state` cannot be a working classifier (a NaN or ±inf anywhere, a weight matrix of one repeated
+    value), or None. Only `…weight` tensors of two or more dimensions must vary: buffers such as the input
+    normalisation may be constant."""
     for name, t in state.items():
         if not t.is_floating_point() or not t.numel():
             continue
         if not torch.isfinite(t).all():
             bad = (~torch.isfinite(t)).sum().item()
             return f"{name} holds {bad} NaN or infinite value(s) of {t.numel()}"
-        if t.dim() >= 2 and t.numel() > 1 and bool((t == t.flatten()[0]).all()):  # a constant matrix: every unit computes the same
+        if name.endswith("weight") and t.dim() >= 2 and t.numel() > 1 and bool((t == t.flatten()[0]).all()):  # a constant matrix: every unit computes the same
             return f"{name} is constant (every one of its {t.numel()} values is {t.flatten()[0].item():g})"
     return None
 
