@@ -55,11 +55,13 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False):
         else:
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # a full disk says only "No space left": name what was written
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 
 

@@ -254,10 +254,12 @@ def ig_error_converged(splice: Splice, x: torch.Tensor, y: torch.Tensor, metric:
     for site in splice.order:
         exact = _error_ablated(splice, x, y, metric, patches, site, clean).double()
         done, out, k = torch.zeros(len(x), dtype=torch.bool, device=exact.device), None, steps
-        while True:
-            ie = _ig_site(splice, x, y, metric, patches[site], site, k, max_rows, True)[..., -1]
-            out = ie if out is None else torch.where(done[:, None], out, ie)   # an image keeps its first converged value
-            done |= (out.sum(1).double() - exact).abs() <= tolerance * exact.abs() + 1e-5
+        while True:   # only the images not yet converged are integrated again, with twice the steps
+            todo = torch.nonzero(~done).flatten()
+            ie = _ig_site(splice, x[todo], y[todo], metric, patches[site], site, k, max_rows, True)[..., -1]
+            out = ie.new_zeros(len(x), *ie.shape[1:]) if out is None else out
+            out[todo] = ie
+            done[todo] = (ie.sum(1).double() - exact[todo]).abs() <= tolerance * exact[todo].abs() + 1e-5
             if done.all() or k >= max_steps:
                 break
             k = min(2 * k, max_steps)

@@ -5,6 +5,7 @@
 # %% ../nbs/12a_cache.ipynb #4fd35900
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 from fastcore.basics import patch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from .artifacts import (ArtifactError, json_safe, read_json, save_figure, sha256_file, show_figure, write_json,
                                   write_text)
@@ -219,6 +220,20 @@ def verify_entry(folder: str | os.PathLike, record: dict, hashes: bool = True) -
 
 
 @patch
+def _misplaced(self: Study, name: str, record: dict, upstream: dict) -> str | None:
+    "Why an intact record is not the entry its folder's key names (moved or copied from another key), or None."
+    got = {"stage": record.get("stage"), "key": record.get("key"), "version": record.get("version"),
+           "settings": record.get("settings"), "upstream": {u: v.get("key") for u, v in record.get("upstream", {}).items()}}
+    want = {"stage": name, "key": self.key(name), "version": STAGES[name].version, "settings": stage_settings(self.cfg, name),
+            "upstream": {u: r["key"] for u, r in upstream.items()}}
+    for k in got:
+        if digest(got[k]) != digest(want[k]):
+            return (f"misplaced: {MARKER} records {k} {json.dumps(got[k], sort_keys=True)[:120]}, this entry's key needs "
+                    f"{json.dumps(want[k], sort_keys=True)[:120]} (the entry was moved or copied here)")
+    return None
+
+
+@patch
 def cached(self: Study, name: str, upstream: dict | None = None) -> tuple[dict | None, str]:
     "`(record, 'cached')` if stage `name`'s cache entry can be reused, else `(None, why not)`."
     folder = self.stage_dir(name)
@@ -231,6 +246,8 @@ def cached(self: Study, name: str, upstream: dict | None = None) -> tuple[dict |
     if name in self.force and record.get("finished_at", 0) < self.force_since:
         return None, "forced"
     upstream = {u: self.ensure(u) for u in STAGES[name].upstream} if upstream is None else upstream
+    if record.get("digest") == record_digest(record) and (wrong := self._misplaced(name, record, upstream)):
+        return None, wrong
     for u, r in upstream.items():
         if record.get("upstream", {}).get(u, {}).get("generation") != r["generation"]:
             return None, f"stale: {u} was recomputed"
@@ -251,13 +268,15 @@ def ensure(self: Study, name: str) -> dict:
     upstream = {u: self.ensure(u) for u in STAGES[name].upstream}
     start = time.time()
     record, reason = self.cached(name, upstream)
+    if record is not None:
+        self._clean_leftovers(name)
     if record is None:
         folder = self.stage_dir(name)
         folder.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(folder.with_name(folder.name + ".lock"))):
             record, reason = self.cached(name, upstream)  # another process may have computed it meanwhile
             if record is None:
-                if reason.startswith(("corrupt", "unverifiable")):
+                if reason.startswith(("corrupt", "unverifiable", "misplaced")):
                     print(f"{name}: recomputing {folder}: {reason}", file=sys.stderr, flush=True)
                 record = self._compute(STAGES[name], upstream, reason)
     self.records[name], self.reasons[name] = record, reason
@@ -272,10 +291,32 @@ def fix_command(self: Study, name: str) -> str:
 
 
 @patch
+def _clean_leftovers(self: Study, name: str, locked: bool = False) -> None:
+    """Delete what a killed computation of stage `name` left beside its entry: its temporary folder (`.tmp-<key>-…`,
+    a forced recomputation killed before its swap) and the replaced entry (`.old-<key>-…`, killed during it).
+    Only while no process computes the stage: under its lock (`locked`), or when the lock is free right now."""
+    folder = self.stage_dir(name)
+    left = [*folder.parent.glob(f".tmp-{folder.name}-*"), *folder.parent.glob(f".old-{folder.name}-*")]
+    if not left:
+        return
+    lock = FileLock(str(folder.with_name(folder.name + ".lock")))
+    if not locked:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return  # another process is computing it: its temporary folder is in use
+    try:
+        for path in left:
+            shutil.rmtree(path, ignore_errors=True)
+    finally:
+        if not locked:
+            lock.release()
+
+
+@patch
 def _compute(self: Study, st: Stage, upstream: dict, reason: str) -> dict:
     folder = self.stage_dir(st.name)
-    for left in folder.parent.glob(f".tmp-{folder.name}-*"):  # a killed recomputation's (the lock is ours)
-        shutil.rmtree(left, ignore_errors=True)
+    self._clean_leftovers(st.name, locked=True)  # a killed recomputation's (the lock is ours)
     in_place = st.resumable and not (folder / MARKER).exists()  # resume a killed computation from its checkpoints
     work = folder if in_place else Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
     work.mkdir(parents=True, exist_ok=True)

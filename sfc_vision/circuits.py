@@ -58,7 +58,7 @@ class CircuitConfig(Config):
     seed: int = setting(0, "random circuits")
 
     def validate(self):
-        check_range("target_faithfulness", self.target_faithfulness, lo=0, lo_open=True)
+        check_range("target_faithfulness", self.target_faithfulness, lo=0, hi=1, lo_open=True)  # F(model) = 1: no circuit exceeds it
         check_range("margin", self.margin, lo=0)
         check_range("node_threshold", self.node_threshold, lo=0)
         check_range("edge_threshold", self.edge_threshold, lo=0)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -21,11 +22,27 @@ from .study_config import commented_yaml, load_config
 from .sweeps import ExecutorConfig, format_status, load_sweep, run_sweep, study_status
 
 # %% auto #0
-__all__ = ['gate_table', 'build_parser', 'main']
+__all__ = ['NAME_MAX', 'ENVIRONMENT_ERRNOS', 'checked_path', 'gate_table', 'build_parser', 'main']
 
 # %% ../nbs/15_cli.ipynb #c4ba606e
+NAME_MAX = 255  # bytes in one path component on the filesystems this runs on
+
+
+def checked_path(path: str, what: str) -> str:
+    "`path` unchanged if each component fits the filesystem and it resolves (no symbolic link loop); else `ConfigError` naming `what`."
+    for part in Path(path).expanduser().parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise ConfigError(f"{what} {path[:80]}…: a component of {len(os.fsencode(part))} bytes ({part[:20]}…); "
+                              f"a file or folder name may have at most {NAME_MAX}")
+    try:
+        Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as e:  # Python < 3.13 raises RuntimeError for a loop
+        raise ConfigError(f"{what} {path}: cannot be followed ({e}): a symbolic link loop; give a real folder") from None
+    return path
+
+
 def _runs_root(args) -> str:
-    return args.runs or os.environ.get("SFC_VISION_RUNS") or "runs"
+    return checked_path(args.runs or os.environ.get("SFC_VISION_RUNS") or "runs", "--runs")
 
 
 def _cmd_run(args) -> int:
@@ -36,7 +53,7 @@ def _cmd_run(args) -> int:
     print(f"{run['status']}: {os.path.join(_runs_root(args), run['name'])} ({run['wall_s']:.1f} s)")
     if run["status"] != "complete":
         print(f"  {run['failed_notebook']}: {run['error'].splitlines()[0] if run['error'] else ''}", file=sys.stderr)
-        return 1
+        return 2 if run["error"] and f"[Errno {errno.ENOSPC}]" in run["error"] else 1  # a full disk: an environment fault
     if "model" in metrics:
         print(f"  test accuracy {metrics['model']['accuracy']:.4f}")
     if "sae_eval" in metrics:
@@ -72,12 +89,15 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_figures(args) -> int:
+    checked_path(args.out, "--out")
     results = make_figures(_runs_root(args), args.out, log=lambda msg: print(msg, flush=True))
     print(f"figures in {args.out} (index: {os.path.join(args.out, 'README.md')})")
     return 0 if all(r == "ok" for r in results.values()) else 1
 
 
 def _cmd_report(args) -> int:
+    checked_path(args.out, "--out")
+    checked_path(args.figures, "--figures")
     index = build_report(_runs_root(args), args.out, figures_dir=args.figures, log=lambda msg: print(msg, flush=True))
     print(f"report: {index} (open it in a browser; it needs no server)")
     return 0
@@ -159,6 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+ENVIRONMENT_ERRNOS = {  # errno -> what to do; any of these ends the command with exit status 2, one line
+    errno.ENOSPC: "free space there, or give another --runs (a computation in progress left nothing half-written)",
+    errno.EDQUOT: "your disk quota is used up: free space, or give another --runs",
+    errno.ENAMETOOLONG: f"a file or folder name may have at most {NAME_MAX} bytes",
+    errno.ELOOP: "a symbolic link loop: give a real folder",
+    errno.EROFS: "a read-only filesystem: give another --runs",
+    errno.EACCES: "no permission: give a folder you can write to",
+    errno.ENOTDIR: "a file stands where a folder is needed: move it",
+    errno.EEXIST: "a file stands where a folder is needed: move it",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `sfc-vision` console script; returns the exit status."
     args = build_parser().parse_args(argv)
@@ -168,4 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ConfigError, RequirementError, ArtifactError, FileNotFoundError) as e:
         print(f"sfc-vision {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the environment, not the code: a full disk, a name too long, a loop, a read-only place
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        print(f"sfc-vision {args.command}: error: {e.filename or ''}: {e.strerror}; {ENVIRONMENT_ERRNOS[e.errno]}", file=sys.stderr)
         return 2

@@ -18,8 +18,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 # %% auto #0
-__all__ = ['ConfigError', 'check_choice', 'check_range', 'setting', 'digest', 'parse_yaml', 'read_yaml', 'Config',
-           'apply_overrides']
+__all__ = ['YAML_MAX_BYTES', 'YAML_MAX_ALIASES', 'YAML_MAX_VALUES', 'ConfigError', 'check_choice', 'check_range', 'setting',
+           'digest', 'parse_yaml', 'read_yaml', 'Config', 'apply_overrides']
 
 # %% ../nbs/00_config.ipynb #cf8bd94c
 class ConfigError(ValueError):
@@ -125,8 +125,46 @@ def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 # %% ../nbs/00_config.ipynb #3b78d1fa
+YAML_MAX_BYTES = 1 << 20        # a configuration or sweep file is a few KiB
+YAML_MAX_ALIASES = 1000         # `*name` references in one document
+YAML_MAX_VALUES = 100_000       # values after every alias is expanded (a "billion laughs" file expands to 10⁹)
+
+
+class _LimitError(yaml.YAMLError):
+    "A YAML text over one of the limits above (read before anything is built from it)."
+
+
 class _Loader(yaml.SafeLoader):
-    "PyYAML's safe loader, refusing duplicate keys and reading `1e-3` as a number (YAML 1.2)."
+    """PyYAML's safe loader, refusing duplicate keys and reading `1e-3` as a number and `2024-01-01` as text (YAML 1.2);
+    only plain values are built (no `!!set`, `!!binary`, `!!timestamp`, …), and aliases are counted and bounded."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases = getattr(self, "_aliases", 0) + 1
+            if self._aliases > YAML_MAX_ALIASES:
+                raise _LimitError(f"more than {YAML_MAX_ALIASES} aliases (*name); a configuration needs a few")
+        return super().compose_node(parent, index)
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        sizes = {}
+        def expanded(n) -> int:  # values `n` stands for once its aliases are expanded (shared nodes counted once each)
+            if id(n) in sizes:
+                if sizes[id(n)] is None:
+                    raise _LimitError("an alias refers to a node that contains it (a recursive structure)")
+                return sizes[id(n)]
+            sizes[id(n)] = None
+            children = [c for kv in n.value for c in kv] if isinstance(n, yaml.MappingNode) else n.value if isinstance(n, yaml.SequenceNode) else []
+            sizes[id(n)] = total = 1 + sum(expanded(c) for c in children)
+            if total > YAML_MAX_VALUES:
+                raise _LimitError(f"its aliases expand it to more than {YAML_MAX_VALUES} values (a configuration has a few hundred)")
+            return total
+        if node is not None:
+            expanded(node)
+        return node
+
+    def construct_not_plain(self, node):
+        raise yaml.constructor.ConstructorError(None, None, f"could not determine a constructor for the tag {node.tag!r}", node.start_mark)
 
     def construct_mapping(self, node, deep=False):
         seen = {}
@@ -142,14 +180,24 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+for _tag in ("set", "binary", "timestamp", "omap", "pairs"):  # not plain values: refused like any other tag
+    _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _Loader.construct_not_plain)
+_Loader.yaml_implicit_resolvers = {c: [r for r in rs if r[0] != "tag:yaml.org,2002:timestamp"]  # dates stay text
+                                   for c, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
                               list("-+0123456789."))
 
 
 def parse_yaml(text: str, where: str):
     "The plain data in YAML `text`; any error raises `ConfigError` naming `where`, the line and column, and the problem."
+    if len(text) > YAML_MAX_BYTES:
+        raise ConfigError(f"{where}: {len(text)} characters, more than a configuration's limit of {YAML_MAX_BYTES}; refused")
     try:
         return yaml.load(text, Loader=_Loader)
+    except _LimitError as e:
+        raise ConfigError(f"{where}: refused: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: refused: nested too deeply to be a configuration") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         problem = e.problem or e.context or "not valid YAML"
@@ -173,9 +221,12 @@ def read_yaml(path: str | os.PathLike):
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder, not a YAML file")
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:  # at most one byte over the limit: a huge file or a device is never read whole
+            data = f.read(YAML_MAX_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"{path}: cannot be read: {e.strerror}") from None
+    if len(data) > YAML_MAX_BYTES:
+        raise ConfigError(f"{path}: larger than a configuration's limit of {YAML_MAX_BYTES} bytes; refused")
     try:
         text = data.decode("utf-8")
         bad = text.find("\0")

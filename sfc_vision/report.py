@@ -19,7 +19,7 @@ import jinja2
 import nbformat
 
 from .artifacts import ArtifactError, read_json, write_text
-from .attribution import NodeEffects, SiteNodes
+from .attribution import SiteNodes
 from .cache import Study
 from .circuits import Circuit
 from .plots_circuits import circuit_layout, draw_layout
@@ -27,7 +27,7 @@ from .config import ConfigError, check_choice
 from .mis import MISResult, mis_images
 from .plots_interpret import plot_feature_page
 from .sae import IdentityDictionary
-from .runfolder import FIGURE_SUFFIXES, RunDamaged, RunFolder, contained_path, feature_figure_name, list_runs
+from .runfolder import FIGURE_SUFFIXES, RunDamaged, RunFolder, contained_path, list_runs
 from .stages import RunOutputs
 from .study_config import safe_label
 

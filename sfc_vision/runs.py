@@ -19,18 +19,20 @@ import torch
 from filelock import FileLock, Timeout
 
 from .activations import read_layers
-from .artifacts import write_json
+from .artifacts import ArtifactError, write_json
 from .cache import STAGES, Study, stage_closure, utc_now, writable_folder, write_metrics
 from .config import ConfigError
 from .data import DATASETS, DataConfig, DataNotFoundError, class_index, load_data
-from .models import build_model, pretrained_path
-from .runfolder import RunFolder
+from .models import build_model, pretrained_path, read_state_dict
+from .runfolder import RunFolder, run_folder, run_name
 from . import stages  # importing it registers the study's stages
+from .stages import weights_problem
 from .study_config import StudyConfig, load_config
 
 # %% auto #0
-__all__ = ['STUDY_NOTEBOOKS', 'RequirementError', 'DataFacts', 'data_facts', 'layer_widths', 'check_requirements',
-           'notebooks_dir', 'study_notebooks', 'notebook_kernel', 'error_text', 'run_study', 'run_config_file']
+__all__ = ['STUDY_NOTEBOOKS', 'KERNEL_PREFIX', 'RequirementError', 'DataFacts', 'data_facts', 'layer_widths',
+           'check_requirements', 'notebooks_dir', 'study_notebooks', 'clean_kernel_leftovers', 'notebook_kernel',
+           'error_text', 'check_run_folder', 'run_study', 'run_config_file']
 
 # %% ../nbs/12c_runs.ipynb #19ec93c4
 class RequirementError(RuntimeError):
@@ -76,11 +78,34 @@ def layer_widths(cfg: StudyConfig, image_shape: tuple[int, int, int], num_classe
     return {layer: acts[layer].shape[1] for layer in cfg.capture.layers}
 
 # %% ../nbs/12c_runs.ipynb #a95bbeb7
+_WEIGHTS_CHECKED: dict[tuple, str | None] = {}  # (path, size, mtime) -> its problem: a sweep reads each file once
+
+
+def _weights_file_problem(path: Path) -> str | None:
+    "Why the weights file `path` cannot be a working classifier (unreadable, NaN/inf, constant), or None."
+    st = path.stat()
+    ident = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if ident not in _WEIGHTS_CHECKED:
+        try:
+            _WEIGHTS_CHECKED[ident] = weights_problem(read_state_dict(path))
+        except (ArtifactError, OSError, ValueError) as e:
+            _WEIGHTS_CHECKED[ident] = f"cannot be read ({e})"
+    return _WEIGHTS_CHECKED[ident]
+
+
 def _data_problems(cfg: StudyConfig, facts: DataFacts | None, names: list[str] | None) -> list[str]:
     "What in `cfg` does not fit the dataset: classes, subset sizes, SAE width, MIS images."
     problems, d, want = [], cfg.data, set(stage_closure(cfg.run.stages or list(STAGES)))
     if names is not None:
         kept = [class_index(names, c, key="data.classes") for c in d.classes] if d.classes else list(range(len(names)))
+        if len(set(kept)) < len(kept):
+            problems.append(f"data.classes: {list(d.classes)} names one class twice (class indices {kept}); give each class once")
+        if len(set(kept)) < 2:  # every stage would run, and report an accuracy of 1
+            problems.append(f"data.classes: {list(d.classes)} keeps {len(set(kept))} class; a classifier needs at least 2")
+        n_out = 1000 if cfg.model.weights == "default" else cfg.model.num_classes
+        if n_out is not None and max(kept, default=0) >= n_out:  # labels keep their ids: each needs an output
+            problems.append(f"model.num_classes: {n_out} outputs, but the kept classes have labels up to {max(kept)}; "
+                            f"valid: ≥ {max(kept) + 1}, or None (the dataset's {len(names)})")
         if cfg.circuit.target_class is not None and want & {"attribution", "circuit"}:
             t = class_index(names, cfg.circuit.target_class, key="circuit.target_class")
             if t not in kept:
@@ -100,6 +125,17 @@ def _data_problems(cfg: StudyConfig, facts: DataFacts | None, names: list[str] |
                             f"{k} classes (a stratified subset rounds each class down); valid: ≥ {k}, more for a useful run")
     if facts.image_shape is None:
         return problems
+    if "mis" in want and cfg.mis.pool_size is not None:
+        pool = len(facts.train_labels if cfg.mis.pool == "train" else facts.test_labels)
+        if cfg.mis.pool_size > pool:
+            problems.append(f"mis.pool_size: {cfg.mis.pool_size} images asked for, the {cfg.mis.pool} split has {pool}; "
+                            f"valid: {2 * cfg.mis.n_candidates} … {pool}, or None (all of them)")
+    if "saes" in want and cfg.sae.d_in is not None:
+        channels = layer_widths(cfg, facts.image_shape, len(names))
+        if wrong := {layer: c for layer, c in channels.items() if c != cfg.sae.d_in}:
+            layer, c = next(iter(wrong.items()))
+            problems.append(f"sae.d_in: {cfg.sae.d_in}, but layer {layer} has {c} channels; valid: None (each layer's own "
+                            f"width){f', or {c}' if len(set(channels.values())) == 1 else ''}")
     if "saes" in want and cfg.sae.arch in ("topk", "batchtopk"):
         widths = {layer: c * cfg.sae.expansion for layer, c in layer_widths(cfg, facts.image_shape, len(names)).items()}
         narrow = min(widths, key=widths.get)
@@ -162,6 +198,8 @@ def check_requirements(cfg: StudyConfig, gpu: bool | None = None) -> None:
                         f"(torchvision's cache; TORCH_HOME moves it); copy the file there or set model.weights to a file")
     elif w not in ("none", "default") and not Path(w).expanduser().is_file():
         problems.append(f"model.weights: weights file {Path(w).expanduser()} does not exist")
+    elif w not in ("none", "default") and (bad := _weights_file_problem(Path(w).expanduser())):
+        problems.append(f"model.weights: {w}: {bad}; a classifier needs finite, varied weights")
     has_gpu = torch.cuda.is_available() if gpu is None else gpu
     if cfg.run.needs_gpu and not has_gpu:
         problems.append("run.needs_gpu: this configuration needs a CUDA GPU and none is visible here; run it on a GPU "
@@ -197,6 +235,25 @@ def study_notebooks(cfg: StudyConfig) -> list[Path]:
             if all(s in STAGES for s in stages) and want & set(stages)]
 
 # %% ../nbs/12c_runs.ipynb #4d741d83
+KERNEL_PREFIX = "sfc-kernel-"  # a run's private folder in the temporary folder: the kernel's connection file and sockets
+
+
+def clean_kernel_leftovers(tmp: str | os.PathLike | None = None) -> list[Path]:
+    "Delete the kernel folders (connection file, sockets) that killed runs of this user left in `tmp`; return them."
+    gone = []
+    for folder in Path(tmp or tempfile.gettempdir()).glob(f"{KERNEL_PREFIX}*"):
+        try:
+            if hasattr(os, "getuid") and folder.stat().st_uid != os.getuid():
+                continue
+            os.kill(int((folder / "owner.pid").read_text()), 0)  # raises if that process is gone
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+            gone.append(folder)
+        except (OSError, ValueError):  # no owner written (yet), unreadable, or a process of another user: leave it
+            continue
+    return gone
+
+
 @contextmanager
 def notebook_kernel(cwd: str | os.PathLike, threads: int = 1):
     """A started `python3` kernel for several notebooks, and `execute(nb, out, parameters)` running one into `out`.
@@ -208,8 +265,11 @@ def notebook_kernel(cwd: str | os.PathLike, threads: int = 1):
     network, and the kernel has no reason to warn about unencrypted TCP."""
     import papermill as pm
     from jupyter_client.manager import KernelManager
-    sockets = tempfile.mkdtemp(prefix="sfc-kernel-")
-    km = KernelManager(kernel_name="python3", **({"transport": "ipc", "ip": os.path.join(sockets, "k")} if os.name == "posix" else {}))
+    clean_kernel_leftovers()
+    sockets = tempfile.mkdtemp(prefix=KERNEL_PREFIX)
+    Path(sockets, "owner.pid").write_text(str(os.getpid()))  # a killed run's folder is told by its owner being gone
+    km = KernelManager(kernel_name="python3", connection_file=os.path.join(sockets, "kernel.json"),
+                       **({"transport": "ipc", "ip": os.path.join(sockets, "k")} if os.name == "posix" else {}))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     try:
         km.start_kernel(cwd=str(cwd), env=env)
@@ -244,20 +304,30 @@ def _files(run: RunFolder) -> dict[Path, tuple]:
 
 # %% ../nbs/12c_runs.ipynb #0b64b747
 def _notices(run: RunFolder, attempt: float, told: set, log) -> None:
-    "Log, once each, the stages this attempt recomputed because their cache entry was corrupt (or could not be checked)."
+    "Log, once each, the stages this attempt recomputed because their cache entry was corrupt, misplaced (or could not be checked)."
     for stage, note in run.notes().items():
-        if note.get("attempt") == attempt and note["reason"].startswith(("corrupt", "unverifiable")) and stage not in told:
+        if note.get("attempt") == attempt and note["reason"].startswith(("corrupt", "unverifiable", "misplaced")) and stage not in told:
             told.add(stage)
             log(f"{run.name}: recomputed {stage} ({note['reason']})")
 
 # %% ../nbs/12c_runs.ipynb #234733e7
+def check_run_folder(runs_root: Path, cfg: StudyConfig) -> Path:
+    "The run folder of `cfg` under `runs_root`; `ConfigError` if something that is not a folder has its name."
+    folder = run_folder(runs_root, run_name(cfg))
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"run folder {folder}: a file has this name; move or delete it (the run writes its folder there)")
+    return folder
+
+
 def run_study(cfg: StudyConfig, runs_root: str | os.PathLike = "runs", force=(), force_since: float | None = None,
               log: Callable[[str], None] | None = None) -> dict:
     """Run every selected study notebook for `cfg` into its run folder; return `metrics.json` (never raises for a failing notebook).
 
     Refuses (`RequirementError`) while another process runs the same configuration."""
     check_requirements(cfg)
-    study = Study(cfg, writable_folder(runs_root), force, force_since, progress=False)  # validates `force`, writes config.yaml
+    root = writable_folder(runs_root)
+    check_run_folder(root, cfg)
+    study = Study(cfg, root, force, force_since, progress=False)  # validates `force`, writes config.yaml
     run = study.run
     lock = FileLock(str(run.lock_path))
     try:

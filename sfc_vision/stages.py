@@ -15,6 +15,7 @@ from .activations import ActivationCache, cache_activations
 from .artifacts import json_safe, load_tensors, read_json, save_tensors, write_json
 from .cache import StageContext, Study, register_stage
 from .runfolder import RunFolder
+from .config import ConfigError
 from .data import ImageData, ImageSet, stratified_subset
 from .models import MODELS, build_model, load_model, resolve_device, resolve_layer, save_model
 from .sae import IdentityDictionary
@@ -31,9 +32,9 @@ from .study_config import StudyConfig, load_config, merge_settings
 from .train import channel_stats, evaluate_classifier, train_classifier
 
 # %% auto #0
-__all__ = ['SAE_EVAL_KEYS', 'model_stage', 'layer_folders', 'activations_stage', 'saes_stage', 'RunOutputs', 'eval_images',
-           'sae_eval_stage', 'circuit_images', 'attribution_stage', 'circuit_counts', 'discovery_halves', 'edge_images',
-           'circuit_stage', 'mis_stage', 'default_runs_root', 'open_study']
+__all__ = ['SAE_EVAL_KEYS', 'weights_problem', 'model_stage', 'layer_folders', 'activations_stage', 'saes_stage', 'RunOutputs',
+           'eval_images', 'sae_eval_stage', 'circuit_images', 'attribution_stage', 'circuit_counts', 'discovery_halves',
+           'edge_images', 'circuit_stage', 'mis_stage', 'default_runs_root', 'open_study']
 
 # %% ../nbs/12b_stages.ipynb #d84024d1
 def _num_classes(cfg: StudyConfig, data: ImageData) -> int:
@@ -41,6 +42,21 @@ def _num_classes(cfg: StudyConfig, data: ImageData) -> int:
     if cfg.model.weights == "default":
         return 1000
     return cfg.model.num_classes if cfg.model.num_classes is not None else data.num_classes
+
+
+def weights_problem(state: dict[str, torch.Tensor]) -> str | None:
+    """Why the weights `state` cannot be a working classifier (a NaN or ±inf anywhere, a weight matrix of one repeated
+    value), or None. Only `…weight` tensors of two or more dimensions must vary: buffers such as the input
+    normalisation may be constant."""
+    for name, t in state.items():
+        if not t.is_floating_point() or not t.numel():
+            continue
+        if not torch.isfinite(t).all():
+            bad = (~torch.isfinite(t)).sum().item()
+            return f"{name} holds {bad} NaN or infinite value(s) of {t.numel()}"
+        if name.endswith("weight") and t.dim() >= 2 and t.numel() > 1 and bool((t == t.flatten()[0]).all()):  # a constant matrix: every unit computes the same
+            return f"{name} is constant (every one of its {t.numel()} values is {t.flatten()[0].item():g})"
+    return None
 
 
 @register_stage("model", sections=("data", "model", "train"), resumable=True, version=2)  # 2: GoogLeNet input scaling kept
@@ -55,6 +71,9 @@ def model_stage(ctx: StageContext) -> dict:
     device = cfg.execution.device
     history = (train_classifier(model, data, cfg.train, ctx.dir / "checkpoints", progress=ctx.progress, device=device)
                if trained else [])
+    if problem := weights_problem(model.state_dict()):  # nothing is committed: a broken model would poison every later stage
+        where = "the trained classifier (lower train.lr, or check the data)" if trained else f"model.weights {cfg.model.weights}"
+        raise ConfigError(f"{where}: {problem}; a classifier needs finite, varied weights")
     ev = evaluate_classifier(model, data.test, device=resolve_device(device))
     sha = save_model(model.cpu(), cfg.model, ctx.dir / "model.safetensors", data.image_shape, _num_classes(cfg, data),
                      extra={"history": history})

@@ -24,8 +24,8 @@ from .circuits import CircuitConfig
 from .mis import MISConfig
 
 # %% auto #0
-__all__ = ['StageName', 'WINDOWS_RESERVED', 'SEED_KEYS', 'RunConfig', 'EvalConfig', 'ExecutionConfig', 'StudyConfig',
-           'merge_settings', 'commented_yaml', 'load_config', 'safe_label']
+__all__ = ['StageName', 'MAX_THREADS', 'WINDOWS_RESERVED', 'SEED_KEYS', 'RunConfig', 'EvalConfig', 'ExecutionConfig',
+           'StudyConfig', 'merge_settings', 'commented_yaml', 'load_config', 'safe_label']
 
 # %% ../nbs/12_study_config.ipynb #7bea95f2
 StageName = Literal["model", "activations", "saes", "sae_eval", "attribution", "circuit", "mis"]  # the study's stages, in pipeline order
@@ -59,6 +59,9 @@ class EvalConfig(Config):
             check_range("n_images", self.n_images, lo=2)
 
 
+MAX_THREADS = 1024  # execution.threads: a bound no machine this runs on reaches
+
+
 @dataclass(frozen=True)
 class ExecutionConfig(Config):
     "How a run executes. No cache key depends on these settings: changing them reuses every cached stage."
@@ -73,6 +76,7 @@ class ExecutionConfig(Config):
             raise ConfigError(f"device: unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
         for key in ("batch_size", "grad_batch_size", "max_rows", "threads"):
             check_range(key, getattr(self, key), lo=1)
+        check_range("threads", self.threads, lo=1, hi=MAX_THREADS)  # more threads than any node has cores only thrashes
 
 # %% ../nbs/12_study_config.ipynb #33f4ffa4
 @dataclass(frozen=True)
@@ -97,11 +101,18 @@ class StudyConfig(Config):
         return super().from_dict(merge_settings(cls().to_dict(), d) if isinstance(d, dict) else d, prefix)
 
     def validate(self):
+        seen = {}
         for i, layer in enumerate(self.capture.layers):
             try:
-                resolve_layer(self.model, layer)
+                name = resolve_layer(self.model, layer)
             except ConfigError as e:
                 raise ConfigError(f"capture.layers[{i}]: {e}") from None
+            if name in seen:  # one SAE per layer: a layer given twice (or by its alias and its name) is a slip
+                raise ConfigError(f"capture.layers[{i}]: {layer!r} names layer {name} again (capture.layers[{seen[name]}]); give each layer once")
+            seen[name] = i
+        for i, c in enumerate(self.data.classes):
+            if c in self.data.classes[:i]:
+                raise ConfigError(f"data.classes[{i}]: class {c!r} is listed twice; give each class once")
 
 
 def merge_settings(base: dict, over: dict) -> dict:
@@ -135,7 +146,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        base = read_yaml(path) or {}
+        base = read_yaml(path)
+        if base is None:  # an empty file is more likely a slip than a wish for the embedded default
+            raise ConfigError(f"{path}: the configuration file is empty; give its settings, or leave out the file to run "
+                              f"the embedded default")
         if not isinstance(base, dict):
             raise ConfigError(f"{path}: expected a mapping of sections (run, data, model, …), got {type(base).__name__}")
     try:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,14 +25,18 @@ from .artifacts import ArtifactError, read_json, write_json, write_text
 from .config import Config, ConfigError, apply_overrides, check_choice, check_range, digest, read_yaml, setting
 from .cache import STAGES, utc_now, writable_folder
 from .runfolder import CACHE, MARKER, RunFolder, list_runs, run_folder, run_name, run_status
-from .runs import check_requirements, run_config_file
+from .runs import check_requirements, check_run_folder, run_config_file
 from .study_config import SEED_KEYS, StudyConfig, safe_label
 
 # %% auto #0
-__all__ = ['ExecutorConfig', 'SweepConfig', 'point_label', 'sweep_runs', 'load_sweep', 'run_sweep', 'study_status',
-           'format_status']
+__all__ = ['SLURM_NAME_RE', 'SCRIPT_PATH_RE', 'ExecutorConfig', 'SweepConfig', 'point_label', 'sweep_runs', 'load_sweep',
+           'run_sweep', 'study_status', 'format_status']
 
 # %% ../nbs/13_sweeps.ipynb #76bff202
+SLURM_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}(,[A-Za-z0-9][A-Za-z0-9._-]{0,63})*")  # a partition, an account
+SCRIPT_PATH_RE = re.compile(r"[A-Za-z0-9._/+=@,:~-]+")  # a path written into a batch script: nothing the shell reads
+
+
 @dataclass(frozen=True)
 class ExecutorConfig(Config):
     "Where a sweep's runs execute: local processes, or a SLURM job array through submitit."
@@ -45,6 +51,11 @@ class ExecutorConfig(Config):
     max_parallel: int = setting(32, "slurm: array tasks running at once")
 
     def validate(self):
+        for key in ("partition", "account"):  # they reach the batch script: a newline there would add a command to it
+            value = getattr(self, key)
+            if value is not None and not SLURM_NAME_RE.fullmatch(value):
+                raise ConfigError(f"{key}: {value!r} is not a SLURM {key} name; valid: letters, digits and ._- "
+                                  f"(several partitions comma-separated); newlines, spaces, quotes, ;, $ and ` are refused")
         check_range("workers", self.workers, lo=1)
         check_range("gpus", self.gpus, lo=0)
         check_range("cpus", self.cpus, lo=1)
@@ -79,6 +90,10 @@ class SweepConfig(Config):
                     if v[a] == v[b]:  # e.g. 0.1 and 1e-1: one value written twice
                         raise ConfigError(f"grid.{k}: values {a + 1} and {b + 1} are equal ({v[a]!r} and {v[b]!r}); give each value once")
         if self.seeds is not None:
+            for where, settings in (("overrides", self.overrides), ("grid", self.grid), *((f"points[{i}]", p) for i, p in enumerate(self.points or []))):
+                if fixed := [k for k in (settings or {}) if k in SEED_KEYS]:
+                    raise ConfigError(f"{where}.{fixed[0]}: set by seeds: (every replicate sets {', '.join(SEED_KEYS)}), so it would "
+                                      f"collapse points into one run; remove it, or remove seeds:")
             if not (isinstance(self.seeds, list) and self.seeds and all(isinstance(x, int) and not isinstance(x, bool) for x in self.seeds)):
                 raise ConfigError(f"seeds: expected a non-empty list of integers, got {self.seeds!r}")
             if len(set(self.seeds)) != len(self.seeds):
@@ -174,6 +189,10 @@ def run_sweep(path: str | os.PathLike, runs_root: str | os.PathLike = "runs", fo
         check_choice("force", f, ["all", *STAGES])
     runs_root = writable_folder(runs_root)
     sweep_dir = runs_root / "_sweeps" / sweep.name
+    for _, cfg in points:
+        check_run_folder(runs_root, cfg)
+    if ex.kind == "slurm":
+        _check_slurm(sweep_dir)
     write_text(sweep_dir / "sweep.yaml", yaml.safe_dump({**sweep.to_dict(), "executor": ex.to_dict()}, sort_keys=False))
     force_since = time.time()
     entries = []
@@ -235,6 +254,17 @@ def _run_local(todo: list[dict], runs_root: Path, force, force_since: float, ex:
         list(pool.map(one, todo))
 
 # %% ../nbs/13_sweeps.ipynb #2f4f7f26
+def _check_slurm(sweep_dir: Path) -> None:
+    "Refuse a SLURM sweep where `sbatch` is missing, or whose paths the batch script would carry unquoted to the shell."
+    for what, path in (("--runs", sweep_dir / "slurm"), ("the Python interpreter", Path(sys.executable))):
+        if not SCRIPT_PATH_RE.fullmatch(str(path)):
+            raise ConfigError(f"{what} {str(path)!r}: a SLURM batch script would run this path; valid: letters, digits and "
+                              f"._/+=@,:~- (no spaces, quotes, newlines, ;, $, ` or %)")
+    if shutil.which("sbatch") is None:
+        raise ConfigError("executor.kind: slurm needs SLURM's sbatch, and none is on PATH here; submit from the cluster's "
+                          "login node, or run locally (--executor local)")
+
+
 def _run_slurm(todo: list[dict], runs_root: Path, force, force_since: float, ex: ExecutorConfig, sweep_dir: Path,
                sweep_name: str, wait: bool, log):
     "Submit the entries as one SLURM job array through submitit; wait for it unless `wait=False`."

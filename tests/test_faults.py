@@ -6,6 +6,8 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,6 +21,7 @@ from sfc_vision.artifacts import ArtifactError, load_tensors
 from sfc_vision.cache import MARKER, STAGES, Study, comparable_metrics, run_folder, run_name, stage_key, verify_entry
 from sfc_vision.cli import main
 from sfc_vision.runfolder import run_status
+from sfc_vision.runs import KERNEL_PREFIX
 from sfc_vision.study_config import StudyConfig
 
 CFG = StudyConfig.from_dict(tiny_config(run={"name": "faults"}))
@@ -261,6 +264,10 @@ def test_a_killed_sweep_takes_its_workers_along_and_a_rerun_finishes_its_runs(tm
     while any(_alive(p) for p in below) and time.time() < deadline:
         time.sleep(0.1)
     assert not [p for p in below if _alive(p)], "worker processes outlived their sweep"
+    def kernel_folders():  # the killed workers' kernel folders (connection file, sockets)
+        return [f for f in Path(tempfile.gettempdir()).glob(f"{KERNEL_PREFIX}*")
+                if (f / "owner.pid").is_file() and (f / "owner.pid").read_text().strip() in {str(p) for p in below}]
+    assert kernel_folders()  # left by the kill…
     names = [p.stem for p in (runs / "_sweeps" / "kill" / "configs").glob("*.yaml")]
     assert len(names) == 2 and {run_status(runs / n) for n in names} <= {"interrupted", "missing"}
     assert not (runs / "_sweeps" / "kill" / "summary.json").exists()
@@ -268,6 +275,7 @@ def test_a_killed_sweep_takes_its_workers_along_and_a_rerun_finishes_its_runs(tm
     r = cli("sweep", sweep, "--runs", runs)
     assert r.returncode == 0, r.stderr
     assert "0 complete already, 2 to run" in r.stdout
+    assert not kernel_folders()  # …and gone with the next run
     summary = read_json(runs / "_sweeps" / "kill" / "summary.json")
     assert summary["counts"] == {"complete": 2}
     reasons = sorted(read_json(runs / n / "metrics.json")["stages"]["model"]["reason"] for n in names)
@@ -300,10 +308,17 @@ CONFIG_FILES = [  # (config file content, what the message says)
     (b"model: !!python/object/apply:os.system [echo]\n", "cfg.yaml, line 1, column 8: tag 'tag:yaml.org,2002:python/object/apply:os.system' is not allowed"),
     (b"sae:\n  lr: 0.1\n  lr: 0.2\n", "cfg.yaml, line 3, column 3: duplicate key 'lr' (first on line 2)"),
     (b"- 1\n- 2\n", "cfg.yaml: expected a mapping of sections"),
+    (b"", "cfg.yaml: the configuration file is empty; give its settings, or leave out the file to run the embedded default"),
+    (b"# settings to come\n", "cfg.yaml: the configuration file is empty"),
+    (b"a: &a [x, x, x, x, x, x, x, x, x, x]\n" + b"".join(b"%c: &%c [%s]\n" % (98 + i, 98 + i, b", ".join([b"*%c" % (97 + i)] * 10))
+                                                        for i in range(9)),
+     "cfg.yaml: refused: its aliases expand it to more than 100000 values"),
+    (b"a: 1\n" + b"#" * (2 << 20), "cfg.yaml: larger than a configuration's limit of 1048576 bytes; refused"),
 ]
 
 
-@pytest.mark.parametrize("content,message", CONFIG_FILES, ids=["syntax", "tab", "binary", "python-tag", "duplicate", "list"])
+@pytest.mark.parametrize("content,message", CONFIG_FILES, ids=["syntax", "tab", "binary", "python-tag", "duplicate", "list", "empty",
+                                                                 "comment-only", "billion-laughs", "too-large"])
 def test_a_malformed_config_file_is_refused_naming_file_and_line(tmp_path, content, message):
     (tmp_path / "cfg.yaml").write_bytes(content)
     code, _, err = main_("run", tmp_path / "cfg.yaml", "--runs", tmp_path / "runs")
@@ -322,6 +337,15 @@ SETTINGS = [  # (--set assignments, what the message says)
     (["execution.device=cuda:7"], "execution.device: cuda:7"),
     (["mis.n_refs=100"], "mis.n_tasks·n_refs: MIS with N=4 tasks and K=100 references needs"),
     (["data.limit_train=5"], "data.limit_train: 5 keeps 0 images, of 0 of the 10 classes"),
+    (["capture.layers=!!set {pool2: null}"], "tag 'tag:yaml.org,2002:set' is not allowed: only plain YAML is read"),
+    (["execution.threads=100000000"], "execution.threads: 100000000 is out of range; valid: [1, 1024]"),
+    (["circuit.target_faithfulness=1.5"], "circuit.target_faithfulness: 1.5 is out of range; valid: (0, 1]"),
+    (["mis.pool_size=100000"], "mis.pool_size: 100000 images asked for, the train split has 1000; valid: 32 … 1000, or None (all of them)"),
+    (["sae.d_in=7"], "sae.d_in: 7, but layer pool2 has 16 channels"),
+    (["capture.layers=[pool2, relu3, pool2]"], "capture.layers[2]: 'pool2' names layer pool2 again (capture.layers[0])"),
+    (["data.classes=['3', '5', '3']"], "data.classes[2]: class '3' is listed twice; give each class once"),
+    (["data.classes=['3']"], "data.classes: ['3'] keeps 1 class; a classifier needs at least 2"),
+    (["data.classes=['3', '5']", "model.num_classes=4"], "model.num_classes: 4 outputs, but the kept classes have labels up to 5"),
 ]
 
 
@@ -344,11 +368,13 @@ SWEEPS = [  # (sweep file, what the message says)
     ("name: a\nname: b\ngrid: {sae.l1_coeff: [0.1]}", "s.yaml, line 2, column 1: duplicate key 'name'"),
     ("base: bad_base.yaml\ngrid: {sae.l1_coeff: [0.1]}", "bad_base.yaml, line 1, column 15: expected ',' or ']'"),
     ("name: nul.txt\ngrid: {sae.l1_coeff: [0.1]}", "name: 'nul.txt' is not a plain label; use letters, digits and ._=+- (e.g. 'nul_.txt')"),
+    ("seeds: [0, 1]\ngrid: {sae.seed: [0, 1], sae.l1_coeff: [0.1, 0.3]}", "grid.sae.seed: set by seeds: (every replicate sets"),
 ]
 
 
 @pytest.mark.parametrize("text,message", SWEEPS, ids=["equal-values", "empty-grid", "empty-points", "empty-file",
-                                                      "syntax", "duplicate", "bad-base", "reserved-name"])
+                                                      "syntax", "duplicate", "bad-base", "reserved-name",
+                                                      "seed-beside-seeds"])
 def test_a_malformed_sweep_is_refused(tmp_path, text, message):
     (tmp_path / "bad_base.yaml").write_text("model: {fc: [1}\n")
     (tmp_path / "s.yaml").write_text(text)
@@ -491,3 +517,179 @@ def test_a_rebuild_killed_half_way_leaves_the_previous_report_and_figures_whole(
     figures.make_figures(runs, figs, log=lambda msg: None)
     names = {p.name for p in figs.iterdir()}
     assert "notes.md" in names and not any(n.endswith("_1.png") for n in names) and any(n.endswith("_3.png") for n in names)
+
+
+# ---------------------------------------------------------------------------------------------------
+# injection: what reaches a SLURM batch script is checked against what it may be, before any script is written
+
+
+@pytest.mark.parametrize("setting,value", [("partition", "gpu\ntouch /tmp/pwned"), ("account", "lab;id"), ("partition", "$(id)"),
+                                           ("account", "a`id`")], ids=["newline", "semicolon", "dollar", "backtick"])
+def test_a_slurm_setting_that_would_run_a_command_is_refused_before_any_script_is_written(tmp_path, setting, value):
+    base = write_yaml(tmp_path / "base.yaml", tiny_config(run={"stages": ["model"]}))
+    sweep = write_yaml(tmp_path / "s.yaml", {"base": base.name, "grid": {"sae.l1_coeff": [0.1]},
+                                             "executor": {"kind": "slurm", setting: value}})
+    code, _, err = main_("sweep", sweep, "--runs", tmp_path / "runs")
+    assert code == 2, err
+    assert f"executor.{setting}: {value!r} is not a SLURM {setting} name; valid: letters, digits and ._-" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # no sweep folder, no batch script
+
+
+def test_a_slurm_sweep_without_slurm_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no sbatch here, whatever this machine has
+    base = write_yaml(tmp_path / "base.yaml", tiny_config(run={"stages": ["model"]}))
+    sweep = write_yaml(tmp_path / "s.yaml", {"base": base.name, "grid": {"sae.l1_coeff": [0.1]}})
+    code, _, err = main_("sweep", sweep, "--runs", tmp_path / "runs", "--executor", "slurm")
+    assert code == 2 and "executor.kind: slurm needs SLURM's sbatch, and none is on PATH here" in err, err
+    assert not (tmp_path / "runs").exists()
+    code, _, err = main_("sweep", sweep, "--runs", tmp_path / "a$(id)" / "runs", "--executor", "slurm")
+    assert code == 2 and "a SLURM batch script would run this path" in err, err
+
+
+# ---------------------------------------------------------------------------------------------------
+# the environment: paths, a full disk, broken weights; exit status 2 and one line, before any stage computes
+
+
+def test_a_runs_path_that_cannot_be_a_folder_is_refused(tmp_path):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    long = tmp_path / ("x" * 300)
+    cases = [(tmp_path / "loop" / "runs", "cannot be followed"), (long, "a component of 300 bytes (xxxxxxxxxxxxxxxxxxxx…); a file "
+                                                                       "or folder name may have at most 255")]
+    for runs, message in cases:
+        for command in (("run", "--set", "run.stages=[model]"), ("status",)):
+            code, _, err = main_(command[0], "--runs", runs, *command[1:])
+            assert code == 2 and f"--runs {str(runs)[:60]}" in err and message in err, err
+            assert len(err.strip().splitlines()) == 1
+
+
+def test_a_run_folder_name_taken_by_a_file_is_refused(tmp_path):
+    cfg_file = write_yaml(tmp_path / "cfg.yaml", RUN_CONFIG)
+    runs = tmp_path / "runs"
+    folder = run_folder(runs, run_name(StudyConfig.from_dict(RUN_CONFIG)))
+    runs.mkdir()
+    folder.write_text("not a folder")
+    code, _, err = main_("run", cfg_file, "--runs", runs)
+    assert code == 2 and f"run folder {folder}: a file has this name; move or delete it" in err, err
+    assert folder.read_text() == "not a folder"
+
+
+def test_a_date_is_text_and_a_tag_is_refused():
+    assert StudyConfig.from_dict(tiny_config()).run.name == "tiny"
+    from sfc_vision.study_config import load_config
+    assert load_config(None, ["run.name=2024-01-01"]).run.name == "2024-01-01"  # YAML 1.2: no timestamps
+
+
+def test_a_billion_laughs_is_refused_quickly_without_growing_memory(tmp_path):
+    import tracemalloc
+    text = "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10))
+    (tmp_path / "laughs.yaml").write_text(text)
+    tracemalloc.start()
+    start = time.time()
+    code, _, err = main_("run", tmp_path / "laughs.yaml", "--runs", tmp_path / "runs")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert code == 2 and "laughs.yaml: refused: its aliases expand it to more than 100000 values" in err, err
+    assert time.time() - start < 5 and peak < 50 * 2**20, (time.time() - start, peak)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    "A 512 KiB filesystem (tmpfs; needs the right to mount), filled to the last byte."
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small filesystem here (needs root)")
+    try:
+        (mnt / "runs").mkdir()
+        with open(mnt / "filler", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_naming_the_path_and_leaves_nothing_half_written(small_disk, tmp_path):
+    cfg_file = write_yaml(tmp_path / "cfg.yaml", RUN_CONFIG)
+    runs = small_disk / "runs"
+    code, _, err = main_("run", cfg_file, "--runs", runs)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device; free space there, or give another --runs" in lines[0], err
+    assert str(runs) in lines[0]
+    assert not [p for p in runs.rglob("*") if p.name.startswith((".tmp-", ".old-")) or (p.is_file() and p.stat().st_size == 0)]
+
+
+def _weights_file(path: Path, change) -> Path:
+    from safetensors.torch import save_file
+    from sfc_vision.models import build_model
+    from sfc_vision.runs import data_facts
+    cfg = StudyConfig.from_dict(RUN_CONFIG)
+    facts = data_facts(cfg.data)
+    state = build_model(cfg.model, facts.image_shape, len(facts.class_names)).state_dict()
+    save_file({k: change(k, v) for k, v in state.items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["nan", "inf", "constant"])
+def test_model_weights_holding_nan_inf_or_one_value_are_refused_and_nothing_is_committed(tmp_path, kind):
+    value = {"nan": float("nan"), "inf": float("inf"), "constant": 0.0}[kind]
+    weights = _weights_file(tmp_path / f"{kind}.safetensors", lambda k, v: torch.full_like(v, value) if k == "net.fc1.weight" else v)
+    cfg_file = write_yaml(tmp_path / "cfg.yaml", {**RUN_CONFIG, "model": {**RUN_CONFIG["model"], "weights": str(weights)}})
+    code, _, err = main_("run", cfg_file, "--runs", tmp_path / "runs")
+    assert code == 2 and f"model.weights: {weights}: net.fc1.weight " in err and "a classifier needs finite, varied weights" in err, err
+    assert not (tmp_path / "runs").exists()
+    # the stage checks too (a file changed after the check, or a library user calling the stage directly): nothing committed
+    from sfc_vision.config import ConfigError
+    cfg = StudyConfig.from_dict({**RUN_CONFIG, "model": {**RUN_CONFIG["model"], "weights": str(weights)}})
+    with pytest.raises(ConfigError, match="net.fc1.weight"):
+        Study(cfg, tmp_path / "lib", progress=False).ensure("model")
+    assert not list((tmp_path / "lib" / "_cache").rglob(MARKER))
+
+
+# ---------------------------------------------------------------------------------------------------
+# cache identity: an intact entry moved under another key is recomputed, not reused
+
+
+def test_an_entry_moved_under_another_key_is_recomputed_with_a_notice(cache, tmp_path, capfd):
+    root = copy_cache(cache, tmp_path)
+    cfg = StudyConfig.from_dict(tiny_config(run={"name": "faults"}, sae={"l1_coeff": 1.0}))
+    source, target = entry(root, "saes"), entry(root, "saes", cfg)
+    assert source != target and not target.exists()
+    os.replace(source, target)  # the λ of CFG's SAEs, under the key of λ 1.0
+    study = Study(cfg, root, progress=False)
+    record = study.ensure("saes")
+    reason = study.reasons["saes"]
+    assert reason.startswith(f'misplaced: stage.json records key "{source.name}", this entry\'s key needs "{target.name}"'), reason
+    assert f"saes: recomputing {target}: {reason}" in capfd.readouterr().err
+    assert record["key"] == target.name and record["settings"]["sae"]["l1_coeff"] == 1.0
+    assert read_json(target / MARKER)["settings"]["sae"]["l1_coeff"] == 1.0
+    assert study.reasons["activations"] == "cached"
+
+
+# ---------------------------------------------------------------------------------------------------
+# leftovers of killed computations
+
+
+def test_a_killed_forced_recompute_leaves_its_temporary_folder_only_until_the_stage_is_used_again(cache, tmp_path):
+    root = copy_cache(cache, tmp_path)
+    folder = entry(root, "saes")
+    code = ("import sys, sfc_vision.runs; from sfc_vision.cache import Study; from sfc_vision.study_config import StudyConfig; "
+            "from conftest import tiny_config; "
+            "Study(StudyConfig.from_dict(tiny_config(run={'name': 'faults'})), sys.argv[1], force=['saes'], progress=False).ensure('saes')")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(root)], cwd=Path(__file__).parent,
+                            env={"OMP_NUM_THREADS": "1", **os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)])})
+    _wait_for(lambda: any(p.is_file() for p in folder.parent.glob(f".tmp-{folder.name}-*/**/*")), proc, what="the forced SAE training")
+    proc.kill()
+    proc.wait()
+    assert list(folder.parent.glob(f".tmp-{folder.name}-*"))  # killed before its swap: the temporary folder stays…
+    study = Study(CFG, root, progress=False)
+    assert study.ensure("saes")["generation"] == cache.records["saes"]["generation"]  # …the good entry is used…
+    assert study.reasons["saes"] == "cached"
+    assert not list(folder.parent.glob(f".tmp-{folder.name}-*"))  # …and the leftover is gone
