@@ -65,13 +65,17 @@ def _once(name: str, fired: set) -> None:
 
 @contextmanager
 def read_layers(model: VisionModel, layers: list[str]) -> Iterator[dict[str, torch.Tensor]]:
-    "Within the block, each forward pass stores the output of each layer in the yielded dict (by the name given)."
+    """Within the block, each forward pass stores the output of each layer in the yielded dict (by the name given).
+
+    The network continues on a copy: a module downstream may write into its input in place (torchvision's
+    BasicBlock adds the skip into `bn2`'s output), which would otherwise change the stored value."""
     store: dict[str, torch.Tensor] = {}
     fired: set[str] = set()
     def hook(name):
         def fn(m, i, o):
             _once(name, fired)
             store[name] = o
+            return o.clone()
         return fn
     handles = [model.register_forward_pre_hook(lambda m, a: fired.clear())]
     handles += [model.layer(name).register_forward_hook(hook(name)) for name in layers]
