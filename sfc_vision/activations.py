@@ -126,7 +126,7 @@ class CaptureConfig(Config):
     split: Literal["train", "test"] = setting("train", "which side of the dataset")
     dtype: Literal["float16", "bfloat16", "float32"] = setting("float16", "storage type of the vectors")
     positions_per_image: int | None = setting(None, "conv and token layers: keep this many random positions per image; None keeps all")
-    tokens: Literal["all", "patch", "cls"] = setting("all", "token layers (B, T, D): every token, the patch tokens, or the class token alone (see TOKEN_ROLES)")
+    tokens: Literal["all", "patch", "cls"] = setting("all", "token layers (B, T, D): the tokens cached (SAEs train on them): all, the patch tokens, or the class token (see TOKEN_ROLES); spliced evaluation and attribution use every token")
     shard_mb: float = setting(64.0, "target shard size in MiB")
     seed: int = setting(0, "image order and position sampling")
 
