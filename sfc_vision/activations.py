@@ -17,39 +17,68 @@ import torch
 from tqdm import tqdm
 
 from .artifacts import ArtifactError, atomic_path, load_tensors, read_json, save_tensors, write_json
-from .config import Config, ConfigError, check_range, setting
+from .config import Config, ConfigError, check_choice, check_range, setting
 from .data import ImageSet
 from .models import VisionModel
 from .models import resolve_device
 
 # %% auto #0
-__all__ = ['DTYPES', 'to_vectors', 'from_vectors', 'read_layers', 'replace_layers', 'CaptureConfig', 'cache_activations',
-           'ActivationCache']
+__all__ = ['DTYPES', 'TOKEN_ROLES', 'to_vectors', 'from_vectors', 'vector_width', 'read_layers', 'replace_layers',
+           'token_positions', 'CaptureConfig', 'cache_activations', 'ActivationCache']
 
 # %% ../nbs/05_activations.ipynb #86db1dea
 def to_vectors(acts: torch.Tensor) -> torch.Tensor:
-    "`(B, C)` stays; `(B, C, H, W)` → `(B·H·W, C)`, one vector per position (image, row, column order)."
+    """`(B, C)` stays; `(B, C, H, W)` → `(B·H·W, C)`, one vector per position (image, row, column order);
+    tokens `(B, T, D)` → `(B·T, D)`, one vector per token (image, token order)."""
     if acts.ndim == 2:
         return acts
+    if acts.ndim == 3:
+        return acts.reshape(-1, acts.shape[2])
     if acts.ndim != 4:
-        raise ValueError(f"expected activations (B, C) or (B, C, H, W), got shape {tuple(acts.shape)}")
+        raise ValueError(f"expected activations (B, C), tokens (B, T, D) or (B, C, H, W), got shape {tuple(acts.shape)}")
     return acts.permute(0, 2, 3, 1).reshape(-1, acts.shape[1])
 
 
 def from_vectors(vectors: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    "Inverse of `to_vectors` for activations of `shape` `(B, C)` or `(B, C', H, W)` (C' may differ, e.g. SAE width)."
+    "Inverse of `to_vectors` for activations of `shape` `(B, C)`, `(B, T, D')` or `(B, C', H, W)` (the width may differ, e.g. SAE width)."
     if len(shape) == 2:
         return vectors
+    if len(shape) == 3:
+        return vectors.reshape(shape[0], shape[1], -1)
     b, _, h, w = shape
     return vectors.reshape(b, h, w, -1).permute(0, 3, 1, 2)
 
+
+def vector_width(shape: tuple[int, ...]) -> int:
+    "The width of the vectors of activations of `shape`: channels of `(B, C)` and `(B, C, H, W)`, `D` of tokens `(B, T, D)`."
+    return shape[-1] if len(shape) == 3 else shape[1]
+
 # %% ../nbs/05_activations.ipynb #c11efcbb
+def _once(name: str, fired: set) -> None:
+    "Refuse a site whose module runs twice in one forward pass: its output would be overwritten or replaced twice."
+    if name in fired:
+        raise ValueError(f"layer {name!r} runs more than once per forward pass (a module called twice, like the ReLU "
+                         f"torchvision's BasicBlock applies twice); a site must be a module that runs once: choose "
+                         f"another (e.g. the module after it, or the block that contains it)")
+    fired.add(name)
+
+
 @contextmanager
 def read_layers(model: VisionModel, layers: list[str]) -> Iterator[dict[str, torch.Tensor]]:
-    "Within the block, each forward pass stores the output of each layer in the yielded dict (by the name given)."
+    """Within the block, each forward pass stores the output of each layer in the yielded dict (by the name given).
+
+    The network continues on a copy: a module downstream may write into its input in place (torchvision's
+    BasicBlock adds the skip into `bn2`'s output), which would otherwise change the stored value."""
     store: dict[str, torch.Tensor] = {}
-    handles = [model.layer(name).register_forward_hook(lambda m, i, o, name=name: store.__setitem__(name, o))
-               for name in layers]
+    fired: set[str] = set()
+    def hook(name):
+        def fn(m, i, o):
+            _once(name, fired)
+            store[name] = o
+            return o.clone()
+        return fn
+    handles = [model.register_forward_pre_hook(lambda m, a: fired.clear())]
+    handles += [model.layer(name).register_forward_hook(hook(name)) for name in layers]
     try:
         yield store
     finally:
@@ -60,7 +89,14 @@ def read_layers(model: VisionModel, layers: list[str]) -> Iterator[dict[str, tor
 @contextmanager
 def replace_layers(model: VisionModel, fns: dict[str, Callable[[torch.Tensor], torch.Tensor]]):
     "Within the block, the output `o` of each named layer is replaced by `fns[name](o)`."
-    handles = [model.layer(name).register_forward_hook(lambda m, i, o, fn=fn: fn(o)) for name, fn in fns.items()]
+    fired: set[str] = set()
+    def hook(name, fn):
+        def run(m, i, o):
+            _once(name, fired)
+            return fn(o)
+        return run
+    handles = [model.register_forward_pre_hook(lambda m, a: fired.clear())]
+    handles += [model.layer(name).register_forward_hook(hook(name, fn)) for name, fn in fns.items()]
     try:
         yield
     finally:
@@ -69,6 +105,18 @@ def replace_layers(model: VisionModel, fns: dict[str, Callable[[torch.Tensor], t
 
 # %% ../nbs/05_activations.ipynb #96fcb9e4
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+TOKEN_ROLES = {"all": "every token: the class token (and any registers) and the patch tokens",
+               "patch": "the patch tokens alone (tokens after the model's leading class/register tokens)",
+               "cls": "the class token alone (token 0)"}
+
+
+def token_positions(model: VisionModel, n_tokens: int, role: str) -> torch.Tensor:
+    "Indices of the tokens of `role` (see `TOKEN_ROLES`) among the `n_tokens` of a token site of `model`."
+    check_choice("tokens", role, TOKEN_ROLES)
+    lead = model.prefix_tokens
+    if role != "all" and lead == 0:
+        raise ConfigError(f"tokens: {role!r} needs a model with a class token; {model.arch} has none (use tokens: all)")
+    return {"all": torch.arange(n_tokens), "patch": torch.arange(lead, n_tokens), "cls": torch.tensor([0])}[role]
 
 
 @dataclass(frozen=True)
@@ -77,11 +125,17 @@ class CaptureConfig(Config):
     layers: tuple[str, ...] = setting(("pool1", "pool2", "relu3"), "sites (layer names or aliases of the model)")
     split: Literal["train", "test"] = setting("train", "which side of the dataset")
     dtype: Literal["float16", "bfloat16", "float32"] = setting("float16", "storage type of the vectors")
-    positions_per_image: int | None = setting(None, "conv layers: keep this many random positions per image; None keeps all")
+    positions_per_image: int | None = setting(None, "conv and token layers: keep this many random positions per image; None keeps all")
+    tokens: Literal["all", "patch", "cls"] = setting("all", "token layers (B, T, D): the tokens cached (SAEs train on them): all, the patch tokens, or the class token (see TOKEN_ROLES); spliced evaluation and attribution use every token")
     shard_mb: float = setting(64.0, "target shard size in MiB")
     seed: int = setting(0, "image order and position sampling")
 
+    def used_settings(self) -> dict:
+        "The settings the cache depends on: `tokens` only where it selects (not `all`), so caches of conv layers keep their keys."
+        return {k: v for k, v in self.to_dict().items() if k != "tokens" or self.tokens != "all"}
+
     def validate(self):
+        check_choice("tokens", self.tokens, TOKEN_ROLES)
         if not self.layers:
             raise ConfigError("layers: give at least one layer to cache")
         if self.positions_per_image is not None:
@@ -154,13 +208,19 @@ def cache_activations(model: VisionModel, images: ImageSet, cfg: CaptureConfig, 
                 a = acts[layer]
                 shapes.setdefault(layer, tuple(a.shape[1:]))
                 if layer not in writers:
-                    shard_rows = max(1, int(cfg.shard_mb * 2**20 / (a.shape[1] * dtype.itemsize)))
+                    shard_rows = max(1, int(cfg.shard_mb * 2**20 / (vector_width(a.shape) * dtype.itemsize)))
                     writers[layer] = _ShardWriter(tmp / layer, shard_rows, dtype, pool)
+                if cfg.tokens != "all" and a.ndim != 3:
+                    raise ValueError(f"tokens: {cfg.tokens!r} selects tokens, but layer {layer!r} gives {tuple(a.shape)}, "
+                                     f"not tokens (B, T, D); use tokens: all")
+                keep_tokens = token_positions(model, a.shape[1], cfg.tokens) if a.ndim == 3 else None
+                if keep_tokens is not None and len(keep_tokens) < a.shape[1]:
+                    a = a[:, keep_tokens.to(a.device)]
                 vecs = to_vectors(a.to(dtype))   # convert first: the reordering copy then moves fewer bytes
                 per_image = vecs.shape[0] // len(idx)
                 image = idx.repeat_interleave(per_image)
-                position = torch.arange(per_image).repeat(len(idx))
-                if cfg.positions_per_image is not None and a.ndim == 4 and cfg.positions_per_image < per_image:
+                position = (torch.arange(per_image) if keep_tokens is None else keep_tokens).repeat(len(idx))
+                if cfg.positions_per_image is not None and a.ndim in (3, 4) and cfg.positions_per_image < per_image:
                     keep = torch.rand(len(idx), per_image, generator=pos_gen).argsort(dim=1)[:, :cfg.positions_per_image]
                     rows = (keep + torch.arange(len(idx))[:, None] * per_image).flatten()
                     vecs, image, position = vecs[rows.to(vecs.device)], image[rows], position[rows]
@@ -170,7 +230,7 @@ def cache_activations(model: VisionModel, images: ImageSet, cfg: CaptureConfig, 
         out = {}
         for layer in layers:
             shards = writers[layer].close()
-            info = {"layer": layer, "shape": list(shapes[layer]), "dtype": cfg.dtype,
+            info = {"layer": layer, "shape": list(shapes[layer]), "dtype": cfg.dtype, "tokens": cfg.tokens,
                     "n_vectors": sum(s["n"] for s in shards), "n_images": len(images),
                     "positions_per_image": cfg.positions_per_image, "capture": cfg.to_dict(),
                     "shards": shards, **(meta or {})}
@@ -189,7 +249,7 @@ class ActivationCache:
                                 f"the capture was interrupted)")
         self.info = read_json(self.folder / "cache.json")
         self.layer, self.shape = self.info["layer"], tuple(self.info["shape"])
-        self.d = self.shape[0]                       # vector width: channels
+        self.d = vector_width((0, *self.shape))      # vector width: channels, or the token width
         self.n_vectors = self.info["n_vectors"]
 
     def __len__(self) -> int:

@@ -17,7 +17,7 @@ from .sae import Dictionary
 from .splice import Patch, SiteTrace, Splice, check_patches
 
 # %% auto #0
-__all__ = ['consecutive_pairs', 'edge_effects']
+__all__ = ['consecutive_pairs', 'edge_pairs', 'edge_effects']
 
 # %% ../nbs/09b_edges.ipynb #3f1cb5fe
 def _decoder_matrix(dic: Dictionary, like: torch.Tensor) -> torch.Tensor:
@@ -52,6 +52,8 @@ def _edge_rows(tu: SiteTrace, td: SiteTrace, g_f, g_eps, du_f, du_e, w_dec, idx:
     for rows, output, seeds in _seeds(td, g_f, g_eps, idx):
         (g,) = torch.autograd.grad(output, [tu.out], seeds, retain_graph=True, is_grads_batched=True,
                                    allow_unused=True, materialize_grads=True)
+        if g.shape != (len(seeds), *tu.out.shape):  # D does not depend on U directly: autograd gives one zero
+            g = g.new_zeros(len(seeds), *tu.out.shape)
         g = g.flatten(1, 2)                                         # (J', N, d_in)
         w = g.new_empty(len(g), len(up))
         w[:, is_feat] = torch.einsum("jci,ic->ji", torch.einsum("jnc,ni->jci", g, du_f), w_dec)
@@ -77,16 +79,23 @@ def consecutive_pairs(splice: Splice) -> list[tuple[str, str]]:
     return list(zip(splice.order, splice.order[1:]))
 
 
+def edge_pairs(splice: Splice) -> list[tuple[str, str]]:
+    """Pairs `(U, D)` of sites, `U` first, with no cut (`Splice.is_cut`) strictly between them (after `probe`):
+    consecutive sites where every site is a cut; within a ViT block also `r_{b−1} → m_b, r_b` and `a_b → r_b`."""
+    order = splice.order
+    return [(u, order[j]) for i, u in enumerate(order) for j in range(i + 1, len(order))
+            if not any(splice.is_cut(s) for s in order[i + 1:j])]
+
+
 def edge_effects(splice: Splice, images: ImageSet, metric: Callable, patches: dict[str, Patch],
                  nodes: dict[str, torch.Tensor] | None = None, pairs: list[tuple[str, str]] | None = None, *,
                  batch_size: int = 32, vjp: Literal["batched", "loop"] = "batched", max_elements: int | None = None,
                  progress: bool = True) -> dict[tuple[str, str], torch.Tensor]:
     """Edge weights `{(U, D): w (len(nodes[D]), len(nodes[U]))}` between the `pairs` of sites (default:
-    consecutive ones), among `nodes` (per site, node indices; default all; `d_sae` is the error node).
+    `edge_pairs`), among `nodes` (per site, node indices; default all; `d_sae` is the error node).
 
-    `w[j, i]` is the effect of node `nodes[U][i]` on `metric` through node `nodes[D][j]`, averaged over
-    `images`; for a pair with sites between `U` and `D` it is the total effect, including what flows
-    through the intermediate sites' nodes. The model runs in eval mode (the caller's mode is restored).
+    `w[j, i]` is the direct effect of node `nodes[U][i]` on `metric` through node `nodes[D][j]`, averaged
+    over `images`: sites between `U` and `D` are held at their values (features and error). The model runs in eval mode (the caller's mode is restored).
     Downstream nodes are differentiated in batches of up to `max_elements` gradient entries
     (default: 2²³ on a CPU, 2²⁷ on a GPU); `vjp="loop"`: one backward per node, the reference."""
     check_choice("vjp", vjp, ("batched", "loop"))
@@ -95,7 +104,7 @@ def edge_effects(splice: Splice, images: ImageSet, metric: Callable, patches: di
     model = splice.model
     splice.probe(images.images([0]))
     check_patches(splice, patches)
-    pairs = consecutive_pairs(splice) if pairs is None else [(model.resolve(u), model.resolve(d)) for u, d in pairs]
+    pairs = edge_pairs(splice) if pairs is None else [(model.resolve(u), model.resolve(d)) for u, d in pairs]
     for u, d in pairs:
         if u not in splice.order or d not in splice.order or splice.order.index(u) >= splice.order.index(d):
             raise ValueError(f"edge pair ({u!r}, {d!r}): both must be sites, the first upstream of the second; "
@@ -113,11 +122,12 @@ def edge_effects(splice: Splice, images: ImageSet, metric: Callable, patches: di
                disable=not progress, leave=False)
     for x, y, _ in bar:
         x, y = x.to(splice.device), y.to(splice.device)
-        with torch.enable_grad(), splice.trace(graph=True) as tr:
+        with torch.enable_grad(), splice.trace() as tr:  # ḡ: the total gradient, as node effects use
             m = metric(model(x), y)
-            leaves = [t for s in splice.order for t in (tr[s].f, tr[s].eps)]
-            flat = torch.autograd.grad(m.sum(), leaves, retain_graph=True)
-            grads = {s: flat[2 * i:2 * i + 2] for i, s in enumerate(splice.order)}
+            flat = torch.autograd.grad(m.sum(), [t for s in splice.order for t in (tr[s].f, tr[s].eps)])
+        grads = {s: flat[2 * i:2 * i + 2] for i, s in enumerate(splice.order)}
+        with torch.enable_grad(), splice.trace(graph=True) as tr:  # site-to-site derivatives: direct effects
+            model(x)
             for u, d in pairs:
                 if not len(nodes[u]) or not len(nodes[d]):
                     continue

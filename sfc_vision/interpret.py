@@ -98,6 +98,9 @@ def site_activations(model: VisionModel, site: str, x: torch.Tensor, pre: bool =
 def encode_site(dictionary: Dictionary, acts: torch.Tensor, site: str, activation: str = "post") -> torch.Tensor:
     "`dictionary`'s features (`post`) or pre-activations (`pre`) of site activations `acts`, in the layout of `acts`."
     check_choice("activation", activation, ACTIVATIONS)
+    if acts.ndim == 3:
+        raise ConfigError(f"site {site!r} gives tokens {tuple(acts.shape)}: top images, feature pages and MIS do not "
+                          f"support token sites yet (run the study up to its circuit stage: run.stages: [circuit])")
     if acts.shape[1] != dictionary.d_in:
         raise ConfigError(f"the dictionary expects {dictionary.d_in}-dim vectors but site {site!r} has "
                           f"{acts.shape[1]} channels; use a dictionary trained on {site!r}")

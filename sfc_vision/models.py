@@ -5,6 +5,9 @@
 # %% ../nbs/03_models.ipynb #10156083
 from __future__ import annotations
 
+import difflib
+import functools
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,9 +20,10 @@ from .artifacts import ArtifactError, load_tensors, meta_path, read_json, save_t
 from .config import Config, ConfigError, check_choice, check_range, setting
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'MODELS', 'GOOGLENET_ALIASES', 'VisionModel', 'ModelSpec', 'WeightsNotFoundError',
-           'ModelConfig', 'register_model', 'model_layers', 'resolve_layer', 'pretrained_path', 'read_state_dict',
-           'build_model', 'load_weights', 'save_model', 'load_model', 'resolve_device']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'MODELS', 'VIT_SETTINGS', 'GOOGLENET_ALIASES', 'VisionModel', 'ModelSpec',
+           'WeightsNotFoundError', 'ModelConfig', 'register_model', 'model_layers', 'model_aliases', 'module_paths',
+           'resolve_layer', 'pretrained_path', 'read_state_dict', 'build_model', 'load_weights', 'save_model',
+           'load_model', 'resolve_device']
 
 # %% ../nbs/03_models.ipynb #5a2259a5
 class VisionModel(nn.Module):
@@ -29,6 +33,7 @@ class VisionModel(nn.Module):
         super().__init__()
         self.net, self.cfg, self.arch = net, cfg, cfg.arch
         self.layer_names = model_layers(cfg)
+        self.prefix_tokens = MODELS[cfg.arch].prefix_tokens  # token layers: leading class/register tokens before the patches
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         for m in net.modules():  # a stored activation must never be overwritten in place
@@ -56,12 +61,15 @@ class ModelSpec:
     build: Callable          # (cfg, in_channels, image_size, num_classes) -> nn.Module
     layers: Callable         # cfg -> list of hookable layer names
     doc: str
-    aliases: dict | None = None
+    aliases: dict | Callable | None = None  # short name -> dotted path, or cfg -> such a dict
     pretrained: tuple[str, str] | None = None  # (torchvision weights enum, member) of the ImageNet weights
     pretrained_scaling: tuple | None = None  # (mean, std) those weights expect, where not ImageNet's
+    probe_size: Callable = lambda cfg: 224  # cfg -> an image side the builder accepts (to list module paths)
+    prefix_tokens: int = 0   # token layers: class/register tokens before the patch tokens
 
 
 MODELS: dict[str, ModelSpec] = {}
+VIT_SETTINGS = ("patch", "depth", "dim", "heads", "mlp_dim")
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -71,13 +79,22 @@ class WeightsNotFoundError(FileNotFoundError):
 @dataclass(frozen=True)
 class ModelConfig(Config):
     "Which classifier, its shape, and its weights."
-    arch: str = setting("cnn", "registered architecture: mlp, cnn, resnet18, resnet18_small, googlenet")
+    arch: str = setting("cnn", "registered architecture: mlp, cnn, resnet18, resnet18_small, googlenet, vit, vit_b_16, vit_b_32")
     hidden: tuple[int, ...] = setting((256, 128), "mlp: hidden widths")
     channels: tuple[int, ...] = setting((16, 32), "cnn: output channels of the conv blocks")
     fc: int = setting(128, "cnn: width of the dense layer")
+    patch: int = setting(7, "vit: patch side in pixels (the image side must be a multiple)")
+    depth: int = setting(4, "vit: encoder blocks")
+    dim: int = setting(64, "vit: token width (residual stream)")
+    heads: int = setting(4, "vit: attention heads (must divide dim)")
+    mlp_dim: int = setting(128, "vit: hidden width of each block's MLP")
     weights: str = setting("none", "\"none\" (random, or trained here), \"default\" (torchvision ImageNet weights from the torch cache) or a weights file")
     num_classes: int | None = setting(None, "None: the dataset's number of classes (1000 with default weights)")
     seed: int = setting(0, "seed of the random initialisation")
+
+    def used_settings(self) -> dict:
+        "The settings the network depends on: the `vit` shape only for `arch: vit` (so other archs' keys are unchanged)."
+        return {k: v for k, v in self.to_dict().items() if self.arch == "vit" or k not in VIT_SETTINGS}
 
     def validate(self):
         check_choice("arch", self.arch, MODELS)
@@ -90,15 +107,20 @@ class ModelConfig(Config):
         for key in ("hidden", "channels"):
             if not getattr(self, key) or min(getattr(self, key)) < 1:
                 raise ConfigError(f"{key}: needs at least one width, all ≥ 1; got {list(getattr(self, key))}")
-        check_range("fc", self.fc, lo=1)
+        for key in ("fc",) + VIT_SETTINGS:
+            check_range(key, getattr(self, key), lo=1)
+        if self.dim % self.heads:
+            raise ConfigError(f"heads: {self.heads} heads do not divide dim {self.dim}")
         if self.num_classes is not None:
             check_range("num_classes", self.num_classes, lo=2)
 
 
-def register_model(name: str, layers: Callable, doc: str, aliases=None, pretrained=None, pretrained_scaling=None):
+def register_model(name: str, layers: Callable, doc: str, aliases=None, pretrained=None, pretrained_scaling=None,
+                   probe_size=None, prefix_tokens=0):
     "Decorator: register `build(cfg, in_channels, image_size, num_classes) -> nn.Module` under `name`."
     def deco(build):
-        MODELS[name] = ModelSpec(build, layers, doc, aliases, pretrained, pretrained_scaling)
+        MODELS[name] = ModelSpec(build, layers, doc, aliases, pretrained, pretrained_scaling,
+                                 probe_size or (lambda cfg: 224), prefix_tokens)
         return build
     return deco
 
@@ -108,15 +130,36 @@ def model_layers(cfg: ModelConfig) -> list[str]:
     return MODELS[cfg.arch].layers(cfg)
 
 
-def resolve_layer(cfg: ModelConfig, name: str) -> str:
-    "Canonical layer name (aliases resolved), or a `ConfigError` listing the valid layers."
+def model_aliases(cfg: ModelConfig) -> dict[str, str]:
+    "Short names of the model `cfg` describes → the dotted paths they stand for."
+    aliases = MODELS[cfg.arch].aliases
+    return dict((aliases(cfg) if callable(aliases) else aliases) or {})
+
+
+@functools.lru_cache(maxsize=32)
+def module_paths(cfg: ModelConfig) -> tuple[str, ...]:
+    "Dotted path of every submodule of the network `cfg` describes, in definition order (built on the meta device: no memory)."
     spec = MODELS[cfg.arch]
-    name = (spec.aliases or {}).get(name, name)
+    with torch.device("meta"):
+        net = spec.build(cfg, 3, spec.probe_size(cfg), 10)
+    return tuple(name for name, _ in net.named_modules() if name)
+
+
+def resolve_layer(cfg: ModelConfig, name: str) -> str:
+    """Canonical layer name: an alias resolved to its path; a listed layer or any submodule's dotted path
+    (`layer1.0.conv1`) as given. Otherwise a `ConfigError` listing the valid layers and the closest names."""
+    aliases = model_aliases(cfg)
+    path = aliases.get(name, name)
     valid = model_layers(cfg)
-    if name not in valid:
-        alias_note = f" (aliases: {', '.join(spec.aliases)})" if spec.aliases else ""
-        raise ConfigError(f"layer {name!r} is not a layer of {cfg.arch}; valid layers: {', '.join(valid)}{alias_note}")
-    return name
+    if path in valid or path in module_paths(cfg):
+        return path
+    alias_note = f" (aliases: {', '.join(aliases)})" if aliases else ""
+    paths = module_paths(cfg)
+    example = next((p for p in reversed(paths) if "." in p), paths[-1])
+    close = difflib.get_close_matches(name, [*aliases, *valid, *paths], n=5, cutoff=0.6)
+    raise ConfigError(f"layer {name!r} is not a layer of {cfg.arch}; valid layers: {', '.join(valid)}{alias_note}, "
+                      f"or any submodule by its dotted path (e.g. {example!r})"
+                      + (f"; closest: {', '.join(close)}" if close else ""))
 
 # %% ../nbs/03_models.ipynb #17ada55d
 def _mlp_layers(cfg):
@@ -204,6 +247,53 @@ def _build_googlenet(cfg, in_channels, image_size, num_classes):
     if in_channels != 3:
         raise ConfigError(f"googlenet takes RGB images (3 channels), the data has {in_channels}")
     return googlenet(weights=None, num_classes=num_classes, aux_logits=False, init_weights=True, transform_input=False)
+
+# %% ../nbs/03_models.ipynb #7ac0a45c
+def _vit_block(b: int) -> str:
+    return f"encoder.layers.encoder_layer_{b}"
+
+
+def _vit_shape(cfg) -> dict:
+    "patch, depth, dim, heads, mlp_dim of the ViT `cfg` describes."
+    fixed = {"vit_b_16": (16, 12, 768, 12, 3072), "vit_b_32": (32, 12, 768, 12, 3072)}
+    return dict(zip(VIT_SETTINGS, fixed.get(cfg.arch) or [getattr(cfg, k) for k in VIT_SETTINGS]))
+
+
+def _vit_layers(cfg):
+    names = ["conv_proj", "encoder.dropout"]
+    for b in range(_vit_shape(cfg)["depth"]):
+        names += [f"{_vit_block(b)}.dropout", f"{_vit_block(b)}.mlp", _vit_block(b)]
+    return names + ["encoder.ln", "heads"]
+
+
+def _vit_aliases(cfg):
+    "ViT-Prisma's names per block b: `resid_b` (hook_resid_post), `attn_b` (hook_attn_out), `mlp_b` (hook_mlp_out)."
+    out = {"embed": "encoder.dropout"}
+    for b in range(_vit_shape(cfg)["depth"]):
+        out |= {f"attn_{b}": f"{_vit_block(b)}.dropout", f"mlp_{b}": f"{_vit_block(b)}.mlp", f"resid_{b}": _vit_block(b)}
+    return out
+
+
+def _build_vit(cfg, in_channels, image_size, num_classes):
+    from torchvision.models.vision_transformer import VisionTransformer
+    s = _vit_shape(cfg)
+    if image_size % s["patch"]:
+        raise ConfigError(f"patch: {cfg.arch} cuts images into {s['patch']}px patches; the images are {image_size}px")
+    net = VisionTransformer(image_size, s["patch"], s["depth"], s["heads"], s["dim"], s["mlp_dim"], num_classes=num_classes)
+    if in_channels != 3:  # torchvision's patch embedding takes RGB; same initialisation for other channel counts
+        net.conv_proj = nn.Conv2d(in_channels, s["dim"], s["patch"], s["patch"])
+        nn.init.trunc_normal_(net.conv_proj.weight, std=math.sqrt(1 / (in_channels * s["patch"] ** 2)))
+        nn.init.zeros_(net.conv_proj.bias)
+    return net
+
+
+_vit_probe = lambda cfg: _vit_shape(cfg)["patch"] * 2
+register_model("vit", _vit_layers, "torchvision VisionTransformer of the shape given (patch, depth, dim, heads, mlp_dim)",
+               aliases=_vit_aliases, probe_size=_vit_probe, prefix_tokens=1)(_build_vit)
+register_model("vit_b_16", _vit_layers, "torchvision ViT-B/16 (224 px)", aliases=_vit_aliases,
+               pretrained=("ViT_B_16_Weights", "IMAGENET1K_V1"), probe_size=_vit_probe, prefix_tokens=1)(_build_vit)
+register_model("vit_b_32", _vit_layers, "torchvision ViT-B/32 (224 px)", aliases=_vit_aliases,
+               pretrained=("ViT_B_32_Weights", "IMAGENET1K_V1"), probe_size=_vit_probe, prefix_tokens=1)(_build_vit)
 
 # %% ../nbs/03_models.ipynb #9632917e
 def pretrained_path(arch: str) -> Path:

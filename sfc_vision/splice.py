@@ -15,7 +15,7 @@ import torch
 from fastcore.basics import patch
 from tqdm import tqdm
 
-from .activations import from_vectors, read_layers, replace_layers, to_vectors
+from .activations import from_vectors, read_layers, replace_layers, to_vectors, vector_width
 from .artifacts import ArtifactError, load_tensors, save_tensors
 from .config import ConfigError, check_choice
 from .data import ImageSet
@@ -41,7 +41,7 @@ class SiteTrace:
     eps: torch.Tensor                     # error the model ran on: a leaf that requires grad
     f_clean: torch.Tensor                 # (B, P, d_sae) features of the layer's actual output
     eps_clean: torch.Tensor               # (B, P, d_in) its error
-    f_graph: torch.Tensor | None = None   # features as a function of upstream leaves (`trace(graph=True)`)
+    f_graph: torch.Tensor | None = None   # features as a function of upstream sites' outputs (`trace(graph=True)`)
     eps_graph: torch.Tensor | None = None  # error as a function of upstream leaves
     out: torch.Tensor | None = None       # (B, P, d_in) what the site passes on, `decode(f) + ε` (`trace(graph=True)`)
 
@@ -89,8 +89,9 @@ class Splice:
     `dictionaries` maps layer names (aliases allowed) to `Dictionary`s; with `dictionary_meta`
     (per site, the metadata saved with each checkpoint) each one is checked to have been trained on
     that layer of the model whose checkpoint SHA-256 is `model_sha256`. Sites must be cuts of the
-    network (everything downstream depends on them only through their output); every layer that
-    the registered models list is one. Every method that runs the model runs it in eval mode and
+    network or not: a site that a skip connection bypasses (inside a residual block, a ViT's
+    attention or MLP output) works as well, and `ablate`/`interpolate` then replicate the batch at
+    the model's input instead of at the site (`is_cut`). Every method that runs the model runs it in eval mode and
     restores the caller's mode after (`eval_mode`)."""
 
     def __init__(self, model: VisionModel, dictionaries: dict[str, Dictionary],
@@ -111,6 +112,7 @@ class Splice:
         self.sites: list[str] = list(self.dicts)
         self.order: list[str] = []                  # sites in execution order, after `probe`
         self.shapes: dict[str, tuple[int, ...]] = {}  # site -> output shape of one image
+        self.cuts: dict[str, bool] = {}              # site -> whether it is a cut (`is_cut`, on demand)
 
     def neurons(self) -> Splice:
         "The same sites with the layer's neurons as nodes (`IdentityDictionary`), to compare with the dictionaries' features."
@@ -121,9 +123,9 @@ class Splice:
         return self.dicts[site].d_sae + 1
 
     def positions(self, site: str) -> int:
-        "Vectors per image at `site` (1 for a dense layer)."
+        "Vectors per image at `site`: 1 for a dense layer, H·W for a conv map, T for tokens."
         shape = self.shapes[site]
-        return shape[1] * shape[2] if len(shape) == 3 else 1
+        return shape[1] * shape[2] if len(shape) == 3 else shape[0] if len(shape) == 2 else 1
 
     @property
     def device(self) -> torch.device:
@@ -146,6 +148,7 @@ def probe(self: Splice, x: torch.Tensor) -> None:
     with torch.no_grad(), eval_mode(self.model), read_layers(self.model, self.sites) as acts:
         self.model(x[:1].to(self.device))
     self.order = list(acts)  # filled in the order the layers fired
+    self._probe_x = x[:1].to(self.device)
     for site in self.order:
         self.dicts[site].to(self.device)
         self._check_width(site, acts[site])
@@ -154,18 +157,55 @@ def probe(self: Splice, x: torch.Tensor) -> None:
 
 @patch
 def _check_width(self: Splice, site: str, out: torch.Tensor) -> None:
-    if not torch.is_tensor(out) or out.ndim not in (2, 4):
-        raise ValueError(f"site {site!r}: expected an output (B, C) or (B, C, H, W), got {getattr(out, 'shape', type(out))}")
-    if out.shape[1] != self.dicts[site].d_in:
+    if not torch.is_tensor(out) or out.ndim not in (2, 3, 4):
+        raise ValueError(f"site {site!r}: expected an output (B, C), tokens (B, T, D) or (B, C, H, W), "
+                         f"got {getattr(out, 'shape', type(out))}")
+    if vector_width(out.shape) != self.dicts[site].d_in:
         raise ConfigError(f"site {site!r}: the dictionary takes {self.dicts[site].d_in}-vectors, "
-                          f"but the layer has {out.shape[1]} channels")
+                          f"but the layer's vectors have width {vector_width(out.shape)}")
 
 
 @patch
 def vectors(self: Splice, site: str, out: torch.Tensor) -> torch.Tensor:
     "A site's output as vectors `(B, P, d_in)`."
     self._check_width(site, out)
-    return to_vectors(out).reshape(out.shape[0], -1, out.shape[1])
+    return to_vectors(out).reshape(out.shape[0], -1, vector_width(out.shape))
+
+
+@patch
+def is_cut(self: Splice, site: str) -> bool:
+    """Whether everything downstream of `site` depends on the input only through its output, found by trial
+    (after `probe`): the site's output on the probe image, repeated, must give the model's output repeated.
+    A site that a skip connection bypasses fails (the skip still carries the unrepeated batch)."""
+    if site not in self.cuts:
+        if not self.order:
+            raise ValueError("is_cut: call probe first (it keeps the image the trial runs on)")
+        x2 = self._probe_x.expand(2, *self._probe_x.shape[1:])
+        with torch.no_grad(), eval_mode(self.model) as model:
+            want = model(x2)
+            try:
+                with replace_layers(model, {site: lambda o: torch.cat([o, o])}):
+                    got = model(x2)
+                ref = torch.cat([want, want])  # (kernels may round differently for another batch size)
+                self.cuts[site] = got.shape == ref.shape and torch.allclose(got, ref, rtol=1e-3, atol=1e-5 * ref.abs().max().item())
+            except RuntimeError:  # shapes of the repeated and the unrepeated batch meet
+                self.cuts[site] = False
+    return self.cuts[site]
+
+
+@patch
+@contextmanager
+def _replicated_input(self: Splice, n_rep: int, first: str) -> Iterator[bool]:
+    """Within the block, unless `first` (the first site to be replicated) is a cut, each forward pass runs on
+    `n_rep` copies of its input (replica-major). Yields whether it does."""
+    at_input = not self.is_cut(first)
+    handle = self.model.register_forward_pre_hook(
+        lambda m, args: (args[0].repeat(n_rep, *[1] * (args[0].ndim - 1)), *args[1:])) if at_input else None
+    try:
+        yield at_input
+    finally:
+        if handle is not None:
+            handle.remove()
 
 # %% ../nbs/09_splice.ipynb #8792b070
 @patch
@@ -201,9 +241,12 @@ def _hooks(self: Splice, edit: Callable, sites: list[str]):
 def trace(self: Splice, graph: bool = False) -> Iterator[dict[str, SiteTrace]]:
     """Within the block, forward passes run through `decode(f) + ε + (x − x.detach())` at every site, in eval mode.
 
-    Yields `{site: SiteTrace}` filled by the pass. `graph=True` also keeps the features, the error and
-    the site's output as functions of the upstream leaves (`f_graph`, `eps_graph`, `out`), which edges
-    differentiate."""
+    Yields `{site: SiteTrace}` filled by the pass. `graph=True` also keeps the features and the error as
+    functions of the upstream sites' outputs (`f_graph`, `eps_graph`) and each site's output `out`, which
+    edges differentiate; then each site passes on `decode(f) + ε` *without* the straight-through term, so
+    a site's output is a function of its own leaves alone and the derivative of a site with respect to an
+    upstream site's output is the direct effect, every site between them held at its value. (Gradients of
+    the metric from such a pass are direct too: AtP gradients come from `trace()`.)"""
     traces: dict[str, SiteTrace] = {}
 
     def edit(site, v):
@@ -220,7 +263,7 @@ def trace(self: Splice, graph: bool = False) -> Iterator[dict[str, SiteTrace]]:
             x_hat = _decode(dic, f_leaf)
             eps_leaf = (v - x_hat).detach().requires_grad_()
             f = eps = None
-        out = x_hat + eps_leaf + (v - v.detach())
+        out = x_hat + eps_leaf if f is not None else x_hat + eps_leaf + (v - v.detach())
         traces[site] = SiteTrace(f_leaf, eps_leaf, f_leaf.detach(), eps_leaf.detach(), f, eps, out if f is not None else None)
         return out
 
@@ -236,8 +279,9 @@ def ablate(self: Splice, keep: dict[str, torch.Tensor], patches: dict[str, Patch
     `keep[site]` is a bool `(R, n_nodes)` (the last column: the error node): in replica `r`, the
     nodes of `site` where it is false are replaced by their patch, and the site outputs
     `decode(f') + ε'`. Sites re-encode what arrives from upstream. The batch is replicated at the
-    first site (outputs are `(R·B, …)`, replica-major). A replica that keeps every node of a
-    site passes its output unchanged."""
+    first site (outputs are `(R·B, …)`, replica-major), or at the model's input when the first site
+    is not a cut (`is_cut`: a skip connection bypasses it). A replica that keeps every node of a
+    site passes its output unchanged (after `probe`)."""
     sizes = {k.shape[0] for k in keep.values()}
     if len(sizes) != 1:
         raise ValueError(f"keep masks must all have the same number of replicas, got {sorted(sizes)}")
@@ -245,7 +289,10 @@ def ablate(self: Splice, keep: dict[str, torch.Tensor], patches: dict[str, Patch
     for site, k in keep.items():
         if k.shape != (n_rep, self.n_nodes(site)):
             raise ValueError(f"keep[{site!r}] has shape {tuple(k.shape)}, expected ({n_rep}, {self.n_nodes(site)})")
-    state = {"expanded": False}
+    sites = [self.model.resolve(s) for s in keep]
+    first = min(sites, key=self.order.index)
+    at_input = not self.is_cut(first)
+    state = {"expanded": at_input}
 
     def edit(site, v):
         dic, p, mask = self.dicts[site], patches[site], keep[site].to(v.device)
@@ -262,11 +309,11 @@ def ablate(self: Splice, keep: dict[str, torch.Tensor], patches: dict[str, Patch
         return torch.where(whole, v, out).flatten(0, 1)
 
     def reset(module, args):
-        state["expanded"] = False
+        state["expanded"] = at_input
 
     handle = self.model.register_forward_pre_hook(reset)
     try:
-        with self._hooks(edit, [self.model.resolve(s) for s in keep]):
+        with self._replicated_input(n_rep, first), self._hooks(edit, sites):
             yield
     finally:
         handle.remove()
@@ -278,12 +325,16 @@ def interpolate(self: Splice, site: str, alphas: torch.Tensor, to: Patch,
                 error_only: bool = False) -> Iterator[dict[str, SiteTrace]]:
     """Within the block (eval mode), `site`'s nodes are moved to `(1 − α)·a + α·to` for each of the `S`
     `alphas` (replicas: outputs `(S·B, …)`), as leaves that require grad (integrated gradients);
-    `error_only`: the error node alone moves, the features keep their values (and get no gradient)."""
+    `error_only`: the error node alone moves, the features keep their values (and get no gradient).
+    The batch is replicated at `site`, or at the model's input where `site` is not a cut (`is_cut`)."""
     traces: dict[str, SiteTrace] = {}
+    n_rep = len(alphas)
 
     def edit(site_, v):
         dic = self.dicts[site]
         with torch.no_grad():
+            if at_input:  # every replica carries the same clean value here
+                v = v.view(n_rep, -1, *v.shape[1:])[0]
             f = _encode(dic, v)
             x_hat = _decode(dic, f)
             eps = v - x_hat
@@ -294,7 +345,7 @@ def interpolate(self: Splice, site: str, alphas: torch.Tensor, to: Patch,
         moved = x_hat.expand(len(alphas), *x_hat.shape) if error_only else _decode(dic, f_a)
         return (moved + eps_a).flatten(0, 1)
 
-    with self._hooks(edit, [site]):
+    with self._replicated_input(n_rep, site) as at_input, self._hooks(edit, [site]):
         yield traces
 
 # %% ../nbs/09_splice.ipynb #7af694f4
