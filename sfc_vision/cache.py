@@ -26,7 +26,9 @@ from .artifacts import (ArtifactError, json_safe, read_json, save_figure, sha256
                                   write_text)
 from .config import ConfigError, check_choice, digest
 from .data import ImageData, load_data
+from . import tracking
 from .runfolder import CACHE, MARKER, RunFolder, run_folder, run_name
+from .tracking import start_tracking
 from .study_config import StudyConfig
 
 # %% auto #0
@@ -281,6 +283,9 @@ def ensure(self: Study, name: str) -> dict:
                 record = self._compute(STAGES[name], upstream, reason)
     self.records[name], self.reasons[name] = record, reason
     self._note(name, record, reason, time.time() - start)
+    tracking.log({"wall_s": record["wall_s"], "elapsed_s": time.time() - start, "cached": reason == "cached"}, 0,
+                 f"stages/{name}")
+    tracking.summary(record["summary"], name)   # the stage's results, in the tracked run's summary
     return record
 
 
@@ -383,8 +388,21 @@ def figure(self: Study, fig, name: str, formats: tuple[str, ...] = ("png",)) -> 
     """Save a figure into the run folder's `figures/<name>.<format>` (`name` may name a subfolder, as in
     `features/pool2_17`; each part is made filesystem-safe), show it inline in a notebook, and close it."""
     stem = self.run.figure_stem(name)
+    saved = save_figure(fig, stem, formats)
+    for path in saved:
+        if Path(path).suffix == ".png":
+            tracking.image(f"figures/{name}", path)
     # returns nothing: a notebook cell ending in `study.figure(...)` shows the figure, not a list of paths
-    show_figure(fig, save_figure(fig, stem, formats))
+    show_figure(fig, saved)
+
+
+@patch
+def track(self: Study) -> None:
+    """Make this run the process's tracked run (`execution.tracking`; nothing with `none`): stages, training curves
+    and figures go to it. Its id comes from the run folder's name, so each notebook of a run, and a resumed run, continue it."""
+    ex = self.cfg.execution
+    start_tracking(ex.tracking, self.run.tracking_dir, self.run.name, self.cfg.run.group, self.cfg.to_dict(),
+                   ex.tracking_project)
 
 # %% ../nbs/12a_cache.ipynb #284c7502
 METRICS_SCHEMA = "sfc_vision.metrics/1"

@@ -19,13 +19,14 @@ from .config import ConfigError, digest
 from .study_config import WINDOWS_RESERVED, StudyConfig, safe_label
 
 # %% auto #0
-__all__ = ['CONFIG', 'STATUS', 'METRICS', 'RUN_LOCK', 'NOTES', 'NOTEBOOKS', 'FIGURES', 'FEATURES', 'ARTIFACTS', 'CACHE', 'MARKER',
-           'FIGURE_SUFFIXES', 'RUN_NAME_RE', 'run_name', 'run_folder', 'contained_path', 'RunDamaged', 'RunFolder',
-           'feature_figure_name', 'run_status', 'list_runs']
+__all__ = ['CONFIG', 'STATUS', 'METRICS', 'RUN_LOCK', 'NOTES', 'NOTEBOOKS', 'FIGURES', 'FEATURES', 'ARTIFACTS', 'TRACKING',
+           'CACHE', 'MARKER', 'FIGURE_SUFFIXES', 'RUN_NAME_RE', 'run_name', 'run_folder', 'contained_path',
+           'RunDamaged', 'RunFolder', 'feature_figure_name', 'run_status', 'list_runs']
 
 # %% ../nbs/12_study_runfolder.ipynb #17b71412
 CONFIG, STATUS, METRICS, RUN_LOCK = "config.yaml", "status.json", "metrics.json", ".run.lock"
 NOTES, NOTEBOOKS, FIGURES, FEATURES, ARTIFACTS = "stages", "notebooks", "figures", "features", "artifacts"
+TRACKING = "tracking"  # experiment-tracking files (TensorBoard events, offline W&B runs)
 CACHE, MARKER = "_cache", "stage.json"  # the stage cache beside the run folders; the file that commits an entry
 FIGURE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg")
 
@@ -87,6 +88,7 @@ class RunFolder:
     notebooks_dir = property(lambda self: self.path / NOTEBOOKS)
     figures_dir = property(lambda self: self.path / FIGURES)
     artifacts_dir = property(lambda self: self.path / ARTIFACTS)
+    tracking_dir = property(lambda self: self.path / TRACKING)
 
     def note_path(self, stage: str) -> Path:
         "Where the note of `stage` (which cache entry the run used, and how) is kept."

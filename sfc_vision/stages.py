@@ -447,4 +447,6 @@ def open_study(config: dict | None = None, config_file: str = "", runs_root: str
     "The `Study` of a study notebook's parameters: `config_file` (YAML) updated by the mapping `config`, in `runs_root`."
     base = load_config(config_file or None).to_dict()
     cfg = StudyConfig.from_dict(merge_settings(base, config or {}))
-    return Study(cfg, runs_root or default_runs_root(), force, force_since, progress)
+    study = Study(cfg, runs_root or default_runs_root(), force, force_since, progress)
+    study.track()   # execution.tracking: each study notebook continues the run's tracked run
+    return study

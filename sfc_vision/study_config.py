@@ -12,7 +12,8 @@ from typing import Literal
 
 import yaml
 
-from .config import Config, ConfigError, apply_overrides, check_range, read_yaml, setting
+from .config import Config, ConfigError, apply_overrides, check_choice, check_range, read_yaml, setting
+from .tracking import TRACKING
 from .data import DataConfig
 from .models import ModelConfig, resolve_layer
 from .train import TrainConfig
@@ -37,6 +38,7 @@ class RunConfig(Config):
     name: str = setting("default", "label the run folder's name starts with (made filesystem-safe; the config hash is appended)")
     stages: tuple[StageName, ...] = setting((), "stages to run (their upstream stages come along); () runs every stage")
     needs_gpu: bool = setting(False, "refuse to start where no CUDA device is visible (for the large presets)")
+    group: str | None = setting(None, "the sweep this run belongs to (set by sfc-vision sweep); tracked runs are grouped by it")
     feature_pages: int | None = setting(2, "feature pages drawn per layer of each circuit (SAE features, neurons): "
                                            "its nodes of largest |IE|; None: every node")
 
@@ -70,13 +72,17 @@ class ExecutionConfig(Config):
     grad_batch_size: int = setting(64, "images per forward+backward pass (attribution, edges, faithfulness)")
     max_rows: int = setting(256, "attribution: images × interpolation steps per pass, a memory bound")
     threads: int = setting(1, "torch CPU threads of the run however it is launched (alone, in a sweep, on SLURM)")
+    tracking: str = setting("none", "experiment tracking: none, tensorboard (event files in the run folder's tracking/), "
+                                    "wandb (offline unless WANDB_MODE or a login says online); no result depends on it")
+    tracking_project: str = setting("sfc_vision", "wandb: the project the tracked runs go to")
 
     def validate(self):
         if not (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ConfigError(f"device: unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
         for key in ("batch_size", "grad_batch_size", "max_rows", "threads"):
             check_range(key, getattr(self, key), lo=1)
-        check_range("threads", self.threads, lo=1, hi=MAX_THREADS)  # more threads than any node has cores only thrashes
+        check_range("threads", self.threads, lo=1, hi=MAX_THREADS)
+        check_choice("tracking", self.tracking, TRACKING)  # more threads than any node has cores only thrashes
 
 # %% ../nbs/12_study_config.ipynb #33f4ffa4
 @dataclass(frozen=True)

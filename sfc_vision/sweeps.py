@@ -138,6 +138,7 @@ def sweep_runs(sweep: SweepConfig, base: dict | None = None, where: str = "") ->
         if sweep.seeds is not None:
             label["seed"] = point[SEED_KEYS[0]]
         settings.setdefault("run.name", point_label(sweep.name, label))
+        settings.setdefault("run.group", sweep.name)  # tracked runs are grouped by their sweep
         try:
             cfg = StudyConfig.from_dict(apply_overrides(base or {}, settings))
         except ConfigError as e:

@@ -5,6 +5,7 @@
 # %% ../nbs/01a_tracking.ipynb #78db6a4e
 from __future__ import annotations
 
+import atexit
 import hashlib
 import math
 import os
@@ -14,21 +15,21 @@ from pathlib import Path
 from .config import check_choice
 
 # %% auto #0
-__all__ = ['TRACKING', 'scalars', 'Tracker', 'current', 'log', 'TensorBoardTracker', 'tracked_run_id', 'WandbTracker',
-           'start_tracking', 'stop_tracking']
+__all__ = ['TRACKING', 'scalars', 'Tracker', 'current', 'log', 'summary', 'image', 'TensorBoardTracker', 'tracked_run_id',
+           'WandbTracker', 'start_tracking', 'stop_tracking']
 
 # %% ../nbs/01a_tracking.ipynb #0230f2ed
 TRACKING = ("none", "tensorboard", "wandb")
 
 
 def scalars(values: dict, prefix: str = "") -> dict[str, float]:
-    "The finite numbers of a (nested) mapping, flattened to `prefix/key/subkey` names; everything else is left out."
+    "The finite numbers of a (nested) mapping (a yes/no as 1/0), flattened to `prefix/key/subkey` names; the rest is left out."
     out = {}
     for k, v in values.items():
         name = f"{prefix}/{k}" if prefix else str(k)
         if isinstance(v, dict):
             out.update(scalars(v, name))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        elif isinstance(v, (int, float)) and math.isfinite(v):   # a bool is an int: a gate passed is 1
             out[name] = float(v)
     return out
 
@@ -60,7 +61,8 @@ class Tracker:
 
 
 _CURRENT: list[Tracker] = [Tracker()]
-_WARNED: set[str] = set()
+_WARNED: set[str] = set()   # backends whose failure was said (once each)
+_AT_EXIT: list = []          # stop_tracking, once registered to run at exit
 
 
 def current() -> Tracker:
@@ -71,6 +73,16 @@ def current() -> Tracker:
 def log(values: dict, step: int, prefix: str) -> None:
     "Log to the current tracker; a failing backend is reported once and replaced by the no-op tracker."
     _guard(lambda t: t.log(values, step, prefix))
+
+
+def summary(values: dict, prefix: str = "") -> None:
+    "Record final results in the current tracker's summary (guarded as `log`)."
+    _guard(lambda t: t.summary(values, prefix))
+
+
+def image(key: str, path: str | os.PathLike) -> None:
+    "Log a figure's PNG file to the current tracker (guarded as `log`)."
+    _guard(lambda t: t.image(key, path))
 
 
 def _guard(fn) -> None:
@@ -183,6 +195,8 @@ def start_tracking(kind: str, folder: str | os.PathLike, name: str, group: str |
         _warn(kind, f"tracking with {kind} could not start ({type(e).__name__}: {e}); the run goes on untracked")
         return current()
     _CURRENT[0] = tracker
+    if not _AT_EXIT:   # a kernel that ends without stop_tracking still flushes and closes its run
+        _AT_EXIT.append(atexit.register(stop_tracking))
     return tracker
 
 
