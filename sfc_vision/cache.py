@@ -369,9 +369,9 @@ def _note(self: Study, name: str, record: dict, reason: str, elapsed: float):
         if (note.get("generation"), note.get("attempt")) == (record["generation"], attempt):
             return  # a later notebook of this attempt reusing what an earlier one noted: keep how it was obtained
     rel = os.path.relpath(folder, self.run_dir)
-    write_json(note_path, {"key": record["key"], "generation": record["generation"], "cached": reason == "cached",
-                           "reason": reason, "wall_s": record["wall_s"], "elapsed_s": elapsed, "path": rel,
-                           "summary": record["summary"], "attempt": attempt})
+    self.run.write_record(note_path, {"key": record["key"], "generation": record["generation"], "cached": reason == "cached",
+                                      "reason": reason, "wall_s": record["wall_s"], "elapsed_s": elapsed, "path": rel,
+                                      "summary": record["summary"], "attempt": attempt})
     link = self.run.artifact_link(name)
     link.parent.mkdir(exist_ok=True)
     try:
@@ -424,12 +424,12 @@ def write_metrics(run_dir: str | os.PathLike) -> dict:
             metrics[name] = note["summary"]
             elapsed[name] = note["elapsed_s"]
     metrics["wall_s"] = {"stages": elapsed, "notebooks": status.get("notebooks", {}), "total": status.get("wall_s")}
-    write_json(run.metrics_path, metrics)
+    run.write_record(run.metrics_path, metrics)
     return metrics
 
 
 def comparable_metrics(metrics: dict) -> dict:
     "`metrics` without what legitimately differs between two runs of one configuration (times, host, cache use)."
-    out = {k: v for k, v in metrics.items() if k not in ("run", "wall_s")}
+    out = {k: v for k, v in metrics.items() if k not in ("run", "wall_s", "digest")}
     out["stages"] = {n: {"key": s["key"]} for n, s in metrics.get("stages", {}).items()}
     return out

@@ -5,6 +5,7 @@
 # %% ../nbs/12_study_runfolder.ipynb #56e0d432
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -14,14 +15,14 @@ import yaml
 from fastcore.basics import patch
 from filelock import FileLock, Timeout
 
-from .artifacts import ArtifactError, read_json
+from .artifacts import ArtifactError, read_json, write_json
 from .config import ConfigError, digest
 from .study_config import WINDOWS_RESERVED, StudyConfig, safe_label
 
 # %% auto #0
 __all__ = ['CONFIG', 'STATUS', 'METRICS', 'RUN_LOCK', 'NOTES', 'NOTEBOOKS', 'FIGURES', 'FEATURES', 'ARTIFACTS', 'TRACKING',
            'CACHE', 'MARKER', 'FIGURE_SUFFIXES', 'RUN_NAME_RE', 'run_name', 'run_folder', 'contained_path',
-           'RunDamaged', 'RunFolder', 'feature_figure_name', 'run_status', 'list_runs']
+           'RunDamaged', 'RunFolder', 'sealed', 'feature_figure_name', 'run_status', 'list_runs']
 
 # %% ../nbs/12_study_runfolder.ipynb #17b71412
 CONFIG, STATUS, METRICS, RUN_LOCK = "config.yaml", "status.json", "metrics.json", ".run.lock"
@@ -129,7 +130,7 @@ def config(self: RunFolder) -> StudyConfig:
 # %% ../nbs/12_study_runfolder.ipynb #e8350868
 @patch
 def read_mapping(self: RunFolder, path: Path, default: dict | None = None) -> dict | None:
-    "The mapping in JSON file `path` of the run; `default` if the file does not exist."
+    "The mapping in JSON file `path` of the run (its digest checked where it has one); `default` if the file does not exist."
     if not path.exists():
         return default
     try:
@@ -138,6 +139,8 @@ def read_mapping(self: RunFolder, path: Path, default: dict | None = None) -> di
         raise self.damaged(path, "not JSON" if "corrupted JSON" in str(e) else str(e)) from None
     if not isinstance(data, dict):
         raise self.damaged(path, f"holds a {type(data).__name__}, not a mapping")
+    if "digest" in data and data["digest"] != digest({k: v for k, v in data.items() if k != "digest"}):
+        raise self.damaged(path, "edited since it was written (its content no longer matches its digest)")
     return data
 
 
@@ -157,6 +160,18 @@ def metrics(self: RunFolder) -> dict:
 def cfg(self: RunFolder) -> StudyConfig:
     "The configuration, under the name `Study` and `RunOutputs` use."
     return self.config
+
+# %% ../nbs/12_study_runfolder.ipynb #54dfea8d
+def sealed(record: dict) -> dict:
+    "`record` as JSON writes it, with a `digest` of its content."
+    body = json.loads(json.dumps({k: v for k, v in record.items() if k != "digest"}))
+    return {**body, "digest": digest(body)}
+
+
+@patch
+def write_record(self: RunFolder, path: Path, record: dict) -> Path:
+    "Write a record of the run (status, metrics, a stage note) at `path`, sealed with its digest."
+    return write_json(path, sealed(record))
 
 # %% ../nbs/12_study_runfolder.ipynb #0629142d
 @patch

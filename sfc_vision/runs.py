@@ -19,7 +19,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from .activations import read_layers
-from .artifacts import ArtifactError, write_json
+from .artifacts import ArtifactError
 from .cache import STAGES, Study, stage_closure, utc_now, writable_folder, write_metrics
 from .config import ConfigError
 from .data import DATASETS, DataConfig, DataNotFoundError, class_index, load_data
@@ -347,7 +347,7 @@ def _run_study(study: Study, log) -> dict:
     earlier = _files(run)  # an earlier attempt's notebooks and figures stay until this one completes
     status = {"status": "running", "error": None, "failed_notebook": None, "started_at": utc_now(), "finished_at": None,
               "wall_s": None, "notebooks": {}, "host": socket.gethostname(), "pid": os.getpid(), "attempt": study.force_since}
-    write_json(run.status_path, status)
+    run.write_record(run.status_path, status)
     start = time.time()
     params = {"config": cfg.to_dict(), "runs_root": str(study.runs_root), "force": sorted(study.force),
               "force_since": study.force_since, "progress": False}
@@ -376,7 +376,7 @@ def _run_study(study: Study, log) -> dict:
             if not run.note_path(link.name).exists():
                 link.unlink()
     status.update(finished_at=utc_now(), wall_s=round(time.time() - start, 3))
-    write_json(run.status_path, status)
+    run.write_record(run.status_path, status)
     return write_metrics(run.path)
 
 # %% ../nbs/12c_runs.ipynb #ade481bb

@@ -431,10 +431,13 @@ DAMAGES = [("config.yaml", b"\x89PNG\r\n\x1a\n\x00binary", "config.yaml is damag
            ("config.yaml", b"model: [unclosed\n", "config.yaml is damaged"),
            ("metrics.json", b'{"stages": {', "metrics.json is damaged: not JSON"),
            ("status.json", b"\x00\x01", "status.json is damaged: not JSON"),
-           ("notebooks/01_model_saes.ipynb", None, "notebooks/01_model_saes.ipynb is damaged: not a readable notebook")]
+           ("notebooks/01_model_saes.ipynb", None, "notebooks/01_model_saes.ipynb is damaged: not a readable notebook"),
+           ("metrics.json", lambda b: b.replace(b'"accuracy": 0.', b'"accuracy": 1.', 1),     # a number edited by hand
+            "metrics.json is damaged: edited since it was written")]
 
 
-@pytest.mark.parametrize("file, content, message", DAMAGES, ids=["binary_config", "bad_yaml", "metrics", "status", "notebook"])
+@pytest.mark.parametrize("file, content, message", DAMAGES,
+                         ids=["binary_config", "bad_yaml", "metrics", "status", "notebook", "edited_metrics"])
 def test_readers_name_a_damaged_run_and_build_the_rest(complete_run, tmp_path, file, content, message):
     from sfc_vision.figures import load_runs
     from sfc_vision.report import build_report
@@ -442,7 +445,9 @@ def test_readers_name_a_damaged_run_and_build_the_rest(complete_run, tmp_path, f
     good, bad = complete_run.folder.name, "damaged-0123456789"
     shutil.copytree(runs / good, runs / bad, symlinks=True)
     path = runs / bad / file
-    path.write_bytes(content if content is not None else path.read_bytes()[:path.stat().st_size // 2])  # None: truncated
+    old = path.read_bytes()
+    path.write_bytes(content(old) if callable(content) else content if content is not None else old[:len(old) // 2])  # None: truncated
+    assert path.read_bytes() != old
     code, out, err = main_("status", "--runs", runs)
     assert code == 0 and f"run {bad}: {message}" in out, out + err
     said = []
