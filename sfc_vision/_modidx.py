@@ -362,6 +362,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'sfc_vision.featvis': { 'sfc_vision.featvis.Directions': ('featvis.html#directions', 'sfc_vision/featvis.py'),
                                     'sfc_vision.featvis.Directions.__init__': ('featvis.html#directions.__init__', 'sfc_vision/featvis.py'),
                                     'sfc_vision.featvis.Directions.encode': ('featvis.html#directions.encode', 'sfc_vision/featvis.py'),
+                                    'sfc_vision.featvis.Directions.pre_acts': ('featvis.html#directions.pre_acts', 'sfc_vision/featvis.py'),
                                     'sfc_vision.featvis.FeatureVis': ('featvis.html#featurevis', 'sfc_vision/featvis.py'),
                                     'sfc_vision.featvis.FourierImage': ('featvis.html#fourierimage', 'sfc_vision/featvis.py'),
                                     'sfc_vision.featvis.FourierImage.__init__': ( 'featvis.html#fourierimage.__init__',
