@@ -45,10 +45,10 @@ GOOGLENET_SET = [
 RESNET_SET = [
     "run.needs_gpu=false",
     "data.workers=0",
-    "train.epochs=2",
+    "train.epochs=4",
     "train.batch_size=8",
     "train.optimizer=adam",  # the preset's SGD at lr 0.1 diverges in the few steps of 40 images (and is refused as such)
-    "train.lr=0.003",
+    "train.lr=0.001",
     "capture.positions_per_image=4",
     "sae.expansion=1",
     "sae.steps=20",
@@ -233,7 +233,7 @@ def test_tinyimagenet_resnet18_preset_trained_here(tmp_path):
     layers = ["layer1", "layer2", "layer3", "layer4"]
     assert list(cfg.capture.layers) == layers and cfg.circuit.target_class is None
     figures = check_complete(folder, m, layers, len(CLASSES) * TINY_VAL)
-    assert "model_training" in figures and m["model"]["trained"] and m["model"]["epochs"] == 2
+    assert "model_training" in figures and m["model"]["trained"] and m["model"]["epochs"] == 4
     for layer in layers:
         assert m["activations"][layer]["n_vectors"] == 4 * m["activations"][layer]["n_images"] == 4 * len(CLASSES) * TINY_TRAIN
     assert m["attribution"]["target_class"] is None and m["attribution"]["n_images"] == 10

@@ -94,7 +94,7 @@ def test_sweep_completes_the_good_runs_and_records_the_failure(local_sweep):
     good = complete_runs(s)
     assert sorted(r["point"]["sae.l1_coeff"] for r in good) == LAMBDAS
     for r in good:
-        cfg = StudyConfig.from_dict({**TINY, "run": {"name": f"lam_l1_coeff={r['point']['sae.l1_coeff']:g}"},
+        cfg = StudyConfig.from_dict({**TINY, "run": {"name": f"lam_l1_coeff={r['point']['sae.l1_coeff']:g}", "group": "lam"},
                                      "sae": {**TINY["sae"], "l1_coeff": r["point"]["sae.l1_coeff"]}})
         assert r["run"] == run_name(cfg)
         check_run_folder(local_sweep.runs / r["run"], cfg)
