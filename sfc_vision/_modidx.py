@@ -388,6 +388,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'sfc_vision.featvis.visualize_units': ('featvis.html#visualize_units', 'sfc_vision/featvis.py')},
             'sfc_vision.figures': { 'sfc_vision.figures._get': ('figures.html#_get', 'sfc_vision/figures.py'),
                                     'sfc_vision.figures._previous_figures': ('figures.html#_previous_figures', 'sfc_vision/figures.py'),
+                                    'sfc_vision.figures.figure_section': ('figures.html#figure_section', 'sfc_vision/figures.py'),
                                     'sfc_vision.figures.load_runs': ('figures.html#load_runs', 'sfc_vision/figures.py'),
                                     'sfc_vision.figures.make_figures': ('figures.html#make_figures', 'sfc_vision/figures.py'),
                                     'sfc_vision.figures.plot_across_runs': ('figures.html#plot_across_runs', 'sfc_vision/figures.py'),

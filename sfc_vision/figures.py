@@ -21,8 +21,8 @@ from .runs import error_text, notebook_kernel, notebooks_dir
 from .study_config import StudyConfig, safe_label
 
 # %% auto #0
-__all__ = ['representative_run', 'load_runs', 'record_figure', 'write_figure_index', 'make_figures', 'plot_training_history',
-           'swept_values', 'plot_across_runs']
+__all__ = ['FIGURE_SECTIONS', 'representative_run', 'load_runs', 'figure_section', 'record_figure', 'write_figure_index',
+           'make_figures', 'plot_training_history', 'swept_values', 'plot_across_runs']
 
 # %% ../nbs/14_figures.ipynb #77bc5a44
 def representative_run(runs: list[dict]) -> dict:
@@ -46,32 +46,50 @@ def load_runs(runs_root: str | os.PathLike = "runs", status: str | None = "compl
     return out
 
 
+FIGURE_SECTIONS = {"01_saes": "SAEs", "02_circuits": "circuits", "03_interpret": "interpretability",
+                   "04_claims": "claims"}  # the section of an analysis notebook's figures unless it names one
+
+
+def figure_section(entry: dict) -> str:
+    "The section a figure-index entry belongs to: its own `section`, else its notebook's (`FIGURE_SECTIONS`), else 'other'."
+    return entry.get("section") or FIGURE_SECTIONS.get(Path(entry.get("made_by", "")).stem, "other")
+
+
 def record_figure(fig, figures_dir: str | os.PathLike, name: str, caption: str, made_by: str, runs=(),
-                  formats: tuple[str, ...] = ("png",)) -> list[Path]:
-    "Save `fig` as `figures_dir/<name>.png`, show it inline in a notebook, and note in `index.json` what it shows, who made it, from which runs."
+                  formats: tuple[str, ...] = ("png",), section: str | None = None) -> list[Path]:
+    """Save `fig` as `figures_dir/<name>.png`, show it inline in a notebook, and note in `index.json` what it shows,
+    who made it, from which runs, and the `section` of the figure index it belongs in (None: its notebook's)."""
     figures_dir = Path(figures_dir)
     paths = save_figure(fig, figures_dir / safe_label(name), formats)
     show_figure(fig, paths)
     index_path = figures_dir / "index.json"
     index = read_json(index_path) if index_path.exists() else {"figures": []}
     entry = {"file": paths[0].name, "caption": caption, "made_by": made_by, "runs": sorted(runs)}
+    entry["section"] = figure_section({**entry, "section": section})
     index["figures"] = [e for e in index["figures"] if e["file"] != entry["file"]] + [entry]
     write_json(index_path, index)
     return paths
 
 
 def write_figure_index(figures_dir: str | os.PathLike) -> Path:
-    "Write `figures_dir/README.md`: each figure, what it shows, the notebook that made it and the runs it used."
+    "Write `figures_dir/README.md`: each figure by section, what it shows, the notebook that made it and the runs it used."
     figures_dir = Path(figures_dir)
     index = read_json(figures_dir / "index.json") if (figures_dir / "index.json").exists() else {"figures": []}
     lines = ["# Figures", "",
              "Regenerated from the run folders by `sfc-vision figures` (the analysis notebooks in `nbs/analysis/`).",
              "The committed ones come from the embedded default sweep, `configs/default_sweep.yaml`:",
              "", "```", "sfc-vision sweep configs/default_sweep.yaml && sfc-vision figures", "```", "",
-             "| figure | what it shows | made by | from runs |", "|---|---|---|---|"]
+             ]
+    sections = defaultdict(list)
     for e in index["figures"]:
-        runs = ", ".join(e["runs"][:4]) + (f", … ({len(e['runs'])} runs)" if len(e["runs"]) > 4 else "")
-        lines.append(f"| [{e['file']}]({e['file']}) | {e['caption']} | `{e['made_by']}` | {runs} |")
+        sections[figure_section(e)].append(e)
+    for section, entries in sections.items():
+        lines += [f"## {section[:1].upper() + section[1:]}", "",
+                  "| figure | what it shows | made by | from runs |", "|---|---|---|---|"]
+        for e in entries:
+            runs = ", ".join(e["runs"][:4]) + (f", … ({len(e['runs'])} runs)" if len(e["runs"]) > 4 else "")
+            lines.append(f"| [{e['file']}]({e['file']}) | {e['caption']} | `{e['made_by']}` | {runs} |")
+        lines.append("")
     return write_text(figures_dir / "README.md", "\n".join(lines) + "\n")
 
 
