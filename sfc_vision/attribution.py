@@ -20,9 +20,9 @@ from .data import ImageSet, class_index
 from .splice import Patch, Splice, check_patches, eval_mode
 
 # %% auto #0
-__all__ = ['METRICS', 'ERROR_METHODS', 'ESTIMATORS', 'Metric', 'check_metric', 'make_metric', 'AttributionConfig', 'SiteNodes',
-           'atp_batch', 'ig_batch', 'ig_error_batch', 'exact_batch', 'Estimator', 'estimate', 'ig_error_converged',
-           'NodeEffects', 'node_effects']
+__all__ = ['METRICS', 'ERROR_METHODS', 'ESTIMATORS', 'IG_FLOOR', 'Metric', 'check_metric', 'make_metric', 'AttributionConfig',
+           'SiteNodes', 'atp_batch', 'ig_batch', 'ig_error_batch', 'exact_batch', 'Estimator', 'estimate',
+           'ig_error_converged', 'NodeEffects', 'node_effects']
 
 # %% ../nbs/09a_attribution.ipynb #c4baa20d
 METRICS = {"ce": "cross-entropy of the true class (the thesis's metric)",
@@ -83,7 +83,7 @@ class AttributionConfig(Config):
     method: Literal["atp", "ig", "exact"] = setting("atp", "node estimator, see ESTIMATORS (edges always use gradients)")
     error_method: Literal["ig", "same"] = setting("ig", "error nodes: integrated gradients of each alone, or as `method` (see node_effects)")
     ig_steps: int = setting(10, "ig: points on the path from the activation to the patch (error nodes: the first try, see ig_tolerance)")
-    ig_tolerance: float | None = setting(0.05, "error nodes by IG: each image's steps double from ig_steps until |IG − exact| ≤ this · |exact| (completeness); None: ig_steps, unchecked")
+    ig_tolerance: float | None = setting(0.05, "error nodes by IG: each image's steps double from ig_steps until |IG − exact| ≤ this · max(|exact|, 0.01) (completeness); None: ig_steps, unchecked")
     ig_max_steps: int = setting(160, "error nodes by IG: the most steps the doubling may reach")
     patch: Literal["mean", "zero"] = setting("mean", "what ablated nodes become: mean over reference images (per position) or zero")
     n_reference: int = setting(1000, "training images the mean patch is taken over")
@@ -237,12 +237,15 @@ def _error_ablated(splice: Splice, x, y, metric: Callable, patches: dict[str, Pa
         return metric(model(x), y) - clean
 
 
+IG_FLOOR = 0.01  # metric units: exact effects below this are held to an absolute tolerance · IG_FLOOR
+
+
 def ig_error_converged(splice: Splice, x: torch.Tensor, y: torch.Tensor, metric: Callable, patches: dict[str, Patch],
                        steps: int = 10, tolerance: float = 0.05, max_steps: int = 160,
                        max_rows: int = 256) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
     """`ig_error_batch` with the steps chosen by completeness: per site and image, from `steps`, doubled until
     the IG effects `(B, P)` summed over positions reproduce the exact effect of ablating the error node within
-    `tolerance · |exact| + 1e-5`, or `max_steps` is reached.
+    `tolerance · max(|exact|, IG_FLOOR)`, or `max_steps` is reached.
 
     Returns the effects and, per site, `{"steps"` (the most used), `"abs_error"` (`Σ|IG − exact|`), `"abs_exact"`
     (`Σ|exact|`), `"residual"` (their ratio) and `"converged"` (every image within tolerance)`}`."""
@@ -259,7 +262,7 @@ def ig_error_converged(splice: Splice, x: torch.Tensor, y: torch.Tensor, metric:
             ie = _ig_site(splice, x[todo], y[todo], metric, patches[site], site, k, max_rows, True)[..., -1]
             out = ie.new_zeros(len(x), *ie.shape[1:]) if out is None else out
             out[todo] = ie
-            done[todo] = (ie.sum(1).double() - exact[todo]).abs() <= tolerance * exact[todo].abs() + 1e-5
+            done[todo] = (ie.sum(1).double() - exact[todo]).abs() <= tolerance * exact[todo].abs().clamp(min=IG_FLOOR)
             if done.all() or k >= max_steps:
                 break
             k = min(2 * k, max_steps)

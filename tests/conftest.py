@@ -61,28 +61,70 @@ def run_cli(*args, env: dict | None = None, timeout: float = 900) -> subprocess.
                           timeout=timeout, cwd=REPO)
 
 
+# Under pytest-xdist (the README's test command runs `-n auto --dist loadfile`: each file on one worker, so a
+# module's fixtures are made once) the files that take longest start first, and each worker has its own
+# temporary folder: a run clears the kernel folders that killed runs left in it (`clean_kernel_leftovers`),
+# which must not reach into a test on another worker that is inspecting its own.
+LONGEST_FIRST = ["test_presets.py", "test_report.py", "test_faults.py", "test_runs.py", "test_slurm.py",
+                 "test_tracking.py", "test_cli.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
+
+
+def pytest_configure(config):
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        import tempfile
+        tmp = Path(tempfile.gettempdir()) / f"sfc-vision-tests-{os.getpid()}-{worker}"
+        tmp.mkdir(parents=True, exist_ok=True)
+        os.environ["TMPDIR"] = str(tmp)  # this worker's runs and their kernels
+        tempfile.tempdir = None          # read TMPDIR again
+
+
 @pytest.fixture(scope="session")
 def cli():
     return run_cli
 
 
+def shared_dir(tmp_path_factory, name: str) -> Path:
+    "A folder every pytest-xdist worker of this session sees (the session's base folder, above the workers' own)."
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    return base / name
+
+
 @pytest.fixture(scope="session")
 def local_sweep(tmp_path_factory):
     """A sweep over λ (4 runs) plus one configuration made to fail (weights of an MLP for the CNN: the
-    checkpoint exists, so the run starts, and fails in the classifier stage), on 2 local processes."""
+    checkpoint exists, so the run starts, and fails in the classifier stage), on 2 local processes.
+
+    Made once per test session: under pytest-xdist the first worker to ask runs it, the others wait for it."""
+    from filelock import FileLock
     from sfc_vision.models import ModelConfig, build_model
-    root = tmp_path_factory.mktemp("local_sweep")
-    bad = root / "mlp_weights.pth"
-    torch.save(build_model(ModelConfig(arch="mlp"), (1, 28, 28), 10).net.state_dict(), bad)
-    write_yaml(root / "base.yaml", TINY)
-    sweep = write_yaml(root / "lam.yaml", {
-        "name": "lam", "base": "base.yaml",
-        "grid": {"sae.l1_coeff": LAMBDAS},
-        "points": [{"model.weights": str(bad)}],
-        "executor": {"kind": "local", "workers": 2}})
-    start = time.time()
-    result = run_cli("sweep", sweep, "--runs", root / "runs")
-    return SimpleNamespace(root=root, runs=root / "runs", sweep=sweep, result=result, wall_s=time.time() - start,
+    root = shared_dir(tmp_path_factory, "local_sweep")
+    done = root / "result.json"
+    with FileLock(str(root) + ".lock"):
+        if not done.exists():
+            root.mkdir(parents=True, exist_ok=True)
+            bad = root / "mlp_weights.pth"
+            torch.save(build_model(ModelConfig(arch="mlp"), (1, 28, 28), 10).net.state_dict(), bad)
+            write_yaml(root / "base.yaml", TINY)
+            write_yaml(root / "lam.yaml", {
+                "name": "lam", "base": "base.yaml",
+                "grid": {"sae.l1_coeff": LAMBDAS},
+                "points": [{"model.weights": str(bad)}],
+                "executor": {"kind": "local", "workers": 2}})
+            start = time.time()
+            r = run_cli("sweep", root / "lam.yaml", "--runs", root / "runs")
+            done.write_text(json.dumps({"args": r.args, "returncode": r.returncode, "stdout": r.stdout,
+                                        "stderr": r.stderr, "wall_s": time.time() - start}))
+    res = read_json(done)
+    result = subprocess.CompletedProcess(res["args"], res["returncode"], res["stdout"], res["stderr"])
+    return SimpleNamespace(root=root, runs=root / "runs", sweep=root / "lam.yaml", result=result, wall_s=res["wall_s"],
                            summary=read_json(root / "runs" / "_sweeps" / "lam" / "summary.json"))
 
 
