@@ -9,6 +9,7 @@ import argparse
 import errno
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -197,7 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "force", None) == []:
         args.force = ["all"]
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
+        return status
+    except BrokenPipeError:  # the reader went away (`sfc-vision status --json | head`): stop quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush of stdout raises nothing
+        return 128 + signal.SIGPIPE
     except (ConfigError, RequirementError, ArtifactError, FileNotFoundError) as e:
         print(f"sfc-vision {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -5,9 +5,15 @@
 # %% ../nbs/17_docs.ipynb #d2d28b93
 from __future__ import annotations
 
+import ast
 import hashlib
+import html
+import importlib
+import inspect
+import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,8 +27,10 @@ from .report import REPORT_MARKER, render_notebook, templates_dir
 from .runs import notebooks_dir
 
 # %% auto #0
-__all__ = ['DIRECTIVE', 'MODULE_REF', 'directives', 'prepare_notebook', 'title_of', 'module_closure', 'execution_key',
-           'execute_notebook', 'build_docs']
+__all__ = ['DIRECTIVE', 'MODULE_REF', 'DEFAULT_EXP', 'HEADING', 'TAG', 'NOT_BUILT', 'directives', 'prepare_notebook', 'title_of',
+           'module_closure', 'execution_key', 'execute_notebook', 'export_names', 'api_card', 'api_anchor',
+           'add_api_cards', 'page_sections', 'contents_html', 'link_from_report', 'copy_assets', 'docs_exporter',
+           'render_page', 'build_docs']
 
 # %% ../nbs/17_docs.ipynb #df6726e6
 DIRECTIVE = re.compile(r"^\s*#\|\s*([\w-]+).*$")
@@ -85,35 +93,187 @@ def execution_key(nb: nbformat.NotebookNode, skip: tuple[str, ...] = (), package
 
 def execute_notebook(nb: nbformat.NotebookNode, cwd: str | os.PathLike, timeout: int = 600) -> str | None:
     """Execute `nb` in place in folder `cwd`; return None, or why it stopped: the error of the cell that failed,
-    a cell running longer than `timeout` seconds, or a dead kernel (later cells are not run)."""
+    a cell running longer than `timeout` seconds, or a dead kernel (later cells are not run). The kernel talks
+    over Unix sockets (IPC) in a private temporary folder, not TCP: ipykernel warns on every start of a TCP
+    kernel without encryption, and a local build needs no network port."""
+    import tempfile
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
-    try:
-        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
-    except CellExecutionError as e:
-        return f"{e.ename}: {e.evalue}"
-    except CellTimeoutError:
-        return f"a cell ran longer than the timeout ({timeout} s)"
-    except DeadKernelError as e:
-        return f"the kernel died: {e}"
+    from traitlets.config import Config
+    with tempfile.TemporaryDirectory(prefix="sfc-docs-kernel-") as sockets:
+        ipc = Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "kernel")}})
+        try:
+            NotebookClient(nb, timeout=timeout, kernel_name="python3", config=ipc, resources={"metadata": {"path": str(cwd)}}).execute()
+        except CellExecutionError as e:
+            return f"{e.ename}: {e.evalue}"
+        except CellTimeoutError:
+            return f"a cell ran longer than the timeout ({timeout} s)"
+        except DeadKernelError as e:
+            return f"the kernel died: {e}"
     return None
+
+# %% ../nbs/17_docs.ipynb #596b0fe1
+def export_names(source: str) -> list[str]:
+    "The public names an `#| export` cell defines, in order: functions and classes, and `@patch`ed methods as `Class.name`."
+    names = []
+    for node in ast.parse(source).body:
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or node.name.startswith("_"):
+            continue
+        patched = any(getattr(getattr(d, "func", d), "id", None) == "patch" for d in node.decorator_list)
+        owner = node.args.args[0].annotation if patched and node.args.args else None
+        names.append(f"{owner.id}.{node.name}" if isinstance(owner, ast.Name) else node.name)
+    return names
+
+
+def _annotation(a) -> str:
+    return "" if a is inspect.Parameter.empty else a if isinstance(a, str) else inspect.formatannotation(a)
+
+
+def api_card(name: str, obj) -> str:
+    """An HTML card for `obj` (named `name`, `Class.method` for a method): its kind, signature, docstring
+    (Markdown) and a table of its parameters with type, default and comment (fastcore's `docments`)."""
+    import mistune
+    from fastcore.docments import docments
+    kind = "property" if isinstance(obj, property) else "class" if inspect.isclass(obj) else "method" if "." in name else "function"
+    obj = obj.fget if isinstance(obj, property) else obj
+    try:
+        params = list(inspect.signature(obj).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    if kind in ("method", "property") and params and params[0].name == "self":
+        params = params[1:]
+    try:
+        comments = docments(obj)
+    except Exception:  # no source to read (a builtin, a C extension): no comments
+        comments = {}
+    esc = html.escape
+    sig = ", ".join(("*" if p.kind == p.VAR_POSITIONAL else "**" if p.kind == p.VAR_KEYWORD else "") + p.name
+                    + (f": {_annotation(p.annotation)}" if p.annotation is not p.empty else "")
+                    + (f" = {p.default!r}" if p.default is not p.empty else "") for p in params)
+    rows = "".join(f"<tr><th>{esc(p.name)}</th><td><code>{esc(_annotation(p.annotation))}</code></td>"
+                   f"<td><code>{esc(repr(p.default)) if p.default is not p.empty else ''}</code></td>"
+                   f"<td>{esc(comments.get(p.name) or '')}</td></tr>" for p in params)
+    doc = inspect.getdoc(obj) or ""
+    return (f'<div class="sfc-card" id="{api_anchor(name)}"><p class="sig"><span class="kind">{kind}</span>'
+            f'<span class="name">{esc(name)}</span>{"" if kind == "property" else esc(f"({sig})")}</p>'
+            + (mistune.html(doc) if doc else "")
+            + (f"<table><tr><th>parameter</th><th>type</th><th>default</th><th>comment</th></tr>{rows}</table>" if rows else "")
+            + "</div>")
+
+
+def api_anchor(name: str) -> str:
+    "The element id of `name`'s API card."
+    return "api-" + re.sub(r"[^\w.-]", "-", name)
+
+# %% ../nbs/17_docs.ipynb #99023d3e
+DEFAULT_EXP = re.compile(r"^\s*#\|\s*default_exp\s+(\S+)", re.M)
+
+
+def add_api_cards(nb: nbformat.NotebookNode, source: nbformat.NotebookNode, package: str = "sfc_vision") -> list[dict]:
+    """Append an `api_card` as an HTML output to each code cell of `nb` that is an `#| export` cell of `source`
+    (matched by cell id), one per public name it defines, read from `source`'s `default_exp` module of `package`.
+    Returns `[{name, anchor, summary}]` in page order; a name the module lacks gets no card."""
+    exp = next((m.group(1) for c in source.cells if c.cell_type == "code" and (m := DEFAULT_EXP.search(c.source))), None)
+    exported = {c.get("id") for c in source.cells if c.cell_type == "code" and "export" in directives(c)}
+    if exp is None or not exported:
+        return []
+    module, cards = importlib.import_module(f"{package}.{exp}"), []
+    for cell in nb.cells:
+        if cell.cell_type != "code" or cell.get("id") not in exported:
+            continue
+        for name in export_names(cell.source):
+            obj = module
+            for part in name.split("."):
+                obj = inspect.getattr_static(obj, part, None) if inspect.isclass(obj) else getattr(obj, part, None)
+            if obj is None:
+                continue
+            cell.outputs.append(nbformat.v4.new_output("display_data", data={"text/html": api_card(name, obj)}))
+            doc = inspect.getdoc(obj.fget if isinstance(obj, property) else obj) or ""
+            cards.append({"name": name, "anchor": api_anchor(name), "summary": doc.split("\n\n")[0].replace("\n", " ")[:200]})
+    return cards
+
+# %% ../nbs/17_docs.ipynb #f412fb0c
+HEADING = re.compile(r'<h([1-3]) id="([^"]+)"[^>]*>(.*?)</h\1>', re.S)
+TAG = re.compile(r"<[^>]+>")
+
+
+def _text(fragment: str) -> str:
+    return " ".join(html.unescape(TAG.sub(" ", fragment)).replace("¶", " ").split())
+
+
+def page_sections(page_html: str) -> list[dict]:
+    "The headings of a rendered page, in order: `{level, id, title, text}` (`text`: the first 300 characters under it)."
+    found = list(HEADING.finditer(page_html))
+    return [{"level": int(m.group(1)), "id": html.unescape(m.group(2)), "title": _text(m.group(3)),
+             "text": _text(page_html[m.end():found[i + 1].start() if i + 1 < len(found) else len(page_html)])[:300]}
+            for i, m in enumerate(found)]
+
+
+def contents_html(sections: list[dict], cards: list[dict]) -> str:
+    "The page's contents column: its level-2 and level-3 headings, then its API cards."
+    esc = html.escape
+    heads = "".join(f'<li class="l{s["level"]}"><a href="#{esc(s["id"])}">{esc(s["title"])}</a></li>' for s in sections if s["level"] > 1)
+    api = "".join(f'<li class="api"><a href="#{esc(c["anchor"])}">{esc(c["name"])}</a></li>' for c in cards)
+    return ('<nav class="sfc-toc">' + (f"<h2>On this page</h2><ol>{heads}</ol>" if heads else "")
+            + (f"<h2>API</h2><ol>{api}</ol>" if api else "") + "</nav>")
+
+# %% ../nbs/17_docs.ipynb #65dcebb1
+NOT_BUILT = "Documentation not built (<code>sfc-vision docs</code>)."
+
+
+def link_from_report(out_dir: str | os.PathLike) -> bool:
+    """If the site `out_dir` lies in a report (a folder with the report's marker) whose index was built before the
+    site and so says the documentation is not built, replace that sentence with a link to the site; return whether
+    it did. (A report built later links the site itself.)"""
+    out_dir = Path(out_dir)
+    index = out_dir.parent / "index.html"
+    if not (out_dir.parent / REPORT_MARKER).exists() or not index.is_file() or NOT_BUILT not in (text := index.read_text()):
+        return False
+    link = f'The library, notebook by notebook: <a href="{out_dir.name}/index.html">documentation</a>.'
+    write_text(index, text.replace(NOT_BUILT, link))
+    return True
+
+# %% ../nbs/17_docs.ipynb #30d8ce2a
+def copy_assets(out_dir: str | os.PathLike) -> Path:
+    "Copy the site's scripts and styles (the vendored KaTeX among them) into `out_dir/_static`; return that folder."
+    static = Path(out_dir) / "_static"
+    shutil.copytree(templates_dir() / "docs" / "static", static, dirs_exist_ok=True)
+    return static
+
+
+def docs_exporter():
+    "nbconvert's HTML exporter with the `sfc_docs` template (which extends the report's offline notebook page)."
+    from nbconvert import HTMLExporter
+    nbconvert_dir = templates_dir() / "nbconvert"
+    return HTMLExporter(template_name="sfc_docs", extra_template_basedirs=[str(nbconvert_dir), str(templates_dir() / "docs" / "nbconvert")],
+                        extra_template_paths=[str(nbconvert_dir)],
+                        filters={"clean_html": lambda x: x.decode() if isinstance(x, bytes) else str(x)})
+
+
+def render_page(nb: nbformat.NotebookNode, out: str | os.PathLike, title: str, nav: dict, cards: list[dict], exporter=None) -> list[dict]:
+    "Write `nb` as a documentation page `out` (template `sfc_docs`) with its contents column; return its `page_sections`."
+    page, _ = (exporter or docs_exporter()).from_notebook_node(nb, resources={"metadata": {"name": title}, "sfc_nav": nav})
+    sections = page_sections(page[page.index("<main"):])
+    write_text(out, page.replace("<!--sfc-toc-->", contents_html(sections, cards), 1))
+    return sections
 
 # %% ../nbs/17_docs.ipynb #9e6c4c13
 def build_docs(out_dir: str | os.PathLike = "report/docs", nbs_dir: str | os.PathLike | None = None, execute: bool = True,
                skip: tuple[str, ...] = ("slow", "gpu"), cache_dir: str | os.PathLike | None = None, workers: int = 1,
                timeout: int = 600, log: Callable[[str], None] | None = None) -> dict:
     """Execute (or reuse executed copies of) the library notebooks of `nbs_dir` (default: the checkout's
-    `nbs/`) and write the documentation site into `out_dir`. Returns `{index, pages, failed: {notebook: error},
+    `nbs/`) and write the documentation site into `out_dir`: a page per notebook with API cards and contents,
+    `index.html`, and the search index `_static/search_index.js`. Returns `{index, pages, failed: {notebook: error},
     executed, reused, wall_s}`."""
     start, log = time.time(), log or (lambda msg: None)
     nbs_dir = notebooks_dir("study").parent if nbs_dir is None else Path(nbs_dir)
-    sources = sorted(nbs_dir.glob("*.ipynb"))
+    sources = {p.stem: nbformat.read(p, as_version=4) for p in sorted(Path(nbs_dir).glob("*.ipynb"))}
     if not sources:
         raise FileNotFoundError(f"nbs_dir: no notebook in {nbs_dir}; give the folder of the library notebooks")
     out_dir = Path(out_dir)
     cache_dir = out_dir / "_executed" if cache_dir is None else Path(cache_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prepared = {p.stem: prepare_notebook(nbformat.read(p, as_version=4), skip) for p in sources}
+    prepared = {stem: prepare_notebook(nb, skip) for stem, nb in sources.items()}
     failed, executed, reused = {}, [], []
 
     def run(stem: str) -> None:
@@ -138,17 +298,30 @@ def build_docs(out_dir: str | os.PathLike = "report/docs", nbs_dir: str | os.Pat
     if execute:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             list(pool.map(run, prepared))
+    copy_assets(out_dir)
     titles = {stem: title_of(nb, stem) for stem, nb in prepared.items()}
     in_report = (out_dir.parent / REPORT_MARKER).exists()
     links = [{"text": "Contents", "href": "index.html"}] + ([{"text": "Report", "href": "../index.html"}] if in_report else [])
+    exporter = docs_exporter()
+    search = []
     for stem, nb in prepared.items():
+        title, summary = titles[stem]
         if stem in failed:
             nb.cells.insert(1, nbformat.v4.new_markdown_cell(f"**This notebook failed when the site was built:** `{failed[stem]}`"))
+        cards = add_api_cards(nb, sources[stem])
         pages = [{"text": t, "href": f"{s}.html", "current": s == stem} for s, (t, _) in titles.items()]
-        render_notebook(nb, out_dir / f"{stem}.html", titles[stem][0], {"title": "sfc_vision documentation", "links": links, "pages": pages})
+        sections = render_page(nb, out_dir / f"{stem}.html", title,
+                               {"title": "sfc_vision documentation", "links": links, "pages": pages, "static": "_static"}, cards, exporter)
+        search += [{"kind": "page", "name": title, "page": stem, "href": f"{stem}.html", "text": summary}]
+        search += [{"kind": "section", "name": s["title"], "page": title, "href": f"{stem}.html#{s['id']}", "text": s["text"]}
+                   for s in sections if s["level"] > 1]
+        search += [{"kind": "api", "name": c["name"], "page": title, "href": f"{stem}.html#{c['anchor']}", "text": c["summary"]}
+                   for c in cards]
+    write_text(out_dir / "_static" / "search_index.js", "window.SFC_DOCS_INDEX = " + json.dumps(search) + ";\n")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates_dir() / "docs"), autoescape=True, trim_blocks=True, lstrip_blocks=True)
     index = write_text(out_dir / "index.html", env.get_template("index.html").render(
         links=links, pages=[{"stem": s, "href": f"{s}.html", "title": t, "summary": d, "failed": failed.get(s)}
                             for s, (t, d) in titles.items()], executed=execute, skip=skip))
+    link_from_report(out_dir)
     return {"index": index, "pages": [out_dir / f"{s}.html" for s in prepared], "failed": failed, "executed": sorted(executed),
             "reused": sorted(reused), "wall_s": time.time() - start}
