@@ -362,6 +362,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'sfc_vision.docs.module_closure': ('docs.html#module_closure', 'sfc_vision/docs.py'),
                                  'sfc_vision.docs.page_sections': ('docs.html#page_sections', 'sfc_vision/docs.py'),
                                  'sfc_vision.docs.prepare_notebook': ('docs.html#prepare_notebook', 'sfc_vision/docs.py'),
+                                 'sfc_vision.docs.render_job': ('docs.html#render_job', 'sfc_vision/docs.py'),
                                  'sfc_vision.docs.render_page': ('docs.html#render_page', 'sfc_vision/docs.py'),
                                  'sfc_vision.docs.title_of': ('docs.html#title_of', 'sfc_vision/docs.py')},
             'sfc_vision.edges': { 'sfc_vision.edges._decoder_matrix': ('edges.html#_decoder_matrix', 'sfc_vision/edges.py'),

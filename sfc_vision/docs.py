@@ -11,12 +11,13 @@ import html
 import importlib
 import inspect
 import json
+import multiprocessing
 import os
 import re
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import jinja2
@@ -30,7 +31,7 @@ from .runs import notebooks_dir
 __all__ = ['DIRECTIVE', 'MODULE_REF', 'DEFAULT_EXP', 'HEADING', 'TAG', 'NOT_BUILT', 'directives', 'prepare_notebook', 'title_of',
            'module_closure', 'execution_key', 'execute_notebook', 'export_names', 'api_card', 'api_anchor',
            'add_api_cards', 'page_sections', 'contents_html', 'link_from_report', 'copy_assets', 'docs_exporter',
-           'render_page', 'build_docs']
+           'render_page', 'render_job', 'build_docs']
 
 # %% ../nbs/17_docs.ipynb #df6726e6
 DIRECTIVE = re.compile(r"^\s*#\|\s*([\w-]+).*$")
@@ -103,7 +104,8 @@ def execute_notebook(nb: nbformat.NotebookNode, cwd: str | os.PathLike, timeout:
     with tempfile.TemporaryDirectory(prefix="sfc-docs-kernel-") as sockets:
         ipc = Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "kernel")}})
         try:
-            NotebookClient(nb, timeout=timeout, kernel_name="python3", config=ipc, resources={"metadata": {"path": str(cwd)}}).execute()
+            NotebookClient(nb, timeout=timeout, kernel_name="python3", config=ipc, shutdown_kernel="immediate",  # a cell that timed
+                           resources={"metadata": {"path": str(cwd)}}).execute()  # out must not answer into closed sockets
         except CellExecutionError as e:
             return f"{e.ename}: {e.evalue}"
         except CellTimeoutError:
@@ -150,14 +152,16 @@ def api_card(name: str, obj) -> str:
     sig = ", ".join(("*" if p.kind == p.VAR_POSITIONAL else "**" if p.kind == p.VAR_KEYWORD else "") + p.name
                     + (f": {_annotation(p.annotation)}" if p.annotation is not p.empty else "")
                     + (f" = {p.default!r}" if p.default is not p.empty else "") for p in params)
-    rows = "".join(f"<tr><th>{esc(p.name)}</th><td><code>{esc(_annotation(p.annotation))}</code></td>"
-                   f"<td><code>{esc(repr(p.default)) if p.default is not p.empty else ''}</code></td>"
-                   f"<td>{esc(comments.get(p.name) or '')}</td></tr>" for p in params)
+    code = lambda s: f"<code>{esc(s)}</code>" if s else ""
+    commented = any(comments.get(p.name) for p in params)  # the comment column only where a parameter has one
+    rows = "".join(f"<tr><td>{code(p.name)}</td><td>{code(_annotation(p.annotation))}</td>"
+                   f"<td>{code(repr(p.default)) if p.default is not p.empty else ''}</td>"
+                   + (f"<td>{esc(comments.get(p.name) or '')}</td>" if commented else "") + "</tr>" for p in params)
     doc = inspect.getdoc(obj) or ""
     return (f'<div class="sfc-card" id="{api_anchor(name)}"><p class="sig"><span class="kind">{kind}</span>'
             f'<span class="name">{esc(name)}</span>{"" if kind == "property" else esc(f"({sig})")}</p>'
             + (mistune.html(doc) if doc else "")
-            + (f"<table><tr><th>parameter</th><th>type</th><th>default</th><th>comment</th></tr>{rows}</table>" if rows else "")
+            + (f"<table><tr><th>parameter</th><th>type</th><th>default</th>{'<th>comment</th>' if commented else ''}</tr>{rows}</table>" if rows else "")
             + "</div>")
 
 
@@ -234,18 +238,26 @@ def link_from_report(out_dir: str | os.PathLike) -> bool:
     return True
 
 # %% ../nbs/17_docs.ipynb #30d8ce2a
-def copy_assets(out_dir: str | os.PathLike) -> Path:
-    "Copy the site's scripts and styles (the vendored KaTeX among them) into `out_dir/_static`; return that folder."
+def copy_assets(out_dir: str | os.PathLike, exporter=None) -> Path:
+    """Copy the site's scripts and styles into `out_dir/_static`: ours (the vendored KaTeX among them) and
+    JupyterLab's page styles from nbconvert's `lab` template (`lab/`), which every page links; return that folder."""
     static = Path(out_dir) / "_static"
     shutil.copytree(templates_dir() / "docs" / "static", static, dirs_exist_ok=True)
+    lab = next(Path(p) / "static" for p in (exporter or docs_exporter()).template_paths if (Path(p) / "static" / "theme-light.css").exists())
+    (static / "lab").mkdir(exist_ok=True)
+    for name in ("index.css", "theme-light.css"):
+        shutil.copyfile(lab / name, static / "lab" / name)
     return static
 
 
 def docs_exporter():
     "nbconvert's HTML exporter with the `sfc_docs` template (which extends the report's offline notebook page)."
+    import logging
     from nbconvert import HTMLExporter
     nbconvert_dir = templates_dir() / "nbconvert"
-    return HTMLExporter(template_name="sfc_docs", extra_template_basedirs=[str(nbconvert_dir), str(templates_dir() / "docs" / "nbconvert")],
+    quiet = logging.getLogger("sfc_vision.docs.nbconvert")
+    quiet.setLevel(logging.ERROR)  # not one "alternative text is missing" warning per figure of every page
+    return HTMLExporter(log=quiet, template_name="sfc_docs", extra_template_basedirs=[str(nbconvert_dir), str(templates_dir() / "docs" / "nbconvert")],
                         extra_template_paths=[str(nbconvert_dir)],
                         filters={"clean_html": lambda x: x.decode() if isinstance(x, bytes) else str(x)})
 
@@ -257,14 +269,25 @@ def render_page(nb: nbformat.NotebookNode, out: str | os.PathLike, title: str, n
     write_text(out, page.replace("<!--sfc-toc-->", contents_html(sections, cards), 1))
     return sections
 
+
+_EXPORTERS: dict[int, object] = {}  # process id -> its exporter: one per process of a build, as rendering pages in parallel needs
+
+
+def render_job(job: dict) -> tuple[list[dict], list[dict]]:
+    """Render one page of a build: `job` = `{nb, source, out, title, nav}`; adds the API cards of `source`'s exports
+    to `nb` and writes the page. Returns `(sections, cards)` for the search index. Runs in a worker process or not."""
+    exporter = _EXPORTERS.setdefault(os.getpid(), docs_exporter())
+    cards = add_api_cards(job["nb"], job["source"])
+    return render_page(job["nb"], job["out"], job["title"], job["nav"], cards, exporter), cards
+
 # %% ../nbs/17_docs.ipynb #9e6c4c13
 def build_docs(out_dir: str | os.PathLike = "report/docs", nbs_dir: str | os.PathLike | None = None, execute: bool = True,
                skip: tuple[str, ...] = ("slow", "gpu"), cache_dir: str | os.PathLike | None = None, workers: int = 1,
                timeout: int = 600, log: Callable[[str], None] | None = None) -> dict:
     """Execute (or reuse executed copies of) the library notebooks of `nbs_dir` (default: the checkout's
     `nbs/`) and write the documentation site into `out_dir`: a page per notebook with API cards and contents,
-    `index.html`, and the search index `_static/search_index.js`. Returns `{index, pages, failed: {notebook: error},
-    executed, reused, wall_s}`."""
+    `index.html`, and the search index `_static/search_index.js`. `workers`: notebooks executed, and pages rendered, at a time.
+    Returns `{index, pages, failed: {notebook: error}, executed, reused, wall_s}`."""
     start, log = time.time(), log or (lambda msg: None)
     nbs_dir = notebooks_dir("study").parent if nbs_dir is None else Path(nbs_dir)
     sources = {p.stem: nbformat.read(p, as_version=4) for p in sorted(Path(nbs_dir).glob("*.ipynb"))}
@@ -298,20 +321,25 @@ def build_docs(out_dir: str | os.PathLike = "report/docs", nbs_dir: str | os.Pat
     if execute:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             list(pool.map(run, prepared))
-    copy_assets(out_dir)
     titles = {stem: title_of(nb, stem) for stem, nb in prepared.items()}
     in_report = (out_dir.parent / REPORT_MARKER).exists()
     links = [{"text": "Contents", "href": "index.html"}] + ([{"text": "Report", "href": "../index.html"}] if in_report else [])
-    exporter = docs_exporter()
-    search = []
+    copy_assets(out_dir)
+    jobs = {}
     for stem, nb in prepared.items():
-        title, summary = titles[stem]
         if stem in failed:
             nb.cells.insert(1, nbformat.v4.new_markdown_cell(f"**This notebook failed when the site was built:** `{failed[stem]}`"))
-        cards = add_api_cards(nb, sources[stem])
         pages = [{"text": t, "href": f"{s}.html", "current": s == stem} for s, (t, _) in titles.items()]
-        sections = render_page(nb, out_dir / f"{stem}.html", title,
-                               {"title": "sfc_vision documentation", "links": links, "pages": pages, "static": "_static"}, cards, exporter)
+        jobs[stem] = {"nb": nb, "source": sources[stem], "out": out_dir / f"{stem}.html", "title": titles[stem][0],
+                      "nav": {"title": "sfc_vision documentation", "links": links, "pages": pages, "static": "_static"}}
+    if workers > 1 and len(jobs) > 1:  # pages render independently: one process per core (fork: the modules are loaded once)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            rendered = dict(zip(jobs, pool.map(render_job, jobs.values())))
+    else:
+        rendered = {stem: render_job(job) for stem, job in jobs.items()}
+    search = []
+    for stem, (sections, cards) in rendered.items():
+        title, summary = titles[stem]
         search += [{"kind": "page", "name": title, "page": stem, "href": f"{stem}.html", "text": summary}]
         search += [{"kind": "section", "name": s["title"], "page": title, "href": f"{stem}.html#{s['id']}", "text": s["text"]}
                    for s in sections if s["level"] > 1]
