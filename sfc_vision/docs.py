@@ -43,13 +43,16 @@ def directives(cell) -> list[str]:
 
 
 def prepare_notebook(nb: nbformat.NotebookNode, skip: tuple[str, ...] = ("slow", "gpu")) -> nbformat.NotebookNode:
-    "A copy of `nb` without cells flagged with any of `skip` or `hide`, without directive lines, and without cells left empty."
+    """A copy of `nb` without cells flagged with any of `skip`, without directive lines, and without cells left empty.
+    A `#| hide` cell is kept (later cells may need what it defines), marked `sfc_hide` in its metadata: pages leave it out."""
     nb = nbformat.from_dict(nb)
     keep = []
     for cell in nb.cells:
         if cell.cell_type == "code":
-            if set(directives(cell)) & {*skip, "hide"}:
+            if set(directives(cell)) & set(skip):
                 continue
+            if "hide" in directives(cell):
+                cell.metadata["sfc_hide"] = True
             cell.source = "\n".join(line for line in cell.source.splitlines() if not DIRECTIVE.match(line)).strip("\n")
             if not cell.source.strip():
                 continue
@@ -277,6 +280,7 @@ def render_job(job: dict) -> tuple[list[dict], list[dict]]:
     """Render one page of a build: `job` = `{nb, source, out, title, nav}`; adds the API cards of `source`'s exports
     to `nb` and writes the page. Returns `(sections, cards)` for the search index. Runs in a worker process or not."""
     exporter = _EXPORTERS.setdefault(os.getpid(), docs_exporter())
+    job["nb"].cells = [c for c in job["nb"].cells if not c.metadata.get("sfc_hide")]  # executed, not shown
     cards = add_api_cards(job["nb"], job["source"])
     return render_page(job["nb"], job["out"], job["title"], job["nav"], cards, exporter), cards
 
