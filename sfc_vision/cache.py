@@ -433,3 +433,27 @@ def comparable_metrics(metrics: dict) -> dict:
     out = {k: v for k, v in metrics.items() if k not in ("run", "wall_s", "digest")}
     out["stages"] = {n: {"key": s["key"]} for n, s in metrics.get("stages", {}).items()}
     return out
+
+# %% ../nbs/12a_cache.ipynb #2221e08b
+@patch
+def close(self: Study) -> dict:
+    """Record the status of a run used from Python (see above) and rewrite its metrics.json; return metrics.json.
+    A status.json that `sfc-vision run` wrote (not one an earlier `close` wrote) is left as it is."""
+    if self.run.status_path.exists() and self.run.status.get("source") != "python":
+        return self.run.metrics
+    missing = [name for name in STAGES if self.wanted(name) and self.run.note(name) is None]
+    self.run.write_record(self.run.status_path, {
+        "status": "failed" if missing else "complete", "failed_notebook": None, "started_at": None, "finished_at": utc_now(),
+        "error": f"used from Python; not computed: {', '.join(missing)} (`sfc-vision run` computes them)" if missing else None,
+        "wall_s": None, "notebooks": {}, "host": socket.gethostname(), "pid": os.getpid(), "attempt": None, "source": "python"})
+    return write_metrics(self.run_dir)
+
+
+@patch
+def __enter__(self: Study) -> Study:
+    return self
+
+
+@patch
+def __exit__(self: Study, *exc) -> None:
+    self.close()

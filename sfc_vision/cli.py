@@ -9,6 +9,7 @@ import argparse
 import errno
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_docs(args) -> int:
-    result = build_docs(args.out, execute=not args.no_execute, log=lambda msg: print(msg, flush=True))
+    result = build_docs(args.out, execute=not args.no_execute, workers=args.workers, log=lambda msg: print(msg, flush=True))
     print(f"documentation: {result['index']} ({len(result['pages'])} pages, {result['wall_s']:.0f} s)")
     for nb, error in result["failed"].items():
         print(f"  failed {nb}: {error.splitlines()[0] if error else ''}", file=sys.stderr)
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     dp = sub.add_parser("docs", help="the documentation site: the library notebooks executed and rendered to HTML")
     dp.add_argument("--out", default="report/docs", metavar="DIR", help="site folder (default: ./report/docs, linked from the report)")
     dp.add_argument("--no-execute", action="store_true", help="render the notebooks without executing them")
+    dp.add_argument("--workers", type=int, default=1, metavar="N", help="notebooks executed, and pages rendered, at a time (default 1)")
     dp.set_defaults(func=_cmd_docs)
     t = sub.add_parser("status", help="what ran, what failed, what is cached")
     t.add_argument("--json", action="store_true", help="machine-readable output")
@@ -197,7 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "force", None) == []:
         args.force = ["all"]
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
+        return status
+    except BrokenPipeError:  # the reader went away (`sfc-vision status --json | head`): stop quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush of stdout raises nothing
+        return 128 + signal.SIGPIPE
     except (ConfigError, RequirementError, ArtifactError, FileNotFoundError) as e:
         print(f"sfc-vision {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -188,17 +188,18 @@ def plot_mis_by_layer(results: Sequence[MISResult], title: str | None = None):
 
 # %% ../nbs/11c_plots_interpret.ipynb #2d0861eb
 def plot_mis_over_epochs(series: Mapping[str, Mapping[int, MISResult]], title: str | None = None):
-    "Median MIS (line) and inter-quartile range (band) of scored units against the SAE training epoch, one line per series."
-    backbone = common_backbone([r for by_epoch in series.values() for r in by_epoch.values()])
+    """Median MIS (line) and inter-quartile range (band) of scored units at each SAE checkpoint, one line per series.
+    `series` maps a label to `{optimiser step: MISResult}` (the `step` of the run's checkpoints); the x axis is that step."""
+    backbone = common_backbone([r for by_step in series.values() for r in by_step.values()])
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for label, by_epoch in series.items():
-        epochs = sorted(by_epoch)
-        q = torch.stack([torch.quantile(by_epoch[e].mis[~torch.isnan(by_epoch[e].mis)].double(), torch.tensor([0.25, 0.5, 0.75],
-                         dtype=torch.float64)) for e in epochs])
-        ax.plot(epochs, q[:, 1], marker="o", label=f"{label}: median")
-        ax.fill_between(epochs, q[:, 0], q[:, 2], alpha=0.2)
-        ax.set_xticks(epochs)
-    ax.set_xlabel("SAE training epoch")
+    for label, by_step in series.items():
+        steps = sorted(by_step)
+        q = torch.stack([torch.quantile(by_step[s].mis[~torch.isnan(by_step[s].mis)].double(), torch.tensor([0.25, 0.5, 0.75],
+                         dtype=torch.float64)) for s in steps])
+        ax.plot(steps, q[:, 1], marker="o", label=f"{label}: median")
+        ax.fill_between(steps, q[:, 0], q[:, 2], alpha=0.2)
+        ax.set_xticks(steps)
+    ax.set_xlabel("SAE optimiser step (checkpoint)")
     ax.set_ylabel("MIS (median; band: 25–75 %)")
     ax.set_title(title or f"MIS over SAE training\n{backbone['label']}", fontsize=8)
     _flag_backbone(ax, backbone)
