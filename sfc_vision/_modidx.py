@@ -797,6 +797,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'sfc_vision.sae_train._all_finite': ('sae_train.html#_all_finite', 'sfc_vision/sae_train.py'),
                                       'sfc_vision.sae_train._check_pass': ('sae_train.html#_check_pass', 'sfc_vision/sae_train.py'),
                                       'sfc_vision.sae_train._data_seed': ('sae_train.html#_data_seed', 'sfc_vision/sae_train.py'),
+                                      'sfc_vision.sae_train._except_budget': ('sae_train.html#_except_budget', 'sfc_vision/sae_train.py'),
                                       'sfc_vision.sae_train._interval_record': ( 'sae_train.html#_interval_record',
                                                                                  'sfc_vision/sae_train.py'),
                                       'sfc_vision.sae_train._label': ('sae_train.html#_label', 'sfc_vision/sae_train.py'),
