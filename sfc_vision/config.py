@@ -18,8 +18,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 # %% auto #0
-__all__ = ['YAML_MAX_BYTES', 'YAML_MAX_ALIASES', 'YAML_MAX_VALUES', 'ConfigError', 'check_choice', 'check_range', 'setting',
-           'digest', 'parse_yaml', 'read_yaml', 'Config', 'apply_overrides']
+__all__ = ['YAML_MAX_BYTES', 'YAML_MAX_ALIASES', 'YAML_MAX_VALUES', 'ConfigError', 'check_choice', 'check_range', 'FrozenMap',
+           'setting', 'digest', 'parse_yaml', 'read_yaml', 'Config', 'apply_overrides']
 
 # %% ../nbs/00_config.ipynb #cf8bd94c
 class ConfigError(ValueError):
@@ -55,6 +55,16 @@ def _type_name(tp) -> str:
     return str(tp).replace("typing.", "")
 
 
+class FrozenMap(dict):
+    "A read-only, hashable mapping: what a `dict[...]` setting holds, so a frozen config stays immutable and hashable."
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("a FrozenMap cannot be changed; make a new config with `replace`")
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _refuse
+
+    def __hash__(self):
+        return hash(json.dumps(self, sort_keys=True, default=str))
+
+
 def _coerce(key: str, tp, value):
     "Check `value` against the annotation `tp`, converting where it is lossless; raise `ConfigError` otherwise."
     origin = get_origin(tp)
@@ -78,6 +88,16 @@ def _coerce(key: str, tp, value):
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {_type_name(tp)}")
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        k_tp, v_tp = get_args(tp) or (str, Any)
+        out = {}
+        for k, v in value.items():
+            if k_tp is str and not isinstance(k, str):
+                raise ConfigError(f"{key}: keys are names (text), got {k!r}")
+            out[k] = _coerce(f"{key}.{k}", v_tp, v)
+        return FrozenMap(out)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -277,6 +297,8 @@ class Config:
                 return v.to_dict()
             if isinstance(v, tuple):
                 return [plain(x) for x in v]
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
             return v
         return {f.name: plain(getattr(self, f.name)) for f in fields(self)}
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .artifacts import ArtifactError, load_tensors, meta_path, read_json, save_tensors
-from .config import Config, ConfigError, check_choice, check_range, setting
+from .config import Config, ConfigError, FrozenMap, check_choice, check_range, setting
 
 # %% auto #0
 __all__ = ['SAE_ARCHS', 'Dictionary', 'IdentityDictionary', 'SAELoss', 'SAE', 'SAEArch', 'register_sae', 'ReLUSAE', 'GatedSAE',
@@ -358,6 +358,11 @@ class SAEConfig(Config):
     # run
     precision: Literal["float32", "bfloat16"] = setting("float32", "bfloat16: autocast the forward pass (GPU)")
     seed: int = setting(0, "initialisation, data order and resampling")
+    # per layer
+    use_checkpoint: int | str = setting("final", "the checkpoint attribution, circuits and MIS use: final, or a step of "
+                                                 "checkpoint_steps()")
+    layers: dict[str, dict] = setting(FrozenMap(), "per-layer overrides of any setting above, by captured layer name "
+                                                   "(alias or dotted path), e.g. {pool2: {expansion: 8, l1_coeff: 1.0}}")
 
     def validate(self):
         check_choice("arch", self.arch, SAE_ARCHS)
@@ -390,6 +395,26 @@ class SAEConfig(Config):
         if self.resample != "none" and self.resample_every * self.steps < 1:
             raise ConfigError(f"resample_every: {self.resample_every:g} of {self.steps} steps is less than one step; "
                               f"valid: {1 / self.steps:.3g} … 1")
+        if isinstance(self.use_checkpoint, str):
+            if self.use_checkpoint != "final":
+                raise ConfigError(f"use_checkpoint: unknown value {self.use_checkpoint!r}; valid: final, or a checkpoint "
+                                  f"step: {', '.join(map(str, self.checkpoint_steps()))}")
+        elif self.use_checkpoint not in self.checkpoint_steps():
+            raise ConfigError(f"use_checkpoint: step {self.use_checkpoint} is not a checkpoint of this SAE; valid: final, "
+                              f"{', '.join(map(str, self.checkpoint_steps()))}")
+        for name in self.layers:
+            self.for_layer(name)  # each layer's settings are checked whole, their errors naming the layer
+
+    def for_layer(self, name: str) -> SAEConfig:
+        """The settings of the SAE of layer `name` (as written in `layers`): these settings with its overrides applied,
+        `layers` left empty; the result keeps that layer's `use_checkpoint`."""
+        over = self.layers.get(name, {})
+        if "layers" in over:
+            raise ConfigError(f"layers.{name}.layers: per-layer settings do not nest; give the layer's settings directly")
+        try:
+            return SAEConfig.from_dict({**self.to_dict(), **over, "layers": {}})
+        except ConfigError as e:
+            raise ConfigError(f"layers.{name}.{e}") from None
 
     def width(self, d_in: int) -> int:
         "Number of latents for inputs of width `d_in`."
@@ -406,12 +431,21 @@ class SAEConfig(Config):
     def used_settings(self) -> dict:
         """The settings (as in `to_dict`) that an SAE of this `arch` depends on: other architectures'
         parameters are left out, and the resampling schedule when `resample` is "none". Configs with
-        equal `used_settings` train identical SAEs."""
+        equal `used_settings` train identical SAEs. `layers` and `use_checkpoint` appear only when set (so a config
+        without them keeps the keys it had before they existed); `training_settings` leaves them out always."""
         own = set(SAE_ARCHS[self.arch].uses)
         unused = {f for spec in SAE_ARCHS.values() for f in spec.uses} - own
         if self.resample == "none":
             unused |= {"resample_every", "resample_stop"}
+        if not self.layers:
+            unused.add("layers")
+        if self.use_checkpoint == "final":
+            unused.add("use_checkpoint")
         return {k: v for k, v in self.to_dict().items() if k not in unused}
+
+    def training_settings(self) -> dict:
+        "`used_settings` without the checkpoint choice and the per-layer overrides: what one trained SAE depends on."
+        return {k: v for k, v in self.used_settings().items() if k not in ("layers", "use_checkpoint")}
 
 
 def check_fits(cfg: SAEConfig, d_in: int, layer: str | None = None) -> None:

@@ -354,6 +354,11 @@ def _check_pass(source, cfgs, out_dirs, meta) -> dict:
     return record
 
 
+def _except_budget(cfg: SAEConfig) -> dict:
+    "The training settings but the step budget (`steps`, `checkpoints`): what a continued SAE must share with its start."
+    return {k: v for k, v in cfg.training_settings().items() if k not in ("steps", "checkpoints")}
+
+
 def _resume_point(out_dir: Path, cfg: SAEConfig, record: dict, resume_step: int | None) -> int:
     done = checkpoint_steps(out_dir, with_state=True)
     if not done:
@@ -365,9 +370,13 @@ def _resume_point(out_dir: Path, cfg: SAEConfig, record: dict, resume_step: int 
                           f"training state: {done}")
     step = done[-1] if resume_step is None else resume_step
     old = load_meta(checkpoint_path(out_dir, step))
-    if SAEConfig.from_dict(old.get("config")).used_settings() != cfg.used_settings():
+    old_cfg = SAEConfig.from_dict(old.get("config"))
+    if _except_budget(old_cfg) != _except_budget(cfg):
         raise ConfigError(f"{out_dir} holds checkpoints of another SAE configuration; use a fresh folder "
-                          f"(or the config it was trained with)")
+                          f"(or the config it was trained with; only steps and checkpoints may change, to continue it)")
+    if step > cfg.steps:
+        raise ConfigError(f"steps: {out_dir} holds an SAE trained {step} steps, more than steps {cfg.steps}; a budget "
+                          f"can grow, not shrink: use steps ≥ {step}, or a fresh folder")
     for key in ("layer", "model_sha256"):
         if old.get(key) != record.get(key):
             raise ConfigError(f"{out_dir} holds an SAE trained on {key} {old.get(key)!r}, this pass is on "

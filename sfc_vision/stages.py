@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import uuid
 from pathlib import Path
 
 import torch
@@ -13,14 +15,15 @@ from fastcore.basics import patch
 
 from .activations import ActivationCache, cache_activations
 from .artifacts import json_safe, load_tensors, read_json, save_tensors, write_json
-from .cache import StageContext, Study, register_stage
-from .runfolder import RunFolder
-from .config import ConfigError
+from .cache import (STAGES, StageContext, Study, file_records, record_digest, register_stage,
+                              verify_entry)
+from .runfolder import MARKER, RunFolder
+from .config import ConfigError, digest
 from .data import ImageData, ImageSet, stratified_subset
 from .models import MODELS, build_model, load_model, resolve_device, resolve_layer, save_model
 from .sae import IdentityDictionary
 from .sae_train import checkpoint_steps, load_checkpoint, train_sae
-from .sae_eval import evaluate_checkpoints, sae_verdict
+from .sae_eval import evaluate_checkpoints, evaluate_saes, sae_verdict
 from .splice import Patch, Splice, load_patches, make_patches, save_patches
 from .attribution import NodeEffects, SiteNodes, node_effects
 from .circuits import (Circuit, Faithfulness, faithfulness, faithfulness_curve, feature_density, find_circuit,
@@ -32,9 +35,10 @@ from .study_config import StudyConfig, load_config, merge_settings
 from .train import channel_stats, evaluate_classifier, train_classifier
 
 # %% auto #0
-__all__ = ['SAE_EVAL_KEYS', 'weights_problem', 'model_stage', 'layer_folders', 'activations_stage', 'saes_stage', 'RunOutputs',
-           'eval_images', 'sae_eval_stage', 'circuit_images', 'attribution_stage', 'circuit_counts', 'discovery_halves',
-           'edge_images', 'circuit_stage', 'mis_stage', 'default_runs_root', 'open_study']
+__all__ = ['SAE_EVAL_KEYS', 'weights_problem', 'model_stage', 'layer_folders', 'activations_stage', 'layer_sae_key', 'sae_store',
+           'restore_layer_sae', 'keep_layer_sae', 'saes_stage', 'RunOutputs', 'eval_images', 'sae_eval_stage',
+           'circuit_images', 'attribution_stage', 'circuit_counts', 'discovery_halves', 'edge_images', 'circuit_stage',
+           'mis_stage', 'default_runs_root', 'open_study']
 
 # %% ../nbs/12b_stages.ipynb #d84024d1
 def _num_classes(cfg: StudyConfig, data: ImageData) -> int:
@@ -100,20 +104,84 @@ def activations_stage(ctx: StageContext) -> dict:
             for layer, folder in layer_folders(ctx.cfg).items()}
 
 # %% ../nbs/12b_stages.ipynb #6fe44687
+def layer_sae_key(cfg: StudyConfig, layer: str, cache_info: dict) -> str:
+    """16 hex digits naming the SAE of configured layer `layer`: its canonical layer, its activations (`cache_info`,
+    the layer's `cache.json`: shape, dtype, shard hashes, model) and its own training settings, nothing else."""
+    acts = {k: cache_info.get(k) for k in ("layer", "shape", "dtype", "n_vectors", "shards", "model_sha256")}
+    return digest({"layer": resolve_layer(cfg.model, layer), "activations": acts, "version": STAGES["saes"].version,
+                   "settings": json_safe(cfg.layer_sae(layer).training_settings())})[:16]
+
+
+def sae_store(study: Study, key: str) -> Path:
+    "Where the per-layer SAE store keeps the SAE of `key` (`layer_sae_key`), beside the stage entries."
+    return study.cache_root / "saes_by_layer" / key
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    "Every file under `src` at the same place under `dst`: hard-linked where the filesystem allows, else copied."
+    for f in sorted(src.rglob("*")):
+        if f.is_file() and f.name != MARKER:
+            (dst / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(f, dst / f.relative_to(src))
+            except OSError:
+                shutil.copy2(f, dst / f.relative_to(src))
+
+
+def restore_layer_sae(store: Path, dest: Path) -> bool:
+    "Put the stored SAE `store` (if complete and intact; a damaged one is removed) at `dest`; whether it was."
+    if not (store / MARKER).exists():
+        return False
+    if verify_entry(store, read_json(store / MARKER)) is not None:
+        shutil.rmtree(store, ignore_errors=True)
+        return False
+    shutil.rmtree(dest, ignore_errors=True)  # a killed training's partial checkpoints
+    _link_tree(store, dest)
+    return True
+
+
+def keep_layer_sae(folder: Path, store: Path, key: str) -> None:
+    "Add the trained SAE in `folder` to the store as `store` (atomically: a temporary folder, then a rename)."
+    if (store / MARKER).exists():
+        return
+    store.parent.mkdir(parents=True, exist_ok=True)
+    tmp = store.with_name(f".tmp-{key}-{uuid.uuid4().hex[:8]}")
+    _link_tree(folder, tmp)
+    record = {"key": key, "files": file_records(tmp)}
+    write_json(tmp / MARKER, {**record, "digest": record_digest(record)})
+    shutil.rmtree(store, ignore_errors=True)  # an incomplete one
+    try:
+        os.replace(tmp, store)
+    except OSError:  # another process stored it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 @register_stage("saes", sections=("sae",), upstream=("activations",), resumable=True)
 def saes_stage(ctx: StageContext) -> dict:
-    "Train one SAE per captured layer on its cached activations (resuming from its checkpoints)."
+    """Train one SAE per captured layer, with that layer's settings, on its cached activations (resuming from its
+    checkpoints); a layer's SAE already in the per-layer store (same layer, activations and settings) is reused."""
     out = {}
     for layer, folder in layer_folders(ctx.cfg).items():
         cache = ActivationCache(ctx.upstream("activations") / "cache" / folder)
-        history = train_sae(cache, ctx.cfg.sae, ctx.dir / folder, progress=ctx.progress, device=ctx.cfg.execution.device)
-        sae, meta = load_checkpoint(ctx.dir / folder, expect_layer=folder, expect_model_sha256=cache.info["model_sha256"])
+        cfg = ctx.cfg.layer_sae(layer)
+        key = layer_sae_key(ctx.cfg, layer, cache.info)
+        store, dest = sae_store(ctx.study, key), ctx.dir / folder
+        reused = restore_layer_sae(store, dest)
+        history = train_sae(cache, cfg.replace(use_checkpoint="final"), dest, progress=ctx.progress,
+                            device=ctx.cfg.execution.device)  # a restored SAE is finished: its history only
+        if not reused:
+            keep_layer_sae(dest, store, key)
+        sae, meta = load_checkpoint(dest, expect_layer=folder, expect_model_sha256=cache.info["model_sha256"])
+        steps = checkpoint_steps(dest)
         last = history[-1]
         out[layer] = {"d_in": sae.d_in, "d_sae": sae.d_sae, "loss": last["loss"], "mse": last["mse"], "l0": last["l0"],
                       "dead_fraction": last["dead_fraction"], "steps": last["step"], "passes": last["passes"],
-                      "sha256": meta["sha256"],
+                      "sha256": meta["sha256"], "key": key, "trained": not reused, "settings": cfg.training_settings(),
+                      "checkpoint_steps": steps, "use_checkpoint": cfg.use_checkpoint,
+                      "use_step": steps[-1] if cfg.use_checkpoint == "final" else cfg.use_checkpoint,
                       "history": [{k: h[k] for k in ("step", "vectors", "loss", "mse", "l0", "dead_fraction")} for h in history]}
     return out
+
 
 # %% ../nbs/12b_stages.ipynb #5c80324f
 class RunOutputs:
@@ -138,13 +206,20 @@ class RunOutputs:
         "The training steps at which the SAE of `layer` was checkpointed, in order (the last is the final SAE)."
         return checkpoint_steps(self.sae_folder(layer))
 
+    def sae_step(self, layer: str) -> int:
+        "The checkpoint step of configured layer `layer` that attribution, circuits and MIS use (`use_checkpoint`)."
+        choice = self.cfg.layer_sae(layer).use_checkpoint
+        return self.sae_steps(layer)[-1] if choice == "final" else choice
+
     def sae(self, layer: str, step: int | None = None, model_sha256: str | None = None):
-        "The SAE of configured layer `layer` (last checkpoint, or that of `step`) and its metadata, checked against the model."
+        """The SAE of configured layer `layer` (the checkpoint its `use_checkpoint` picks, or that of `step`) and its
+        metadata, checked against the model."""
         sha = model_sha256 or self.model()[1]
-        return load_checkpoint(self.sae_folder(layer), step, expect_layer=self.layers[layer], expect_model_sha256=sha)
+        return load_checkpoint(self.sae_folder(layer), self.sae_step(layer) if step is None else step,
+                               expect_layer=self.layers[layer], expect_model_sha256=sha)
 
     def splice(self, device: str = "cpu") -> tuple[Splice, str]:
-        "The classifier on `device` with the SAEs of every configured layer spliced in, and the classifier's SHA-256."
+        "The classifier on `device` with the SAE of every configured layer (its `use_checkpoint`) spliced in, and its SHA-256."
         model, sha = self.model()
         saes = {folder: self.sae(layer, model_sha256=sha) for layer, folder in self.layers.items()}
         model.to(resolve_device(device))
@@ -211,6 +286,17 @@ SAE_EVAL_KEYS = ("n_vectors", "n_images", "fve", "fve_centered", "mse", "nmse", 
                  "clean_ce", "loss_recovered_zero", "loss_recovered_mean")
 
 
+def _used_checkpoint(ctx: StageContext, outputs: RunOutputs, model, layer: str, final: dict, images: ImageSet) -> dict:
+    """`use_step`, and where `use_checkpoint` picks an earlier checkpoint than the final one, that SAE measured
+    spliced (`used`: the same measurements and its own gate verdict): the SAE the circuit is built from is judged too."""
+    step, ex = outputs.sae_step(layer), ctx.cfg.execution
+    if step == final["step"]:
+        return {"use_step": step, "used": None}
+    rec = evaluate_saes(model, outputs.layers[layer], {"used": outputs.sae(layer)[0]}, images, batch_size=ex.batch_size,
+                        device=ex.device)["used"]
+    return {"use_step": step, "used": {"step": step, **{k: rec[k] for k in SAE_EVAL_KEYS}, "gate": sae_verdict(rec, ctx.cfg.gate)}}
+
+
 @register_stage("sae_eval", sections=("evaluation", "gate"), upstream=("model", "saes"))
 def sae_eval_stage(ctx: StageContext) -> dict:
     "Measure each layer's SAE on the held-out images (reconstruction, sparsity, the spliced classifier; per checkpoint too) and judge it by the gate."
@@ -224,7 +310,7 @@ def sae_eval_stage(ctx: StageContext) -> dict:
                                     batch_size=ex.batch_size, device=ex.device, progress=ctx.progress)
         final = next(r for r in recs if r["final"])
         out[layer] = {**{k: final[k] for k in SAE_EVAL_KEYS}, "frequency_histogram": final["frequency_histogram"],
-                      "gate": sae_verdict(final, ctx.cfg.gate),
+                      "gate": sae_verdict(final, ctx.cfg.gate), **_used_checkpoint(ctx, outputs, model, layer, final, images),
                       "checkpoints": sorted(({k: r[k] for k in ("step", "vectors", "fve", "nmse", "mse", "l0", "dead_fraction")}
                                              for r in recs), key=lambda r: r["step"])}
         records[layer] = [{k: v for k, v in r.items() if k != "out_dir"} for r in recs]
@@ -252,7 +338,8 @@ def attribution_stage(ctx: StageContext) -> dict:
     images, metric = circuit_images(ctx, "train"), a.metric_fn(data.class_names)
     names = {folder: layer for layer, folder in outputs.layers.items()}
     out = {"metric": metric.to_dict(), "method": a.method, "error_method": a.error_method, "n_images": len(images),
-           "target_class": ctx.cfg.circuit.target_class}
+           "target_class": ctx.cfg.circuit.target_class,
+           "sae_steps": {layer: outputs.sae_step(layer) for layer in outputs.layers}}  # the checkpoint of each layer's SAE
     for kind, sp in (("sae", splice), ("neurons", splice.neurons())):
         patches = make_patches(sp, a.patch, reference, batch_size=ex.batch_size, progress=ctx.progress)
         save_patches(patches, ctx.dir / f"patches_{kind}.safetensors", {"patch": a.patch})
@@ -361,6 +448,7 @@ def circuit_stage(ctx: StageContext) -> dict:
     names = {folder: layer for layer, folder in outputs.layers.items()}
     target = c.target_faithfulness if c.select == "faithfulness" else None
     return {"selection": c.select, "target_faithfulness": target, "margin": c.margin if target else None,
+            "sae_steps": {layer: outputs.sae_step(layer) for layer in outputs.layers},  # the checkpoint of each layer's SAE
             **circuit_counts(circuit), "edges": _edge_count(circuit),
             "nodes_per_layer": _nodes_per_layer(circuit.nodes, names), **_selection(circuit, faith, target),
             "random_faithfulness": None if faith.random is None else faith.random[0].mean().item(),
@@ -405,7 +493,7 @@ def mis_stage(ctx: StageContext) -> dict:
         dictionaries = {"sae": (sae, meta["step"]), "neurons": (IdentityDictionary(sae.d_in), None)}
         if ctx.cfg.evaluation.checkpoints:
             dictionaries |= {f"sae_step_{step:06d}": (outputs.sae(layer, step, model_sha256=sha)[0], step)
-                             for step in outputs.sae_steps(layer)[:-1]}
+                             for step in outputs.sae_steps(layer) if step != meta["step"]}
         rankings = {name: (dic, cfg.activation) for name, (dic, _) in dictionaries.items()}  # the same statistic for both kinds
         if alternatives:
             rankings |= {f"{kind}_other_ranking": (dictionaries[kind][0], alternatives["ranking"]) for kind in ("sae", "neurons")}

@@ -5,12 +5,14 @@
 # %% ../nbs/12_study_config.ipynb #7b620ea8
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 
 import yaml
+from fastcore.basics import patch
 
 from .config import Config, ConfigError, apply_overrides, check_choice, check_range, read_yaml, setting
 from .tracking import TRACKING
@@ -26,7 +28,7 @@ from .mis import MISConfig
 
 # %% auto #0
 __all__ = ['StageName', 'MAX_THREADS', 'WINDOWS_RESERVED', 'SEED_KEYS', 'RunConfig', 'EvalConfig', 'ExecutionConfig',
-           'StudyConfig', 'merge_settings', 'commented_yaml', 'load_config', 'safe_label']
+           'sae_overrides', 'StudyConfig', 'merge_settings', 'commented_yaml', 'load_config', 'safe_label']
 
 # %% ../nbs/12_study_config.ipynb #7bea95f2
 StageName = Literal["model", "activations", "saes", "sae_eval", "attribution", "circuit", "mis"]  # the study's stages, in pipeline order
@@ -84,6 +86,26 @@ class ExecutionConfig(Config):
         check_range("threads", self.threads, lo=1, hi=MAX_THREADS)
         check_choice("tracking", self.tracking, TRACKING)  # more threads than any node has cores only thrashes
 
+# %% ../nbs/12_study_config.ipynb #cb97d975
+def sae_overrides(cfg: StudyConfig) -> dict[str, str]:
+    """Configured layer (as in `capture.layers`) → its key in `sae.layers`; `ConfigError` for a key that is no layer,
+    a layer that is not captured, or a layer given twice (by its alias and its path)."""
+    captured = {resolve_layer(cfg.model, layer): layer for layer in cfg.capture.layers}
+    out = {}
+    for key in cfg.sae.layers:
+        try:
+            name = resolve_layer(cfg.model, key)
+        except ConfigError as e:
+            raise ConfigError(f"sae.layers.{key}: {e}") from None
+        if name not in captured:
+            raise ConfigError(f"sae.layers.{key}: layer {name} is not captured, so it gets no SAE; per-layer settings "
+                              f"are for the captured layers: {', '.join(cfg.capture.layers)}")
+        if captured[name] in out:
+            raise ConfigError(f"sae.layers.{key}: names layer {name} again (sae.layers.{out[captured[name]]}); give "
+                              f"each layer's settings once")
+        out[captured[name]] = key
+    return out
+
 # %% ../nbs/12_study_config.ipynb #33f4ffa4
 @dataclass(frozen=True)
 class StudyConfig(Config):
@@ -119,6 +141,7 @@ class StudyConfig(Config):
         for i, c in enumerate(self.data.classes):
             if c in self.data.classes[:i]:
                 raise ConfigError(f"data.classes[{i}]: class {c!r} is listed twice; give each class once")
+        sae_overrides(self)  # per-layer SAE settings name captured layers, each once
 
 
 def merge_settings(base: dict, over: dict) -> dict:
@@ -127,6 +150,14 @@ def merge_settings(base: dict, over: dict) -> dict:
     for k, v in over.items():
         out[k] = merge_settings(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
     return out
+
+# %% ../nbs/12_study_config.ipynb #33f9e878
+@patch
+def layer_sae(self: StudyConfig, layer: str) -> SAEConfig:
+    "The SAE settings of configured layer `layer`: `sae` with that layer's overrides in `sae.layers` applied."
+    check_choice("layer", layer, self.capture.layers)
+    key = sae_overrides(self).get(layer)
+    return self.sae.for_layer(key) if key is not None else self.sae.for_layer(layer)
 
 # %% ../nbs/12_study_config.ipynb #305ea1a7
 def commented_yaml(cfg: Config, indent: int = 0) -> str:
@@ -139,7 +170,7 @@ def commented_yaml(cfg: Config, indent: int = 0) -> str:
             lines.append(f"{pad}{f.name}:{comment}")
             lines.append(commented_yaml(value, indent + 2).rstrip("\n"))
         else:
-            plain = list(value) if isinstance(value, tuple) else value
+            plain = list(value) if isinstance(value, tuple) else json.loads(json.dumps(value)) if isinstance(value, dict) else value
             text = yaml.safe_dump([plain], default_flow_style=True, width=10**6).strip()[1:-1]
             lines.append(f"{pad}{f.name}: {text}{comment}")
     return "\n".join(lines) + "\n"
