@@ -13,7 +13,9 @@ from pathlib import Path
 
 from scipy import stats
 
-from .analyses import circuit_mis_gap, scored_units
+import torch
+
+from .analyses import circuit_mis_gap, class_selectivity, scored_units
 from .artifacts import json_safe, read_json, write_json, write_text
 from .config import digest
 from .study_config import SEED_KEYS
@@ -287,6 +289,17 @@ def _ie_mis_spearman_of(outputs, layer: str, kind: str) -> float | None:
     return None if got is None else _spearman(got[1].abs().tolist(), got[2].tolist())
 
 
+def _entropy_mis_spearman_of(outputs, layer: str, kind: str) -> float | None:
+    "Spearman correlation of class entropy (held-out images) and MIS over the scored units of `layer`."
+    try:
+        mis, act = outputs.mis(layer, kind), outputs.selectivity(kind)[layer]
+    except FileNotFoundError:  # a run made before the selectivity stage existed
+        return None
+    entropy = class_selectivity(act["count"], act["total"], act["n"])["entropy"][mis.units]
+    keep = ~torch.isnan(mis.mis) & ~torch.isnan(entropy)
+    return _spearman(entropy[keep].tolist(), mis.mis[keep].tolist())
+
+
 CIRCUIT_MIS_THESIS = ("the thesis's central question (IE-vs-MIS scatter, median MIS above an IE threshold); "
                       "no comparable number is quoted here")
 
@@ -311,6 +324,13 @@ def interpretability_claims(runs: list[dict], representative: Callable[[list[dic
                 f"ie_mis_spearman_{kind}_{layer}", f"Do the {name} at {layer} with larger |IE| have higher MIS?",
                 f"Spearman correlation of |IE| and MIS over the layer's scored {name}",
                 [_ie_mis_spearman_of(o, layer, kind) for o in outs], +1, CIRCUIT_MIS_THESIS, level=level))
+    for layer in rep["config"].capture.layers:
+        for kind, name in (("sae", "SAE features"), ("neurons", "neurons")):
+            rows.append(claim_row(
+                f"mis_vs_class_entropy_{kind}_{layer}", f"At {layer}, do {name} spread over more classes (higher class "
+                "entropy) have lower MIS?", f"Spearman correlation of class entropy (held-out images) and MIS over the "
+                f"layer's scored {name}", [_entropy_mis_spearman_of(o, layer, kind) for o in outs], -1,
+                "the thesis used class counts and entropy as a label-based check of polysemanticity", level=level))
     return rows
 
 # %% ../nbs/13a_claims.ipynb #fc2fb82c

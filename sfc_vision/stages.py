@@ -27,6 +27,7 @@ from .circuits import (Circuit, Faithfulness, faithfulness, faithfulness_curve, 
                                  images_of_class)
 from .backbones import BackboneConfig, EmbeddingCache, build_backbone
 from .interpret import TopImages, top_images_many
+from .analyses import class_activity, class_selectivity
 from .mis import MISResult, mis_from_top, mis_images, mis_meta
 from .study_config import StudyConfig, load_config, merge_settings
 from .train import channel_stats, evaluate_classifier, train_classifier
@@ -34,7 +35,7 @@ from .train import channel_stats, evaluate_classifier, train_classifier
 # %% auto #0
 __all__ = ['SAE_EVAL_KEYS', 'weights_problem', 'model_stage', 'layer_folders', 'activations_stage', 'saes_stage', 'RunOutputs',
            'eval_images', 'sae_eval_stage', 'circuit_images', 'attribution_stage', 'circuit_counts', 'discovery_halves',
-           'edge_images', 'circuit_stage', 'mis_stage', 'default_runs_root', 'open_study']
+           'edge_images', 'circuit_stage', 'mis_stage', 'selectivity_stage', 'default_runs_root', 'open_study']
 
 # %% ../nbs/12b_stages.ipynb #d84024d1
 def _num_classes(cfg: StudyConfig, data: ImageData) -> int:
@@ -431,6 +432,36 @@ def mis_stage(ctx: StageContext) -> dict:
                                            key=lambda e: e["step"])
     return {"layers": out, "backbone": backbone.label, "comparable_to_published": backbone.comparable,
             "temperature": cfg.temperature, "pool": cfg.pool, "n_images": len(images), "activation": cfg.activation}
+
+# %% ../nbs/12b_stages.ipynb #30bf5caa
+@register_stage("selectivity", sections=("evaluation.n_images",), upstream=("model", "saes"))
+def selectivity_stage(ctx: StageContext) -> dict:
+    "Per class and unit (SAE features, neurons) of each layer, on the held-out images: images active on, summed mean activation."
+    outputs, ex = RunOutputs(ctx), ctx.cfg.execution
+    splice, _ = outputs.splice(ex.device)
+    images, n_classes = eval_images(ctx), _num_classes(ctx.cfg, ctx.data())
+    names = {folder: layer for layer, folder in outputs.layers.items()}
+    out = {}
+    for kind, sp in (("sae", splice), ("neurons", splice.neurons())):
+        act = class_activity(sp, images, n_classes, batch_size=ex.batch_size, progress=ctx.progress)
+        save_tensors(ctx.dir / f"selectivity_{kind}.safetensors",
+                     {"n": act["n"], **{f"{key}/{s}": act[s][key] for s in sp.order for key in ("count", "total")}},
+                     {"sites": sp.order, "n_classes": n_classes})
+        for s in sp.order:
+            sel = class_selectivity(act[s]["count"], act[s]["total"], act["n"])
+            out.setdefault(names[s], {})[kind] = {
+                "median_classes_active": sel["classes_active"].float().median().item(),
+                "median_density": sel["density"].median().item(),
+                "median_entropy": sel["entropy"].nanmedian().item(), "n_never_active": int(sel["entropy"].isnan().sum())}
+    return {"layers": out, "n_images": len(images), "n_classes": n_classes}
+
+
+@patch
+def selectivity(self: RunOutputs, kind: str = "sae") -> dict[str, dict[str, torch.Tensor]]:
+    "Per configured layer, `count` and `total` (classes × units) and `n` (images per class) of `kind` (sae or neurons) on the held-out images."
+    t, meta = load_tensors(self.folder("selectivity") / f"selectivity_{kind}.safetensors")
+    names = {folder: layer for layer, folder in self.layers.items()}
+    return {names[s]: {"count": t[f"count/{s}"], "total": t[f"total/{s}"], "n": t["n"]} for s in meta["sites"]}
 
 # %% ../nbs/12b_stages.ipynb #c60b8a84
 def default_runs_root() -> Path:
