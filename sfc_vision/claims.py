@@ -13,14 +13,17 @@ from pathlib import Path
 
 from scipy import stats
 
+import torch
+
+from .analyses import circuit_mis_gap, class_selectivity, scored_units
 from .artifacts import json_safe, read_json, write_json, write_text
 from .config import digest
 from .study_config import SEED_KEYS
 
 # %% auto #0
-__all__ = ['FRAGILE_SHARE', 'MIS_PUBLISHED', 'FINDINGS_START', 'FINDINGS_END', 't_interval', 'verdict', 'fragile', 'point_of',
-           'replicates', 'claims_table', 'claims_markdown', 'write_claims', 'readme_findings',
-           'readme_findings_section', 'update_readme_findings']
+__all__ = ['FRAGILE_SHARE', 'MIS_PUBLISHED', 'CIRCUIT_MIS_THESIS', 'FINDINGS_START', 'FINDINGS_END', 't_interval', 'verdict',
+           'fragile', 'point_of', 'replicates', 'claims_table', 'claim_row', 'interpretability_claims',
+           'claims_markdown', 'write_claims', 'readme_findings', 'readme_findings_section', 'update_readme_findings']
 
 # %% ../nbs/13a_claims.ipynb #bea477f0
 def t_interval(values, level: float = 0.95) -> dict:
@@ -249,6 +252,85 @@ def claims_table(runs: list[dict], representative: Callable[[list[dict]], dict],
         add(f"fve_vs_l0_{layer}", f"At {layer}, do sparser SAEs (lower L0, larger λ) explain less variance?",
             "Spearman correlation of L0 and explained variance across λ", rhos, +1,
             "the thesis reports the trade-off qualitatively (sparser SAEs reconstruct worse)")
+    return rows
+
+# %% ../nbs/13a_claims.ipynb #0de5b035
+def claim_row(claim: str, question: str, quantity: str, values, direction: int, reported: str, unit: str = "",
+              level: float = 0.95) -> dict:
+    "One row of the claims table: the question, the per-seed `values`, their interval at `level` and the verdict."
+    ci = t_interval(values, level)
+    return {"claim": claim, "question": question, "quantity": quantity, "unit": unit, "direction": direction,
+            **{k: ci[k] for k in ("mean", "lo", "hi", "n", "sd", "method")}, "level": level,
+            "verdict": verdict(ci, direction), "fragile": fragile(ci), "reported": reported}
+
+# %% ../nbs/13a_claims.ipynb #d29bd3e6
+def _unit_ie_mis(outputs, layer: str, kind: str) -> tuple | None:
+    "`(units, ie, mis, circuit nodes or None)` of the scored units of `layer` (`kind` sae or neurons) of a run's `outputs`."
+    try:
+        mis = outputs.mis(layer, kind)
+        ie = outputs.effects(kind).mean[outputs.layers[layer]]
+    except FileNotFoundError:
+        return None
+    units, ie_u, mis_u = scored_units(ie, mis)
+    try:
+        nodes = outputs.circuit(kind).nodes[outputs.layers[layer]]
+    except FileNotFoundError:  # no neuron circuit where the neurons did not reach the target
+        nodes = None
+    return units, ie_u, mis_u, nodes
+
+
+def _circuit_gap_of(outputs, layer: str, kind: str) -> float | None:
+    got = _unit_ie_mis(outputs, layer, kind)
+    return None if got is None or got[3] is None else circuit_mis_gap(got[0], got[2], got[3])
+
+
+def _ie_mis_spearman_of(outputs, layer: str, kind: str) -> float | None:
+    got = _unit_ie_mis(outputs, layer, kind)
+    return None if got is None else _spearman(got[1].abs().tolist(), got[2].tolist())
+
+
+def _entropy_mis_spearman_of(outputs, layer: str, kind: str) -> float | None:
+    "Spearman correlation of class entropy (held-out images) and MIS over the scored units of `layer`."
+    try:
+        mis, act = outputs.mis(layer, kind), outputs.selectivity(kind)[layer]
+    except FileNotFoundError:  # a run made before the selectivity stage existed
+        return None
+    entropy = class_selectivity(act["count"], act["total"], act["n"])["entropy"][mis.units]
+    keep = ~torch.isnan(mis.mis) & ~torch.isnan(entropy)
+    return _spearman(entropy[keep].tolist(), mis.mis[keep].tolist())
+
+
+CIRCUIT_MIS_THESIS = ("the thesis's central question (IE-vs-MIS scatter, median MIS above an IE threshold); "
+                      "no comparable number is quoted here")
+
+
+def interpretability_claims(runs: list[dict], representative: Callable[[list[dict]], dict], level: float = 0.95) -> list[dict]:
+    "The claims on indirect effect and interpretability, over the replicates of the representative point (see `claims_table`)."
+    if not runs:
+        return []
+    rep = representative(runs)
+    outs = [r["run"].outputs for r in replicates(runs)[point_of(rep["config"].to_dict())]]
+    ranking = {"pre": "pre-activation", "post": "output"}[rep["config"].mis.activation]
+    rows = []
+    for layer in rep["config"].capture.layers:
+        for kind, name in (("sae", "SAE features"), ("neurons", "neurons")):
+            rows.append(claim_row(
+                f"circuit_mis_{kind}_{layer}", f"Are the {name} of the {'SAE' if kind == 'sae' else 'neuron'} circuit at "
+                f"{layer} more interpretable than the other {name} of that layer (MIS)?",
+                f"median MIS of the layer's {name} in the circuit − of its other {name} (scored units only; both sides "
+                f"ranked by {ranking}, one backbone)", [_circuit_gap_of(o, layer, kind) for o in outs], +1,
+                CIRCUIT_MIS_THESIS, level=level))
+            rows.append(claim_row(
+                f"ie_mis_spearman_{kind}_{layer}", f"Do the {name} at {layer} with larger |IE| have higher MIS?",
+                f"Spearman correlation of |IE| and MIS over the layer's scored {name}",
+                [_ie_mis_spearman_of(o, layer, kind) for o in outs], +1, CIRCUIT_MIS_THESIS, level=level))
+    for layer in rep["config"].capture.layers:
+        for kind, name in (("sae", "SAE features"), ("neurons", "neurons")):
+            rows.append(claim_row(
+                f"mis_vs_class_entropy_{kind}_{layer}", f"At {layer}, do {name} spread over more classes (higher class "
+                "entropy) have lower MIS?", f"Spearman correlation of class entropy (held-out images) and MIS over the "
+                f"layer's scored {name}", [_entropy_mis_spearman_of(o, layer, kind) for o in outs], -1,
+                "the thesis used class counts and entropy as a label-based check of polysemanticity", level=level))
     return rows
 
 # %% ../nbs/13a_claims.ipynb #fc2fb82c

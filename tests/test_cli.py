@@ -157,7 +157,9 @@ def test_a_two_seed_sweep_gives_a_claims_table_with_intervals(tmp_path, cli):
     r = cli("figures", "--runs", tmp_path / "runs", "--out", tmp_path / "figures")
     assert r.returncode == 0, r.stdout + r.stderr
     claims = {c["claim"]: c for c in read_json(tmp_path / "figures" / "claims.json")["claims"]}
-    measured = [claims[k] for k in ("mis_sae_vs_neurons_relu3", "nodes_for_f90", "held_out_faithfulness", "mis_backbone_relu3")]
+    measured = [claims[k] for k in ("mis_sae_vs_neurons_relu3", "nodes_for_f90", "held_out_faithfulness", "mis_backbone_relu3",
+                                    "ie_mis_spearman_sae_relu3", "mis_vs_class_entropy_sae_relu3")]  # the last two: per-unit outputs
+    assert {"circuit_mis_sae_relu3", "circuit_mis_neurons_pool2"} <= set(claims)
     t = stats.t.ppf(0.975, 1)
     for c in measured:
         assert c["n"] == 2 and c["lo"] is not None, c
