@@ -324,7 +324,7 @@ def unit_maps(model: VisionModel, site: str, dictionary: Dictionary, x: torch.Te
 
 # %% ../nbs/11_interpret.ipynb #a2209782
 PROFILE_QUANTILES = (0.5, 0.75, 0.9, 0.99)  # the rows of examples across a unit's activation quantiles
-ACTIVE_SHARE = 0.1  # a unit is "active on" an image where its max over positions exceeds this share of its largest value
+ACTIVE_SHARE = 0.5  # a unit is "active on" an image where its max over positions exceeds this share of its largest value
 
 
 @dataclass
@@ -333,7 +333,8 @@ class UnitProfiles:
     of its `activation` (the value at dense sites): the `k` top images with maps of where the unit fires,
     `n_per_quantile` examples near each of `PROFILE_QUANTILES` of that statistic over the pool, its histogram,
     the share of images it is active on (max over positions > `ACTIVE_SHARE` × its largest value over the
-    pool: a share that separates selective units from ones that fire weakly everywhere), and the labels of
+    pool: at half its best somewhere in the image; a share that separates selective units from ones that fire
+    everywhere, where "> 0 anywhere" is true of nearly every image at a conv site), and the labels of
     the top images."""
     units: torch.Tensor           # (U,)
     top_index: torch.Tensor       # (U, k) pool indices, highest max first
