@@ -21,8 +21,9 @@ from .models import VisionModel, resolve_device
 from .sae import Dictionary, IdentityDictionary
 
 # %% auto #0
-__all__ = ['ACTIVATIONS', 'StopForward', 'site_activations', 'encode_site', 'site_features', 'unit_scores', 'ordered_keys',
-           'tie_ranks', 'RunningTopK', 'TopImages', 'top_images_many', 'top_images', 'unit_maps']
+__all__ = ['ACTIVATIONS', 'PROFILE_QUANTILES', 'ACTIVE_SHARE', 'StopForward', 'site_activations', 'encode_site', 'site_features',
+           'unit_scores', 'ordered_keys', 'tie_ranks', 'RunningTopK', 'TopImages', 'top_images_many', 'top_images',
+           'unit_maps', 'UnitProfiles', 'unit_profiles']
 
 # %% ../nbs/11_interpret.ipynb #ef8ece40
 class StopForward(Exception):
@@ -320,3 +321,103 @@ def unit_maps(model: VisionModel, site: str, dictionary: Dictionary, x: torch.Te
     f = site_features(model, model.resolve(site), dictionary, x.to(dev))
     return f[:, torch.as_tensor(list(units), dtype=torch.long, device=f.device)].float().cpu()
 
+
+# %% ../nbs/11_interpret.ipynb #a2209782
+PROFILE_QUANTILES = (0.5, 0.75, 0.9, 0.99)  # the rows of examples across a unit's activation quantiles
+ACTIVE_SHARE = 0.5  # a unit is "active on" an image where its max over positions exceeds this share of its largest value
+
+
+@dataclass
+class UnitProfiles:
+    """What a feature page shows of each of `units` at a site, ranked by the unit's **maximum over positions**
+    of its `activation` (the value at dense sites): the `k` top images with maps of where the unit fires,
+    `n_per_quantile` examples near each of `PROFILE_QUANTILES` of that statistic over the pool, its histogram,
+    the share of images it is active on (max over positions > `ACTIVE_SHARE` × its largest value over the
+    pool: at half its best somewhere in the image; a share that separates selective units from ones that fire
+    everywhere, where "> 0 anywhere" is true of nearly every image at a conv site), and the labels of
+    the top images."""
+    units: torch.Tensor           # (U,)
+    top_index: torch.Tensor       # (U, k) pool indices, highest max first
+    top_score: torch.Tensor       # (U, k) the max over positions
+    top_maps: torch.Tensor        # (U, k, H, W) float16: the unit's map on each top image ((U, k, 1, 1) at dense sites)
+    top_label: torch.Tensor       # (U, k) class ids of the top images
+    quantile_index: torch.Tensor  # (U, Q, n) pool indices nearest each quantile of the statistic
+    quantile_score: torch.Tensor  # (U, Q, n)
+    hist_counts: torch.Tensor     # (U, B) histogram of the statistic over the pool
+    hist_edges: torch.Tensor      # (U, B + 1)
+    active: torch.Tensor          # (U,) share of the pool where max > ACTIVE_SHARE × the unit's largest max
+    n_images: int
+    activation: str
+    site: str | None = None
+
+    def row(self, unit: int) -> int:
+        "Row of unit id `unit`."
+        hits = torch.nonzero(self.units == unit).flatten()
+        if len(hits) == 0:
+            raise KeyError(f"unit {unit} has no profile here (profiled: {self.units.tolist()[:20]})")
+        return int(hits[0])
+
+    def image_ids(self) -> torch.Tensor:
+        "Every pool index a page shows (top and quantile examples), sorted."
+        return torch.unique(torch.cat([self.top_index.flatten(), self.quantile_index.flatten()]))
+
+    def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        names = ("units", "top_index", "top_score", "top_maps", "top_label", "quantile_index", "quantile_score",
+                 "hist_counts", "hist_edges", "active")
+        return ({k: getattr(self, k).contiguous() for k in names},
+                {"kind": "unit_profiles", "n_images": self.n_images, "activation": self.activation, "site": self.site})
+
+    @classmethod
+    def from_tensors(cls, tensors: dict, meta: dict) -> UnitProfiles:
+        if meta.get("kind") != "unit_profiles":
+            raise ArtifactError(f"not a unit-profiles file (kind: {meta.get('kind')!r})")
+        return cls(**tensors, n_images=meta["n_images"], activation=meta["activation"], site=meta["site"])
+
+
+@torch.no_grad()
+def unit_profiles(model: VisionModel, site: str, dictionary: Dictionary, images: ImageSet, units: Sequence[int],
+                  activation: str = "post", k: int = 16, n_per_quantile: int = 4, bins: int = 30, seed: int = 0,
+                  batch_size: int = 256, device: str | torch.device = "auto") -> UnitProfiles:
+    """The `UnitProfiles` of `units` of `dictionary` at `site` over `images`: one pass keeps every image's max over
+    positions (`(n_images, U)`: small) and the maps of the running top `k`; ties broken by `tie_ranks(seed)`."""
+    check_choice("activation", activation, ACTIVATIONS)
+    units = torch.as_tensor(list(units), dtype=torch.long)
+    if len(units) == 0 or units.min() < 0 or units.max() >= dictionary.d_sae:
+        raise ConfigError(f"units: give ids in 0 … {dictionary.d_sae - 1}, got {units.tolist()[:10]}")
+    n = len(images)
+    if not 1 <= k <= n:
+        raise ConfigError(f"k: {k} images per unit asked for, the image set has {n}; valid: 1 … {n}")
+    dev = resolve_device(device)
+    model, dictionary = model.to(dev).eval(), dictionary.to(dev)
+    ranks = tie_ranks(n, seed)
+    stat = torch.empty(n, len(units))
+    best_keys, best_maps, best_idx = None, None, None
+    for x, _, idx in images.batches(batch_size):
+        f = site_features(model, model.resolve(site), dictionary, x.to(dev), activation)[:, units.to(dev)].float().cpu()
+        maps = f if f.ndim == 4 else f[:, :, None, None]
+        s = maps.flatten(2).amax(2)                                     # (B, U): max over positions
+        stat[idx] = s
+        keys = ordered_keys(s, ranks[idx]).T                            # (U, B)
+        m = maps.transpose(0, 1)                                        # (U, B, H, W)
+        i = idx.expand(len(units), -1)
+        if best_keys is not None:
+            keys, m, i = torch.cat([best_keys, keys], 1), torch.cat([best_maps, m], 1), torch.cat([best_idx, i], 1)
+        top = keys.topk(min(k, keys.shape[1]), dim=1).indices
+        best_keys, best_idx = keys.gather(1, top), i.gather(1, top)
+        best_maps = m[torch.arange(len(units))[:, None], top]
+    top_score = stat.T.gather(1, best_idx)
+    q = torch.tensor(PROFILE_QUANTILES)
+    levels = torch.quantile(stat, q, dim=0).T                           # (U, Q)
+    order = torch.argsort(ordered_keys(stat, ranks).T, dim=1)           # (U, n) ascending, ties by rank
+    sorted_stat = stat.T.gather(1, order)
+    pos = torch.searchsorted(sorted_stat.contiguous(), levels.contiguous()).clamp(0, n - 1)  # first at or above each level
+    start = (pos - n_per_quantile // 2).clamp(0, max(n - n_per_quantile, 0))
+    cols = (start[..., None] + torch.arange(min(n_per_quantile, n))).clamp(max=n - 1)
+    quantile_index = order[torch.arange(len(units))[:, None, None], cols]
+    lo, hi = stat.amin(0), stat.amax(0)
+    edges = torch.stack([torch.linspace(a, b if b > a else a + 1, bins + 1) for a, b in zip(lo.tolist(), hi.tolist())])
+    counts = torch.stack([torch.histc(stat[:, j], bins, edges[j, 0].item(), edges[j, -1].item()) for j in range(len(units))])
+    active = (stat > ACTIVE_SHARE * hi.clamp(min=0)).float().mean(0) * (hi > 0)
+    return UnitProfiles(units, best_idx, top_score, best_maps.half(), images.labels[best_idx], quantile_index,
+                        torch.stack([stat[quantile_index[j], j] for j in range(len(units))]),
+                        counts.long(), edges, active, n, activation, model.resolve(site))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.resources
 import io
+import json
 import math
 import os
 import shutil
@@ -17,24 +18,27 @@ from pathlib import Path
 
 import jinja2
 import nbformat
+import torch
 
 from .artifacts import ArtifactError, read_json, write_text
 from .attribution import SiteNodes
 from .cache import Study
 from .circuits import Circuit
-from .plots_circuits import circuit_layout, draw_layout
+from .plots_circuits import NEGATIVE, POSITIVE, circuit_layout
 from .config import ConfigError, check_choice
+from .interpret import ACTIVE_SHARE, PROFILE_QUANTILES
 from .mis import MISResult, mis_images
 from .plots_interpret import plot_feature_page
 from .sae import IdentityDictionary
 from .runfolder import FIGURE_SUFFIXES, RunDamaged, RunFolder, contained_path, list_runs
 from .stages import RunOutputs
-from .study_config import safe_label
+from .study_config import SEED_KEYS, safe_label
 
 # %% auto #0
 __all__ = ['GOOD_WORDS', 'BAD_WORDS', 'EVAL_KEYS', 'FEATURE_KINDS', 'REPORT_MARKER', 'fmt_num', 'fmt_pct', 'fmt_seconds',
-           'verdict', 'layer_rows', 'node_file', 'node_edges', 'feature_records', 'feature_pages', 'circuit_svg',
-           'templates_dir', 'render_notebook', 'load_claims', 'build_report']
+           'verdict', 'layer_rows', 'node_file', 'node_edges', 'feature_records', 'feature_pages', 'png_uri',
+           'heat_overlay', 'histogram_svg', 'node_media', 'circuit_graph_svg', 'templates_dir', 'render_notebook',
+           'load_claims', 'sweep_groups', 'build_report']
 
 # %% ../nbs/16_report.ipynb #3f907b73
 def _missing(x) -> bool:
@@ -111,9 +115,9 @@ def layer_rows(metrics: dict) -> list[dict]:
     return rows
 
 # %% ../nbs/16_report.ipynb #ac5623ef
-def node_file(site: str, unit: int) -> str:
-    "File name of the page of node `unit` at `site`."
-    return f"{safe_label(site)}_{unit}.html"
+def node_file(site: str, unit: int, kind: str = "sae") -> str:
+    "File name of the page of node `unit` at `site` (`kind` sae: SAE feature or error node; neurons: a neuron)."
+    return f"{'neuron_' if kind == 'neurons' else ''}{safe_label(site)}_{unit}.html"
 
 
 def node_edges(circuit: Circuit, site: str, unit: int) -> tuple[list[tuple[str, int, float]], list[tuple[str, int, float]]]:
@@ -145,14 +149,15 @@ def _mis_of(result: MISResult | None, unit: int) -> dict:
 
 
 def feature_records(circuit: Circuit, effects=None, mis: dict[str, MISResult] | None = None,
-                    layer_names: dict[str, str] | None = None) -> list[dict]:
+                    layer_names: dict[str, str] | None = None, kind: str = "sae") -> list[dict]:
     """One record per circuit node, sites in order and nodes by decreasing |IE|: site, layer, unit, label,
     kind, IE, rank, mean |IE| (from `effects`, a `NodeEffects`), MIS fields (from `mis`, site → result),
-    edges in and out, page file."""
+    edges in and out, page file. `kind` neurons: the nodes of a neuron circuit."""
     mis, layer_names = mis or {}, layer_names or {}
     name = lambda s: layer_names.get(s, s)
     label = lambda s, u: SiteNodes(circuit.n_nodes[s]).label(u)
-    edge = lambda s, u, w: {"site": s, "layer": name(s), "unit": u, "label": label(s, u), "weight": w, "file": node_file(s, u)}
+    edge = lambda s, u, w: {"site": s, "layer": name(s), "unit": u, "label": label(s, u), "weight": w, "file": node_file(s, u, kind)}
+    noun = "neuron" if kind == "neurons" else "feature"
     out = []
     for s in circuit.sites:
         units = circuit.nodes[s].tolist()
@@ -161,10 +166,10 @@ def feature_records(circuit: Circuit, effects=None, mis: dict[str, MISResult] | 
             into, out_of = node_edges(circuit, s, u)
             abs_ie = None if effects is None or s not in effects.abs_mean else effects.abs_mean[s][u].item()
             out.append({"site": s, "layer": name(s), "unit": u, "label": label(s, u), "is_error": is_error,
-                        "kind": "error node" if is_error else "feature", "ie": ie, "rank": rank, "site_size": len(units),
+                        "kind": "error node" if is_error else noun, "circuit": kind, "ie": ie, "rank": rank, "site_size": len(units),
                         "abs_ie": abs_ie, **(_mis_of(None if is_error else mis.get(s), u)),
                         "edges_in": [edge(*e) for e in into], "edges_out": [edge(*e) for e in out_of],
-                        "file": node_file(s, u)})
+                        "file": node_file(s, u, kind)})
     return out
 
 # %% ../nbs/16_report.ipynb #33472aa0
@@ -214,23 +219,139 @@ def feature_pages(study: Study, kind: str = "sae", units: Mapping[str, Sequence[
                                     title=f"{layer} {'neuron' if kind == 'neurons' else 'SAE feature'} #{unit}")
             yield layer, unit, fig
 
-# %% ../nbs/16_report.ipynb #ed2d8c3a
-def circuit_svg(circuit: Circuit, href: Callable[[str, int], str], labels: dict[str, str] | None = None,
-                max_per_site: int = 30, edges_per_node: int = 3) -> tuple[str, str]:
-    """The circuit as inline SVG (at most `max_per_site` nodes per site, the strongest) whose nodes link to
-    `href(site, unit)`; `labels` renames sites. Returns the SVG and a sentence on which edges it shows.
+# %% ../nbs/16_report.ipynb #b3490662
+def png_uri(rgb) -> str:
+    "An image `(H, W, 3)` or `(H, W)` of uint8 as a `data:` URI of a PNG (pages stay self-contained, no file per tile)."
+    import base64
+    import numpy as np
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", compress_level=6)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
-    It is the figure of `plots_circuits.draw_layout` (one layout, one drawing), with links."""
-    import matplotlib.pyplot as plt
-    lay = circuit_layout(circuit, max_per_site, edge_fraction=0.0, edges_per_node=edges_per_node)
-    fig = draw_layout(circuit, lay, site_labels=labels, href=href)
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
-    plt.close(fig)
-    svg = buf.getvalue()
-    note = (f"{len(lay.edges)} of {lay.n_edges} edges drawn (the {edges_per_node} strongest into each node)"
-            + (f"; {lay.hidden} weaker nodes left out (see the table)" if lay.hidden else ""))
-    return svg[svg.index("<svg"):], note
+
+def heat_overlay(image, heat, scale: float, alpha: float = 0.65):
+    """`image` (uint8 `(C, h, w)`) with `heat` (a unit's map `(H, W)`, positive part over `scale`) blended in red
+    (`POSITIVE`, the report's colour of a positive value), as uint8 `(h, w, 3)`. NumPy and PIL only: thousands of
+    tiles per report, where small torch ops cost more in thread start-up than in work."""
+    import numpy as np
+    from PIL import Image
+    img = np.asarray(image, dtype=np.float32) / 255
+    img = np.repeat(img, 3, 0) if img.shape[0] == 1 else img[:3]
+    h = np.clip(np.asarray(heat, dtype=np.float32).clip(min=0) / max(scale, 1e-12), 0, 1)
+    h = np.asarray(Image.fromarray(h, mode="F").resize(img.shape[:0:-1], Image.BILINEAR))[None] * alpha
+    red = np.array([int(POSITIVE[i:i + 2], 16) / 255 for i in (1, 3, 5)], dtype=np.float32)[:, None, None]
+    return np.rint((img * (1 - h) + red * h).transpose(1, 2, 0) * 255).astype(np.uint8)
+
+
+def _plain(image):
+    img = image.numpy()
+    return (img.repeat(3, 0) if img.shape[0] == 1 else img[:3]).transpose(1, 2, 0)
+
+
+def histogram_svg(counts: Sequence[float], edges: Sequence[float], marks: Sequence[float] = (), width: int = 420,
+                  height: int = 120, xlabel: str = "") -> str:
+    "A histogram as inline SVG (log-scaled counts, so a long tail shows), with vertical `marks` (e.g. the top images' values)."
+    import html
+    n, lo, hi = len(counts), edges[0], edges[-1]
+    top = math.log1p(max(counts) or 1)
+    bw = (width - 40) / n
+    x = lambda v: 30 + (v - lo) / ((hi - lo) or 1) * (width - 40)
+    bars = "".join(f'<rect x="{30 + i * bw:.1f}" y="{height - 25 - (math.log1p(c) / top) * (height - 35):.1f}" width="{max(bw - 1, 1):.1f}" '
+                   f'height="{(math.log1p(c) / top) * (height - 35):.1f}" fill="#8c959f"><title>{edges[i]:.3g} … {edges[i + 1]:.3g}: {int(c)} images</title></rect>'
+                   for i, c in enumerate(counts))
+    lines = "".join(f'<line x1="{x(m):.1f}" x2="{x(m):.1f}" y1="8" y2="{height - 25}" stroke="{POSITIVE}" stroke-width="1"/>' for m in marks)
+    axis = (f'<line x1="30" x2="{width - 10}" y1="{height - 25}" y2="{height - 25}" stroke="#59636e"/>'
+            f'<text x="30" y="{height - 10}" font-size="10">{lo:.3g}</text>'
+            f'<text x="{width - 10}" y="{height - 10}" font-size="10" text-anchor="end">{hi:.3g}</text>'
+            f'<text x="{width / 2}" y="{height - 2}" font-size="10" text-anchor="middle">{html.escape(xlabel)}</text>'
+            f'<text x="4" y="12" font-size="10">log n</text>')
+    return f'<svg class="hist" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">{bars}{lines}{axis}</svg>'
+
+
+def node_media(profiles, extra: dict, unit: int, thumbs: dict, class_names: Sequence[str], labels: dict) -> dict:
+    """What the page of `unit` shows from its stored `profiles` (`UnitProfiles`), `extra` (neighbours, feature
+    visualisation) and the pool's `thumbs`: top images with heat maps, quantile rows, histogram, classes, share active."""
+    r = profiles.row(unit)
+    scale = max(profiles.top_score[r, 0].item(), 1e-12)
+    tile = lambda i, s, heat=None: {"id": int(i), "score": float(s), "label": class_names[labels[int(i)]],
+                                    "plain": png_uri(_plain(thumbs[int(i)])),
+                                    "heat": None if heat is None else png_uri(heat_overlay(thumbs[int(i)], heat, scale))}
+    top = [tile(i, s, m) for i, s, m in zip(profiles.top_index[r].tolist(), profiles.top_score[r].tolist(), profiles.top_maps[r].float().numpy())]
+    quantiles = [{"q": q, "tiles": [tile(i, s) for i, s in zip(profiles.quantile_index[r, k].tolist(), profiles.quantile_score[r, k].tolist())]}
+                 for k, q in enumerate(PROFILE_QUANTILES)]
+    classes = {}
+    for t in top:
+        classes[t["label"]] = classes.get(t["label"], 0) + 1
+    featvis = None
+    if "featvis" in extra:
+        featvis = {"src": png_uri(_plain(extra["featvis"][r])), "score": extra["featvis_score"][r].item(),
+                   "settings": extra["meta"].get("featvis", {})}
+    what = "max over positions of the " + ("pre-activation" if profiles.activation == "pre" else "output")
+    return {"top": top, "quantiles": quantiles, "classes": sorted(classes.items(), key=lambda kv: -kv[1]),
+            "histogram": histogram_svg(profiles.hist_counts[r].tolist(), profiles.hist_edges[r].tolist(),
+                                       [t["score"] for t in top], xlabel=what),
+            "statistic": what, "active": profiles.active[r].item(), "active_share": ACTIVE_SHARE, "n_images": profiles.n_images, "featvis": featvis,
+            "best_score": profiles.top_score[r, 0].item()}
+
+# %% ../nbs/16_report.ipynb #ed2d8c3a
+def circuit_graph_svg(circuit: Circuit, href: Callable[[str, int], str], site_labels: dict[str, str] | None = None,
+                      info: Mapping[tuple[str, int], dict] | None = None, failed: Sequence[str] = (),
+                      draw_fraction: float = 0.05, output: str = "metric") -> tuple[str, dict]:
+    """The whole circuit as an interactive SVG: one row per site (input at the bottom), every node (size |IE|,
+    red positive / blue negative, triangles error nodes) linked to `href(site, unit)` and carrying `info[(site, unit)]`
+    (IE, MIS, a thumbnail) for the hover card; an output node on top fed by the last site's nodes with their IE;
+    every non-zero edge, those below `draw_fraction` × the largest |weight| hidden until the page's threshold control
+    lowers it (`circuit.draw_edge_fraction`); rows of the `failed` sites (SAE failed the quality gate) marked.
+    Returns the SVG and counts (`edges`, `shown`: edges at the default threshold)."""
+    import html
+    info, site_labels = info or {}, site_labels or {}
+    lay = circuit_layout(circuit, None, edge_fraction=0.0)
+    dx, dy, left = min(22, max(9, 1700 / lay.width)), 80, 150  # a wide layer is squeezed (labels then on hover only)
+    width = left + dx * lay.width + 40
+    height = dy * (len(circuit.sites) + 1) + 30
+    xy = lambda s, u: (left + 20 + dx * (lay.pos[s, u][0] + (lay.width - 1) / 2), height - 30 - dy * lay.pos[s, u][1])
+    out_xy = (left + 20 + dx * (lay.width - 1) / 2, height - 30 - dy * len(circuit.sites))
+    parts, shown = [], 0
+    for row, s in enumerate(circuit.sites):
+        y = height - 30 - dy * row
+        bad = s in failed
+        parts.append(f'<rect x="0" y="{y - dy / 2:.0f}" width="{width}" height="{dy}" class="row{" failed" if bad else ""}"/>')
+        parts.append(f'<text x="6" y="{y + 4:.0f}" class="site">{html.escape(site_labels.get(s, s))}</text>')
+        if bad:
+            parts.append(f'<text x="6" y="{y + 18:.0f}" class="gate">SAE failed the gate</text>')
+    parts.append(f'<text x="6" y="{out_xy[1] + 4:.0f}" class="site">output</text>')
+    edge = lambda x0, y0, x1, y1, w: (f'<line class="edge{"" if abs(w) >= draw_fraction * lay.w_max else " weak"}" data-w="{abs(w) / lay.w_max:.4g}" '
+                                      f'x1="{x0:.1f}" y1="{y0:.1f}" x2="{x1:.1f}" y2="{y1:.1f}" stroke="{POSITIVE if w > 0 else NEGATIVE}" '
+                                      f'stroke-width="{0.4 + 3 * abs(w) / lay.w_max:.2f}"/>')
+    lines = []
+    for u, i, d, j, w in lay.edges:
+        lines.append(edge(*xy(u, i), *xy(d, j), w))
+        shown += abs(w) >= draw_fraction * lay.w_max
+    last = circuit.sites[-1] if circuit.sites else None
+    ie_out = {u: ie for u, ie in zip(circuit.nodes[last].tolist(), circuit.node_ie[last].tolist())} if last else {}
+    for u, ie in ie_out.items():  # the last site feeds the metric: its edge is the node's IE
+        lines.append(edge(*xy(last, u), *out_xy, ie * lay.w_max / lay.ie_max).replace('class="edge', 'class="edge out'))
+    parts.append(f'<g class="edges">{"".join(lines)}</g>')
+    for s in circuit.sites:
+        nodes = SiteNodes(circuit.n_nodes[s])
+        for u, ie in zip(circuit.nodes[s].tolist(), circuit.node_ie[s].tolist()):
+            x, y = xy(s, u)
+            r = 3 + 6 * abs(ie) / lay.ie_max
+            colour = POSITIVE if ie > 0 else NEGATIVE
+            shape = (f'<polygon points="{x:.1f},{y - r:.1f} {x - r:.1f},{y + r * 0.7:.1f} {x + r:.1f},{y + r * 0.7:.1f}" fill="{colour}"/>'
+                     if nodes.is_error(u) else f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}" fill="{colour}"/>')
+            data = info.get((s, u), {})
+            attrs = "".join(f' data-{k}="{html.escape(str(v), quote=True)}"' for k, v in data.items() if v is not None)
+            label = f'{site_labels.get(s, s)} {nodes.label(u)}'
+            parts.append(f'<a href="{href(s, u)}" class="node" data-label="{html.escape(label)}" data-ie="{ie:.4g}"{attrs}>'
+                         f'<title>{html.escape(label)}: IE {ie:.3g}</title>{shape}'
+                         + (f'<text x="{x:.1f}" y="{y - r - 3:.1f}" class="unit">{nodes.label(u)}</text>' if dx >= 16 else "") + '</a>')
+    parts.append(f'<circle cx="{out_xy[0]:.1f}" cy="{out_xy[1]:.1f}" r="9" class="output"><title>{html.escape(output)}</title></circle>'
+                 f'<text x="{out_xy[0] + 14:.1f}" y="{out_xy[1] + 4:.1f}" class="site">{html.escape(output)}</text>')
+    svg = (f'<svg class="graph" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}">{"".join(parts)}</svg>')
+    return svg, {"edges": lay.n_edges, "shown": int(shown), "w_max": lay.w_max}
 
 # %% ../nbs/16_report.ipynb #0863b2d2
 def templates_dir() -> Path:
@@ -321,32 +442,92 @@ def _layer_names(run: RunFolder) -> dict[str, str]:
         return {}
 
 # %% ../nbs/16_report.ipynb #8cd6721d
+def _gate_failed(run: RunFolder) -> set[str]:
+    "Configured layers whose SAE failed the quality gate."
+    ev = (_readable(lambda: run.metrics, {}) or {}).get("sae_eval") or {}
+    return {l for l, e in ev.items() if isinstance(e, dict) and isinstance(e.get("gate"), dict) and not e["gate"].get("passed", True)}
+
+
+def _neighbour_links(extra: dict, r: int, kind: str, site: str, layer: str, in_circuit: dict) -> list[dict]:
+    "The neighbour lists of a node's page: decoder loadings and nearest features (SAE), or reading features (neuron)."
+    def rows(key_unit, key_value, other, title, what):
+        if key_unit not in extra:
+            return None
+        items = [{"unit": u, "value": v, "href": node_file(site, u, other) if (site, u) in in_circuit.get(other, ()) else None}
+                 for u, v in zip(extra[key_unit][r].tolist(), extra[key_value][r].tolist())]
+        return {"title": title, "what": what, "rows": items, "noun": "neuron" if other == "neurons" else "feature"}
+    lists = ([rows("load_unit", "load_value", "neurons", "Neurons its decoder direction loads on", "decoder weight"),
+              rows("near_unit", "near_cos", "sae", "Nearest features (decoder directions)", "cosine")] if kind == "sae" else
+             [rows("reader_unit", "reader_value", "sae", f"SAE features of {layer} that read this neuron", "encoder weight")])
+    return [l for l in lists if l]
+
+
 def _circuit(run: RunFolder, out_run: Path, env: jinja2.Environment, common: dict) -> tuple[dict | None, str]:
-    "The circuit section of a run page (writing its feature pages), or None and why there is none."
+    "The circuit section of a run page (writing the page of every node of both circuits), or None and why there is none."
     if run.stage_entry("circuit") is None:
         return None, "The circuit stage did not run or did not finish."
     outputs, summary = run.outputs, run.note("circuit").get("summary") or {}
-    circuit = outputs.circuit()
     names = _layer_names(run)
-    effects = outputs.effects("sae") if run.stage_entry("attribution") else None
-    has_mis = run.stage_entry("mis") is not None
-    mis = {s: MISResult.load(outputs.mis_path(s)) for s in circuit.sites if has_mis and outputs.mis_path(s).exists()}
-    features = feature_records(circuit, effects, mis, names)
-    page = env.get_template("feature.html")
-    for f in features:
-        f["href"] = f"features/{f['file']}"
-        for e in f["edges_in"] + f["edges_out"]:
-            e["href"] = e["file"]
-        f["figures"] = [_copy_figure(p, out_run / "figures" / p.relative_to(run.figures_dir),
-                                     "../figures/" + p.relative_to(run.figures_dir).as_posix())
-                        for p in run.feature_figures([f["layer"], f["site"]], f["unit"])]
-        if not has_mis:
-            f["mis_note"] = "The MIS stage did not run or did not finish."
-        elif f["is_error"]:
-            f["mis_note"] = "An error node is no unit of the SAE: it has no MIS."
-        write_text(out_run / "features" / f["file"], page.render(**common, root="../../../", f=f, run_name=run.name))
-    svg, shown = circuit_svg(circuit, lambda s, u: f"features/{node_file(s, u)}", names) if circuit.size else (None, "")
-    return {**summary, "svg": svg, "shown_edges": shown, "features": features}, ""
+    failed = _gate_failed(run)
+    has_mis, has_pages = run.stage_entry("mis") is not None, run.stage_entry("pages") is not None
+    circuits = {"sae": outputs.circuit()}
+    if outputs.folder("circuit").joinpath("circuit_neurons.safetensors").exists():
+        circuits["neurons"] = outputs.circuit("neurons")
+    in_circuit = {k: {(s, u) for s in c.sites for u in c.nodes[s].tolist()} for k, c in circuits.items()}
+    page, sections = env.get_template("feature.html"), {}
+    thumbs = {}
+    for kind, circuit in circuits.items():
+        effects = outputs.effects(kind) if run.stage_entry("attribution") else None
+        mis = {s: MISResult.load(outputs.mis_path(s, kind)) for s in circuit.sites if has_mis and outputs.mis_path(s, kind).exists()}
+        features = feature_records(circuit, effects, mis, names, kind)
+        stored = {}
+        for s in circuit.sites:
+            layer = names.get(s)
+            if has_pages and layer is not None:
+                stored[s] = outputs.pages(layer, kind)
+                if layer not in thumbs:
+                    thumbs[layer] = outputs.page_images(layer)
+        for n, f in enumerate(features):
+            f["href"] = f"features/{f['file']}"
+            f["gate_failed"] = f["layer"] in failed and kind == "sae"
+            f["prev"] = features[n - 1] if n else None
+            f["next"] = features[n + 1] if n + 1 < len(features) else None
+            for e in f["edges_in"] + f["edges_out"]:
+                e["href"] = e["file"]
+            f["figures"] = [_copy_figure(p, out_run / "figures" / p.relative_to(run.figures_dir),
+                                         "../figures/" + p.relative_to(run.figures_dir).as_posix())
+                            for p in run.feature_figures([f["layer"], f["site"]], f["unit"])] if kind == "sae" else []
+            data, f["media"], f["neighbours"] = stored.get(f["site"]), None, []
+            if not f["is_error"] and data is not None and thumbs.get(f["layer"]) is not None:
+                profiles, extra = data
+                f["media"] = node_media(profiles, extra, f["unit"], *thumbs[f["layer"]])
+                f["neighbours"] = _neighbour_links(extra, profiles.row(f["unit"]), kind, f["site"], f["layer"], in_circuit)
+            elif not f["is_error"]:
+                f["media_note"] = ("The pages stage did not run or did not finish: `sfc-vision run` with this configuration "
+                                   "computes it from the stored outputs." if not has_pages else "No page data stored for this unit.")
+            if not has_mis:
+                f["mis_note"] = "The MIS stage did not run or did not finish."
+            elif f["is_error"]:
+                f["mis_note"] = "An error node is no unit of the SAE: it has no MIS."
+            f["active"] = f["media"]["active"] if f["media"] else None
+        for f in features:
+            write_text(out_run / "features" / f["file"], page.render(**common, root="../../../", f=f, run_name=run.name))
+        info = {(f["site"], f["unit"]): {"mis": None if f["mis"] is None else f"{f['mis']:.3f}",
+                                         "thumb": f["media"]["top"][0]["heat"] if f["media"] else None} for f in features}
+        svg, counts = circuit_graph_svg(circuit, lambda s, u, k=kind: f"features/{node_file(s, u, k)}", names, info,
+                                        [s for s in circuit.sites if names.get(s) in failed and kind == "sae"],
+                                        _draw_fraction(run), summary.get("metric") or "metric") if circuit.size else (None, {})
+        sections[kind] = {"svg": svg, **counts, "features": features, "nodes": circuit.size}
+    return {**summary, **sections["sae"], "neurons_circuit": sections.get("neurons"), "failed_layers": sorted(failed),
+            "draw_fraction": _draw_fraction(run)}, ""
+
+
+def _draw_fraction(run: RunFolder) -> float:
+    "The run's `circuit.draw_edge_fraction` (0.05 where its configuration cannot be read)."
+    try:
+        return run.cfg.circuit.draw_edge_fraction
+    except (ArtifactError, ConfigError, KeyError, ValueError, AttributeError):
+        return 0.05
 
 # %% ../nbs/16_report.ipynb #ba60d02e
 def _readable(read: Callable, default):
@@ -355,6 +536,14 @@ def _readable(read: Callable, default):
         return read()
     except RunDamaged:
         return default
+
+
+def _settings(run: RunFolder) -> dict | None:
+    "A run's configuration as flat dotted keys (None where it cannot be read)."
+    try:
+        return _flat(run.cfg.to_dict())
+    except (ArtifactError, ConfigError, KeyError, ValueError, TypeError):
+        return None
 
 
 def _run_page(run: RunFolder, out_run: Path, env: jinja2.Environment, common: dict, notebooks: bool,
@@ -415,7 +604,40 @@ def _run_page(run: RunFolder, out_run: Path, env: jinja2.Environment, common: di
     write_text(out_run / "index.html", env.get_template("run.html").render(**common, root="../../", run=page))
     return {"name": name, "href": f"runs/{name}/index.html", "status": entry["status"], "error": entry["error"],
             "accuracy": model.get("accuracy"), "circuit": circuit and {k: circuit.get(k) for k in ("nodes", "faithfulness", "completeness")},
-            "layers": layers}
+            "layers": layers, "settings": _settings(run)}
+
+# %% ../nbs/16_report.ipynb #e5c8230e
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (str, int, float, bool, type(None))) else json.dumps(v)
+    return out
+
+
+def sweep_groups(rows: Sequence[dict], ignore: Sequence[str] = ("run.name", "run.group", *SEED_KEYS)) -> dict:
+    """Runs grouped by the settings that differ between them (`rows` carry `settings`, a flat configuration), seeds
+    and names aside: per group its values and the mean over its runs of test accuracy and circuit nodes,
+    faithfulness and completeness (with how many runs each mean is over)."""
+    flats = [r["settings"] for r in rows if r.get("settings")]
+    keys = sorted(k for k in set().union(*flats) if k not in ignore and len({json.dumps(f.get(k)) for f in flats}) > 1) if flats else []
+    groups: dict[tuple, dict] = {}
+    for r in rows:
+        if not r.get("settings"):
+            continue
+        values = tuple(r["settings"].get(k) for k in keys)
+        g = groups.setdefault(values, {"values": dict(zip(keys, values)), "runs": []})
+        g["runs"].append(r)
+    def mean(runs, get):
+        xs = [x for x in map(get, runs) if isinstance(x, (int, float)) and not (isinstance(x, float) and math.isnan(x))]
+        return {"mean": sum(xs) / len(xs) if xs else None, "n": len(xs)}
+    for g in groups.values():
+        c = lambda k: (lambda r: (r.get("circuit") or {}).get(k))
+        g |= {"accuracy": mean(g["runs"], lambda r: r.get("accuracy")), "nodes": mean(g["runs"], c("nodes")),
+              "faithfulness": mean(g["runs"], c("faithfulness")), "completeness": mean(g["runs"], c("completeness"))}
+    return {"swept": keys, "groups": [groups[v] for v in sorted(groups, key=lambda v: [(0, x) if isinstance(x, (int, float)) else (1, json.dumps(x)) for x in v])]}
 
 # %% ../nbs/16_report.ipynb #38438fb6
 def _figure_index(fdir: Path) -> list[dict]:
@@ -457,8 +679,8 @@ def build_report(runs_root: str | os.PathLike = "runs", out_dir: str | os.PathLi
         shutil.copytree(templates_dir() / "report" / "static", build / "static")
         runs = list_runs(runs_root)
         names = {r.name for r in runs}  # figures made from other runs than these are left out
-        cross = [_copy_figure(fdir / e["file"], build / "figures" / e["file"], f"figures/{e['file']}", e.get("caption"),
-                              e.get("made_by")) for e in index
+        cross = [{**_copy_figure(fdir / e["file"], build / "figures" / e["file"], f"figures/{e['file']}", e.get("caption"),
+                                 e.get("made_by")), "section": e.get("section") or "Other figures"} for e in index
                  if (fdir / e["file"]).is_file() and (not e.get("runs") or names & set(e["runs"]))]
         docs_href = os.path.relpath(docs_dir / "index.html", out_dir) if (docs_dir / "index.html").exists() else None
         common = {"runs_root": str(runs_root.resolve()), "built_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -471,7 +693,7 @@ def build_report(runs_root: str | os.PathLike = "runs", out_dir: str | os.PathLi
         for r in rows:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
         write_text(build / "index.html", env.get_template("index.html").render(
-            **common, root="", runs=rows, counts=counts, figures=cross))
+            **common, root="", runs=rows, counts=counts, figures=cross, sweep=sweep_groups(rows)))
         _swap_in(build, out_dir, keep)
     finally:
         shutil.rmtree(build, ignore_errors=True)  # gone already where the build was swapped in

@@ -213,7 +213,7 @@ def check_requirements(cfg: StudyConfig, gpu: bool | None = None) -> None:
 STUDY_NOTEBOOKS: dict[str, tuple[str, ...]] = {  # study notebook -> the stages it runs
     "01_model_saes.ipynb": ("model", "activations", "saes", "sae_eval"),
     "02_circuits.ipynb": ("attribution", "circuit"),
-    "03_interpret.ipynb": ("mis", "selectivity"),
+    "03_interpret.ipynb": ("mis", "selectivity", "pages"),
 }
 
 # %% ../nbs/12c_runs.ipynb #5e84c27a

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -29,17 +30,20 @@ from .attribution import NodeEffects, SiteNodes, node_effects
 from .circuits import (Circuit, Faithfulness, faithfulness, faithfulness_curve, feature_density, find_circuit,
                                  images_of_class)
 from .backbones import BackboneConfig, EmbeddingCache, build_backbone
-from .interpret import TopImages, top_images_many
+from .interpret import TopImages, UnitProfiles, top_images_many, unit_profiles
+from .featvis import visualize_units
 from .analyses import class_activity, class_selectivity
 from .mis import MISResult, mis_from_top, mis_images, mis_meta
 from .study_config import StudyConfig, load_config, merge_settings
 from .train import channel_stats, evaluate_classifier, train_classifier
 
 # %% auto #0
-__all__ = ['SAE_EVAL_KEYS', 'weights_problem', 'model_stage', 'layer_folders', 'activations_stage', 'layer_sae_key', 'sae_store',
-           'restore_layer_sae', 'keep_layer_sae', 'saes_stage', 'RunOutputs', 'eval_images', 'sae_eval_stage',
-           'circuit_images', 'attribution_stage', 'circuit_counts', 'discovery_halves', 'edge_images', 'circuit_stage',
-           'mis_stage', 'selectivity_stage', 'default_runs_root', 'open_study']
+__all__ = ['SAE_EVAL_KEYS', 'PAGE_TOP_K', 'PAGE_NEIGHBOURS', 'FEATVIS_STEPS', 'FEATVIS_SIZE', 'THUMB_SIZE', 'weights_problem',
+           'model_stage', 'layer_folders', 'activations_stage', 'layer_sae_key', 'sae_store', 'restore_layer_sae',
+           'keep_layer_sae', 'saes_stage', 'RunOutputs', 'eval_images', 'sae_eval_stage', 'circuit_images',
+           'attribution_stage', 'circuit_counts', 'discovery_halves', 'edge_images', 'circuit_stage', 'mis_stage',
+           'selectivity_stage', 'decoder_neighbours', 'neuron_readers', 'pages_stage', 'default_runs_root',
+           'open_study']
 
 # %% ../nbs/12b_stages.ipynb #d84024d1
 def _num_classes(cfg: StudyConfig, data: ImageData) -> int:
@@ -550,6 +554,128 @@ def selectivity(self: RunOutputs, kind: str = "sae") -> dict[str, dict[str, torc
     t, meta = load_tensors(self.folder("selectivity") / f"selectivity_{kind}.safetensors")
     names = {folder: layer for layer, folder in self.layers.items()}
     return {names[s]: {"count": t[f"count/{s}"], "total": t[f"total/{s}"], "n": t["n"]} for s in meta["sites"]}
+
+# %% ../nbs/12b_stages.ipynb #871ed917
+PAGE_TOP_K = 16          # top images per unit on its page
+PAGE_NEIGHBOURS = 8      # neurons a feature's decoder direction loads on, nearest features, features reading a neuron
+FEATVIS_STEPS = 48       # optimisation steps of each node's feature visualisation (0: none)
+FEATVIS_SIZE = 64        # largest side of a feature visualisation (the model's input size where smaller)
+THUMB_SIZE = 64          # largest side of the stored page images
+
+
+def _circuit_units(circuit: Circuit, site: str) -> list[int]:
+    "The circuit's kept units of `site` that are no error node."
+    nodes = SiteNodes(circuit.n_nodes[site])
+    return [u for u in circuit.nodes[site].tolist() if not nodes.is_error(u)]
+
+
+def _thumbnails(images: ImageSet, ids: torch.Tensor) -> torch.Tensor:
+    "Images `ids` as uint8 `(n, C, h, w)`, downsampled so that no side exceeds `THUMB_SIZE`."
+    x = images.images(ids)
+    if max(x.shape[-2:]) > THUMB_SIZE:
+        x = torch.nn.functional.interpolate(x, scale_factor=THUMB_SIZE / max(x.shape[-2:]), mode="area")
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def decoder_neighbours(sae, units: list[int], n: int = PAGE_NEIGHBOURS) -> dict[str, torch.Tensor]:
+    """Per SAE feature of `units`: the `n` neurons its decoder direction loads on most (|W_dec| row entries, signed
+    values kept) and the `n` other features whose decoder directions are nearest (cosine)."""
+    w = sae.W_dec.detach().float().cpu()                                  # (d_sae, d_in), unit-norm rows
+    rows = w[units]
+    n_in, n_near = min(n, w.shape[1]), min(n, w.shape[0] - 1)
+    load = rows.abs().topk(n_in, dim=1).indices
+    cos = torch.nn.functional.normalize(rows, dim=1) @ torch.nn.functional.normalize(w, dim=1).T
+    cos[torch.arange(len(units)), torch.as_tensor(units)] = -2            # not itself
+    near = cos.topk(n_near, dim=1)
+    return {"load_unit": load, "load_value": rows.gather(1, load), "near_unit": near.indices, "near_cos": near.values}
+
+
+def neuron_readers(sae, neurons: list[int], n: int = PAGE_NEIGHBOURS) -> dict[str, torch.Tensor]:
+    "Per neuron of `neurons`: the `n` SAE features whose encoder reads it most (|W_enc| entries, signed values kept)."
+    w = sae.W_enc.detach().float().cpu()[neurons]                         # (len, d_sae)
+    top = w.abs().topk(min(n, w.shape[1]), dim=1).indices
+    return {"reader_unit": top, "reader_value": w.gather(1, top)}
+
+
+@register_stage("pages", sections=("mis.pool", "mis.pool_size", "mis.seed", "mis.activation"),
+                upstream=("model", "saes", "circuit"), version=1)
+def pages_stage(ctx: StageContext) -> dict:
+    """What the report's page of every node of both circuits shows: per layer and kind, the `unit_profiles` of the
+    circuit's units over the MIS pool (top `PAGE_TOP_K` images by max over positions with maps, quantile examples,
+    histogram, share active), decoder neighbours (SAE features) or reading features (neurons), a feature
+    visualisation of each (`FEATVIS_STEPS` steps), and the pool images the pages show as small thumbnails."""
+    outputs, ex, cfg = RunOutputs(ctx), ctx.cfg.execution, ctx.cfg.mis
+    model, sha = outputs.model()
+    images = mis_images(ctx.data(), cfg)
+    circuits = {"sae": outputs.circuit("sae")}
+    try:
+        circuits["neurons"] = outputs.circuit("neurons")
+    except FileNotFoundError:  # no neuron circuit stored: SAE pages only
+        pass
+    out, seconds = {}, {"profiles": 0.0, "featvis": 0.0}
+    for layer, site in outputs.layers.items():
+        sae = outputs.sae(layer, model_sha256=sha)[0]
+        shown, done = [], {}
+        for kind, circuit in circuits.items():
+            units = _circuit_units(circuit, site) if site in circuit.sites else []
+            if not units:
+                continue
+            dic = sae if kind == "sae" else IdentityDictionary(sae.d_in)
+            try:
+                t0 = time.perf_counter()
+                prof = unit_profiles(model, site, dic, images, units, cfg.activation, k=min(PAGE_TOP_K, len(images)),
+                                     seed=cfg.seed, batch_size=ex.batch_size, device=ex.device)
+                seconds["profiles"] += time.perf_counter() - t0
+            except ConfigError as e:  # a token site: no image pages yet
+                done[kind] = {"skipped": str(e)}
+                continue
+            tensors, meta = prof.to_tensors()
+            tensors |= decoder_neighbours(sae, units) if kind == "sae" else neuron_readers(sae, units)
+            if FEATVIS_STEPS:
+                t0 = time.perf_counter()
+                size = min(FEATVIS_SIZE, max(images.images(torch.arange(1)).shape[-2:]))
+                fv = visualize_units(model, site, dic, units, image_size=size, steps=FEATVIS_STEPS,
+                                     activation=cfg.activation, seed=cfg.seed, device=ex.device)
+                seconds["featvis"] += time.perf_counter() - t0
+                tensors |= {"featvis": (fv.images.clamp(0, 1) * 255).round().to(torch.uint8), "featvis_score": fv.scores}
+                meta["featvis"] = fv.settings
+            save_tensors(ctx.dir / f"{site}_{kind}_pages.safetensors", tensors, meta)
+            shown.append(prof.image_ids())
+            done[kind] = {"units": len(units), "active_median": prof.active.median().item()}
+        if shown:
+            ids = torch.unique(torch.cat(shown))
+            save_tensors(ctx.dir / f"{site}_page_images.safetensors",
+                         {"ids": ids, "images": _thumbnails(images, ids), "labels": images.labels[ids]},
+                         {"class_names": list(images.class_names)})
+        out[layer] = done
+    n_units = sum(d.get("units", 0) for layer in out.values() for d in layer.values())
+    return {"layers": out, "n_units": n_units, "n_images": len(images), "top_k": PAGE_TOP_K,
+            "featvis_steps": FEATVIS_STEPS, "seconds": seconds,
+            "featvis_seconds_per_unit": seconds["featvis"] / n_units if n_units and FEATVIS_STEPS else None}
+
+
+@patch
+def pages(self: RunOutputs, layer: str, kind: str = "sae") -> tuple[UnitProfiles, dict[str, torch.Tensor]] | None:
+    """The stored page data of configured layer `layer`'s circuit nodes (`kind` sae or neurons): their `UnitProfiles`
+    and the other tensors (neighbours, feature visualisations); None where that circuit keeps no unit there."""
+    path = self.folder("pages") / f"{self.layers[layer]}_{kind}_pages.safetensors"
+    if not path.exists():
+        return None
+    tensors, meta = load_tensors(path)
+    names = ("units", "top_index", "top_score", "top_maps", "top_label", "quantile_index", "quantile_score",
+             "hist_counts", "hist_edges", "active")
+    return UnitProfiles.from_tensors({k: tensors.pop(k) for k in names}, meta), tensors | {"meta": meta}
+
+
+@patch
+def page_images(self: RunOutputs, layer: str) -> tuple[dict[int, torch.Tensor], list[str], dict[int, int]] | None:
+    "The pool images the pages of `layer` show: pool index → uint8 `(C, h, w)`, the class names, pool index → label."
+    path = self.folder("pages") / f"{self.layers[layer]}_page_images.safetensors"
+    if not path.exists():
+        return None
+    t, meta = load_tensors(path)
+    ids = t["ids"].tolist()
+    return dict(zip(ids, t["images"])), meta["class_names"], dict(zip(ids, t["labels"].tolist()))
 
 # %% ../nbs/12b_stages.ipynb #c60b8a84
 def default_runs_root() -> Path:

@@ -31,7 +31,7 @@ __all__ = ['StageName', 'MAX_THREADS', 'WINDOWS_RESERVED', 'SEED_KEYS', 'RunConf
            'sae_overrides', 'StudyConfig', 'merge_settings', 'commented_yaml', 'load_config', 'safe_label']
 
 # %% ../nbs/12_study_config.ipynb #7bea95f2
-StageName = Literal["model", "activations", "saes", "sae_eval", "attribution", "circuit", "mis", "selectivity"]  # the study's stages, in pipeline order
+StageName = Literal["model", "activations", "saes", "sae_eval", "attribution", "circuit", "mis", "selectivity", "pages"]  # the study's stages, in pipeline order
 
 
 @dataclass(frozen=True)

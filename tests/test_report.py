@@ -53,7 +53,7 @@ def site(tmp_path_factory):
     runs = root / "runs"
     bad = root / "mlp_weights.pth"  # weights of an MLP for the CNN: the run starts and fails in the classifier stage
     torch.save(build_model(ModelConfig(arch="mlp"), (1, 28, 28), 10).net.state_dict(), bad)
-    configs = {"complete": tiny_config(),
+    configs = {"complete": tiny_config(circuit={"select": "faithfulness", "target_faithfulness": 0.5}),  # both circuits
                "no_circuit": tiny_config(run={"name": "no_circuit", "stages": ["sae_eval"]}),
                "failed": tiny_config(run={"name": "failed"}, model={"weights": str(bad)})}
     for name, cfg in configs.items():
@@ -126,20 +126,36 @@ def test_every_page_link_and_image_resolves(site):
     assert index.find("a", href=f"runs/{complete}/index.html")
 
 
-def test_circuit_svg_nodes_link_to_feature_pages(site):
+def test_every_circuit_node_has_a_full_page(site):
+    "Both circuits drawn in full, each node linked to its page; every feature and neuron page shows ≥ 16 top images with maps, quantiles, a histogram and a feature visualisation."
     run = site["run"]["complete"]
     metrics = read_json(run / "metrics.json")
     page = site["out"] / "runs" / run.name / "index.html"
     soup = BeautifulSoup(page.read_text(), "html.parser")
-    svg = soup.select_one("div.circuit svg")
-    assert svg is not None
-    linked = {a.get("xlink:href") for a in svg.find_all("a")}
-    features = {p.name for p in (page.parent / "features").glob("*.html")}
-    assert len(features) == metrics["circuit"]["nodes"] > 0
-    assert linked == {f"features/{f}" for f in features}  # every node drawn (≤ 30 per site) and clickable
-    for f in features:
-        text = (page.parent / "features" / f).read_text()
-        assert "indirect effect" in text and "Edges in" in text
+    pages = {p.name for p in (page.parent / "features").glob("*.html")}
+    neuron_pages = {p for p in pages if p.startswith("neuron_")}
+    for anchor, files, nodes in (("sae-circuit", pages - neuron_pages, metrics["circuit"]["nodes"]),
+                                 ("neuron-circuit", neuron_pages, metrics["circuit"]["neurons"]["nodes"])):
+        svg = soup.select_one(f"#{anchor} svg")
+        assert svg is not None and len(files) == nodes > 0
+        assert {a.get("href") for a in svg.select("a.node")} == {f"features/{f}" for f in files}  # every node drawn and clickable
+        assert svg.select("line.edge.out") and svg.select("circle.output")                         # the output node
+    rows = soup.select("#node-table tbody tr")
+    assert len(rows) == len(pages) and {r.find("a")["href"] for r in rows} == {f"features/{f}" for f in pages}
+    for f in pages:
+        node = BeautifulSoup((page.parent / "features" / f).read_text(), "html.parser")
+        text = node.get_text()
+        assert "indirect effect" in text and "Edges in" in text and node.select_one("#up")
+        if "error node" in node.h1.get_text():
+            assert "reconstruction error" in text and not node.select(".tile")
+            continue
+        tiles = node.select(".tiles .tile")
+        assert len(tiles) >= 16 and all(t.select_one("img.heat")["src"].startswith("data:image/png") for t in tiles), f
+        scores = [float(t.select_one(".cap span").get_text()) for t in tiles]
+        assert scores == sorted(scores, reverse=True), f"{f}: top images not ranked"
+        assert node.select(".quantiles .tile") and node.select_one("svg.hist") and node.select_one("figure.featvis img")
+        assert "This run stored no image" not in text and node.select_one("#classes")
+        assert ("SAE features of" in text) if f.startswith("neuron_") else ("Nearest features" in text)
 
 
 def test_partial_and_failed_runs_have_pages(site):
@@ -154,6 +170,41 @@ def test_partial_and_failed_runs_have_pages(site):
     assert status["error"].splitlines()[0] in failed.select_one(".error").get_text()
     nb = Path(status["failed_notebook"]).stem
     assert failed.select_one(".error").find("a", href=f"notebooks/{nb}.html")
+
+
+def walk(page, index: Path, run: str):
+    "index → run → circuit → hover → node page → next node → back → neuron page → back; a unit search; the edge threshold."
+    page.goto(index.as_uri(), wait_until="load")
+    page.click(f'a[href="runs/{run}/index.html"]')
+    assert page.url.endswith(f"runs/{run}/index.html")
+    node = page.locator("#sae-circuit a.node").first
+    node.hover()
+    card = page.locator("#hovercard")
+    assert card.is_visible() and "IE" in card.inner_text() and card.locator("img").count() == 1
+    href = node.get_attribute("href")
+    node.click()
+    assert page.url.endswith(href) and page.locator(".tiles .tile, .lead").count() > 0
+    first = page.url
+    if page.locator("#next").count():
+        page.click("#next")
+        assert page.url != first and "/features/" in page.url
+        page.go_back()
+    page.go_back()
+    assert page.url.endswith(f"runs/{run}/index.html")
+    page.locator("#neuron-circuit a.node").first.click()
+    assert "/features/neuron_" in page.url and page.locator("h1").inner_text().split(",")[1].strip().startswith("neuron")
+    page.go_back()
+    assert page.url.endswith(f"runs/{run}/index.html")
+    rows = page.locator("#node-table tbody tr")
+    layer, unit = rows.nth(1).locator("td").nth(1).inner_text().split()[0], rows.nth(1).locator("td").nth(2).inner_text()
+    page.fill("input.filter", f"{layer} {unit}")
+    shown = [r for r in range(rows.count()) if rows.nth(r).is_visible()]
+    assert shown and all(rows.nth(r).locator("td").nth(2).inner_text() == unit and
+                         rows.nth(r).locator("td").nth(1).inner_text().startswith(layer) for r in shown)
+    box = page.locator("#sae-circuit")
+    total = int(box.inner_text().split(" edges shown")[0].split(" of ")[-1])
+    box.locator("input.edge-threshold").evaluate("e => { e.value = 0; e.dispatchEvent(new Event('input')); }")
+    assert int(box.locator(".edge-count").inner_text()) == total == box.locator("line.edge:not(.out):not(.weak)").count()
 
 
 def test_pages_load_in_chromium_without_errors(site):
@@ -175,6 +226,7 @@ def test_pages_load_in_chromium_without_errors(site):
             page.goto(path.as_uri(), wait_until="load")
             assert page.title(), f"{path} has no title"
         run = site["run"]["complete"].name
+        walk(page, site["out"] / "index.html", run)
         feature = sorted((site["out"] / "runs" / run / "features").glob("*.html"))[0]
         for name, path in (("index", site["out"] / "index.html"), ("run", site["out"] / "runs" / run / "index.html"),
                            ("feature", feature), ("docs", site["out"] / "docs" / "index.html")):
