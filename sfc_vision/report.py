@@ -617,12 +617,13 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def sweep_groups(rows: Sequence[dict], ignore: Sequence[str] = ("run.name", "run.group", *SEED_KEYS)) -> dict:
+def sweep_groups(rows: Sequence[dict], ignore: Sequence[str] = ("run.", "execution.", *SEED_KEYS)) -> dict:
     """Runs grouped by the settings that differ between them (`rows` carry `settings`, a flat configuration), seeds
-    and names aside: per group its values and the mean over its runs of test accuracy and circuit nodes,
-    faithfulness and completeness (with how many runs each mean is over)."""
+    and the `run` and `execution` sections aside (no result depends on them; `ignore` holds keys and section
+    prefixes): per group its values and the mean over its runs of test accuracy and circuit nodes, faithfulness and
+    completeness (with how many runs each mean is over)."""
     flats = [r["settings"] for r in rows if r.get("settings")]
-    keys = sorted(k for k in set().union(*flats) if k not in ignore and len({json.dumps(f.get(k)) for f in flats}) > 1) if flats else []
+    keys = sorted(k for k in set().union(*flats) if not any(k == i or (i.endswith(".") and k.startswith(i)) for i in ignore) and len({json.dumps(f.get(k)) for f in flats}) > 1) if flats else []
     groups: dict[tuple, dict] = {}
     for r in rows:
         if not r.get("settings"):

@@ -177,7 +177,7 @@ def walk(page, index: Path, run: str):
     page.goto(index.as_uri(), wait_until="load")
     page.click(f'a[href="runs/{run}/index.html"]')
     assert page.url.endswith(f"runs/{run}/index.html")
-    node = page.locator("#sae-circuit a.node").first
+    node = page.locator("#sae-circuit a.node[data-thumb]").first  # a unit (an error node has no image)
     node.hover()
     card = page.locator("#hovercard")
     assert card.is_visible() and "IE" in card.inner_text() and card.locator("img").count() == 1
