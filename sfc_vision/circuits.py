@@ -240,18 +240,27 @@ def ablated_metric(splice: Splice, images: ImageSet, metric: Metric, patches: di
     if set(keep) != set(splice.order):
         raise ValueError(f"keep masks must cover every site ({', '.join(splice.order)}), got {', '.join(keep)}")
     n_rep = len(next(iter(keep.values())))
-    total = torch.zeros(n_rep, dtype=torch.float64)
-    bar = tqdm(images.batches(batch_size), total=-(-len(images) // batch_size), desc=f"ablations ({n_rep} replicas)",
+    # identical replicas (a circuit of every node is the model, its complement the empty circuit) are run once
+    rows_all = torch.cat([keep[s] for s in splice.order], dim=1)
+    _, inverse = torch.unique(rows_all, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), n_rep, dtype=torch.long).scatter_reduce(0, inverse, torch.arange(n_rep), "amin")
+    order = first.sort().values                      # one replica per distinct row, in order of first appearance
+    which = torch.empty_like(first); which[inverse[order]] = torch.arange(len(order))
+    keep = {s: k[order] for s, k in keep.items()}
+    n_run = len(order)
+    total = torch.zeros(n_run, dtype=torch.float64)
+    bar = tqdm(images.batches(batch_size), total=-(-len(images) // batch_size), desc=f"ablations ({n_run} replicas)",
                disable=not progress, leave=False)
     for x, y, _ in bar:
         x, y = x.to(splice.device), y.to(splice.device)
         per_pass = max(1, max_rows // len(x))
-        for start in range(0, n_rep, per_pass):
+        for start in range(0, n_run, per_pass):
             part = {s: k[start:start + per_pass] for s, k in keep.items()}
             r = len(next(iter(part.values())))
             with splice.ablate(part, patches):
                 m = metric(model(x), y.repeat(r)).view(r, len(x))
             total[start:start + r] += m.double().sum(1).cpu()
+    total = total[which[inverse]]
     return (total / len(images)).float()
 
 
@@ -320,13 +329,14 @@ def _as_masks(splice: Splice, circuit: Circuit | dict[str, torch.Tensor]) -> dic
 
 def faithfulness(splice: Splice, images: ImageSet, metric: Metric, patches: dict[str, Patch],
                  circuits: list[Circuit | dict[str, torch.Tensor]], errors: str = "circuit", n_random: int = 0,
-                 seed: int = 0, *, completeness: bool = True, batch_size: int = 64, max_rows: int = 256,
-                 progress: bool = True) -> Faithfulness:
+                 seed: int = 0, *, completeness: bool = True, reference: tuple[float, float] | None = None,
+                 batch_size: int = 64, max_rows: int = 256, progress: bool = True) -> Faithfulness:
     """Faithfulness and completeness of each circuit (a `Circuit` or node indices per site) on
     `images`, with error nodes handled as `errors` says; `n_random` random circuits of the same size
     per site as each circuit. One streaming pass evaluates them all, with the model in eval mode (the
     caller's mode is restored). `completeness=False` leaves out the complements (a forward pass per
-    circuit fewer; completeness is then NaN)."""
+    circuit fewer; completeness is then NaN). `reference`: `(m(M), m(∅))` already measured on these images
+    with these patches (a `Faithfulness`'s `m_full`, `m_empty`): their two replicas are not run again."""
     check_choice("errors", errors, ERRORS)
     check_range("n_random", n_random, lo=0)
     splice.probe(images.images([0]))
@@ -345,8 +355,10 @@ def faithfulness(splice: Splice, images: ImageSet, metric: Metric, patches: dict
         pool = len(v) if errors == "circuit" else len(v) - 1   # else the error node is set by `errors`, not drawn
         return torch.zeros_like(v).index_fill_(0, torch.randperm(pool, generator=gen)[:int(v[:pool].sum())], True)
 
-    add({s: torch.ones(splice.n_nodes(s), dtype=torch.bool) for s in splice.order}, apply_errors=False)   # M
-    add({s: torch.zeros(splice.n_nodes(s), dtype=torch.bool) for s in splice.order}, apply_errors=False)  # ∅
+    if reference is None:
+        add({s: torch.ones(splice.n_nodes(s), dtype=torch.bool) for s in splice.order}, apply_errors=False)   # M
+        add({s: torch.zeros(splice.n_nodes(s), dtype=torch.bool) for s in splice.order}, apply_errors=False)  # ∅
+    skip = 0 if reference is None else 2    # rows before the circuits
     for m in masks:
         add(m)
     for m in masks if completeness else ():
@@ -355,9 +367,12 @@ def faithfulness(splice: Splice, images: ImageSet, metric: Metric, patches: dict
         for _ in range(n_random):
             add({s: random_like(v) for s, v in m.items()})
     t = len(masks)
-    sizes = torch.tensor([sum(int(rows[s][2 + i].sum()) for s in splice.order) for i in range(t)])  # as evaluated
-    keep = {s: torch.stack(v) for s, v in rows.items()}
-    values = ablated_metric(splice, images, metric, patches, keep, batch_size=batch_size, max_rows=max_rows, progress=progress)
+    sizes = torch.tensor([sum(int(rows[s][2 - skip + i].sum()) for s in splice.order) for i in range(t)])  # as evaluated
+    keep = {s: torch.stack(v) for s, v in rows.items()} if rows[splice.order[0]] else None   # None: nothing left to run
+    values = torch.zeros(0) if keep is None else \
+        ablated_metric(splice, images, metric, patches, keep, batch_size=batch_size, max_rows=max_rows, progress=progress)
+    if reference is not None:
+        values = torch.cat([torch.tensor([float(reference[0]), float(reference[1])]), values])
     full, empty = values[0].item(), values[1].item()
     undefined = faithfulness_undefined(full, empty)
     score = lambda v: torch.full_like(v, float("nan")) if undefined else (v - empty) / (full - empty)
@@ -378,15 +393,17 @@ def curve_thresholds(ie: dict[str, torch.Tensor], n_points: int = 12) -> torch.T
 
 def faithfulness_curve(splice: Splice, ie: dict[str, torch.Tensor], images: ImageSet, metric: Metric,
                        patches: dict[str, Patch], thresholds: torch.Tensor | None = None, n_points: int = 12,
-                       errors: str = "circuit", n_random: int = 3, seed: int = 0, *, batch_size: int = 64,
-                       max_rows: int = 256, progress: bool = True) -> Faithfulness:
+                       errors: str = "circuit", n_random: int = 3, seed: int = 0, *,
+                       reference: tuple[float, float] | None = None, batch_size: int = 64, max_rows: int = 256,
+                       progress: bool = True) -> Faithfulness:
     """Faithfulness and completeness on `images` of the circuits that the node effects `ie` (signed,
     per site) give at each threshold (default: `curve_thresholds(ie, n_points)`), with `n_random`
-    random circuits of equal size per site; all in one pass (the model in eval mode)."""
+    random circuits of equal size per site; all in one pass (the model in eval mode). `reference`: `(m(M), m(∅))`
+    already measured on these images (see `faithfulness`)."""
     thresholds = curve_thresholds(ie, n_points) if thresholds is None else torch.as_tensor(thresholds, dtype=torch.float32)
     circuits = [select_nodes(ie, float(t)) for t in thresholds]
-    res = faithfulness(splice, images, metric, patches, circuits, errors, n_random, seed, batch_size=batch_size,
-                       max_rows=max_rows, progress=progress)
+    res = faithfulness(splice, images, metric, patches, circuits, errors, n_random, seed, reference=reference,
+                       batch_size=batch_size, max_rows=max_rows, progress=progress)
     res.thresholds = thresholds
     return res
 
@@ -413,9 +430,13 @@ def smallest_faithful(splice: Splice, ie: dict[str, torch.Tensor], images: Image
     sets = [images] + ([] if check_images is None else [check_images])
     where = f"these {len(images)} images" + ("" if check_images is None else f" and the {len(check_images)} check images")
 
+    refs = [None] * len(sets)   # m(M) and m(∅) of each image set, measured once
+
     def evaluate(sizes):  # the worst faithfulness over the image sets, less the margin
         circuits = [select_nodes(ie, size=k) for k in sizes]
-        res = [faithfulness(splice, s, metric, patches, circuits, errors, completeness=False, **kw) for s in sets]
+        res = [faithfulness(splice, s, metric, patches, circuits, errors, completeness=False, reference=ref, **kw)
+               for s, ref in zip(sets, refs)]
+        refs[:] = [(r.m_full, r.m_empty) for r in res]
         for r in res:
             if r.undefined:
                 raise ValueError(f"target_faithfulness {target}: {r.undefined}")
@@ -440,7 +461,7 @@ def smallest_faithful(splice: Splice, ie: dict[str, torch.Tensor], images: Image
         else:
             lo = inner[-1]
     nodes = select_nodes(ie, size=hi)
-    found = faithfulness(splice, images, metric, patches, [nodes], errors, **kw)
+    found = faithfulness(splice, images, metric, patches, [nodes], errors, reference=refs[0], **kw)
     found.thresholds = values[hi - 1:hi]
     return nodes, found
 
