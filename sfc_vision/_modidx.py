@@ -572,6 +572,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'sfc_vision.models._vit_block': ('models.html#_vit_block', 'sfc_vision/models.py'),
                                    'sfc_vision.models._vit_layers': ('models.html#_vit_layers', 'sfc_vision/models.py'),
                                    'sfc_vision.models._vit_shape': ('models.html#_vit_shape', 'sfc_vision/models.py'),
+                                   'sfc_vision.models._without_modules': ('models.html#_without_modules', 'sfc_vision/models.py'),
                                    'sfc_vision.models.build_model': ('models.html#build_model', 'sfc_vision/models.py'),
                                    'sfc_vision.models.load_model': ('models.html#load_model', 'sfc_vision/models.py'),
                                    'sfc_vision.models.load_weights': ('models.html#load_weights', 'sfc_vision/models.py'),
@@ -1108,11 +1109,14 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'sfc_vision.train.TrainConfig.validate': ('train.html#trainconfig.validate', 'sfc_vision/train.py'),
                                   'sfc_vision.train.TrainingDiverged': ('train.html#trainingdiverged', 'sfc_vision/train.py'),
                                   'sfc_vision.train._diverged': ('train.html#_diverged', 'sfc_vision/train.py'),
+                                  'sfc_vision.train._inside': ('train.html#_inside', 'sfc_vision/train.py'),
                                   'sfc_vision.train._make_optimizer': ('train.html#_make_optimizer', 'sfc_vision/train.py'),
                                   'sfc_vision.train.at_chance': ('train.html#at_chance', 'sfc_vision/train.py'),
                                   'sfc_vision.train.augment': ('train.html#augment', 'sfc_vision/train.py'),
                                   'sfc_vision.train.channel_stats': ('train.html#channel_stats', 'sfc_vision/train.py'),
                                   'sfc_vision.train.evaluate_classifier': ('train.html#evaluate_classifier', 'sfc_vision/train.py'),
+                                  'sfc_vision.train.freeze_norms': ('train.html#freeze_norms', 'sfc_vision/train.py'),
                                   'sfc_vision.train.list_checkpoints': ('train.html#list_checkpoints', 'sfc_vision/train.py'),
                                   'sfc_vision.train.lr_factor': ('train.html#lr_factor', 'sfc_vision/train.py'),
-                                  'sfc_vision.train.train_classifier': ('train.html#train_classifier', 'sfc_vision/train.py')}}}
+                                  'sfc_vision.train.train_classifier': ('train.html#train_classifier', 'sfc_vision/train.py'),
+                                  'sfc_vision.train.trainable_parameters': ('train.html#trainable_parameters', 'sfc_vision/train.py')}}}

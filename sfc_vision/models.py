@@ -91,10 +91,14 @@ class ModelConfig(Config):
     weights: str = setting("none", "\"none\" (random, or trained here), \"default\" (torchvision ImageNet weights from the torch cache) or a weights file")
     num_classes: int | None = setting(None, "None: the dataset's number of classes (1000 with default weights)")
     seed: int = setting(0, "seed of the random initialisation")
+    reinit: tuple[str, ...] = setting((), "fine-tuning: modules (dotted paths or aliases) initialised fresh instead of loaded "
+                                          "from weights, e.g. [fc] (a new head for num_classes) or [conv1, fc] (resnet18_small "
+                                          "from ImageNet resnet18 weights: a new 3×3 stem)")
 
     def used_settings(self) -> dict:
         "The settings the network depends on: the `vit` shape only for `arch: vit` (so other archs' keys are unchanged)."
-        return {k: v for k, v in self.to_dict().items() if self.arch == "vit" or k not in VIT_SETTINGS}
+        return {k: v for k, v in self.to_dict().items()
+                if (self.arch == "vit" or k not in VIT_SETTINGS) and not (k == "reinit" and not v)}
 
     def validate(self):
         check_choice("arch", self.arch, MODELS)
@@ -102,8 +106,12 @@ class ModelConfig(Config):
         if self.weights == "default" and spec.pretrained is None:
             raise ConfigError(f"weights: {self.arch} has no pretrained weights; use 'none' (train it here) or a file. "
                               f"Archs with default weights: {', '.join(k for k, s in MODELS.items() if s.pretrained)}")
-        if self.weights == "default" and self.num_classes not in (None, 1000):
-            raise ConfigError(f"num_classes: ImageNet weights have 1000 classes, got {self.num_classes}")
+        if self.weights == "default" and self.num_classes not in (None, 1000) and not self.reinit:
+            raise ConfigError(f"num_classes: ImageNet weights have 1000 classes, got {self.num_classes}; "
+                              f"reinit: [the head's name] gives a new head for another class count")
+        if self.reinit and self.weights == "none":
+            raise ConfigError(f"reinit: {list(self.reinit)} re-initialises modules of loaded weights, but weights is 'none' "
+                              f"(every module is fresh); give weights (default or a file), or leave reinit empty")
         for key in ("hidden", "channels"):
             if not getattr(self, key) or min(getattr(self, key)) < 1:
                 raise ConfigError(f"{key}: needs at least one width, all ≥ 1; got {list(getattr(self, key))}")
@@ -332,7 +340,7 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes
     if cfg.num_classes is not None:
         num_classes = cfg.num_classes
     if cfg.weights == "default":
-        num_classes = 1000
+        num_classes = num_classes if cfg.reinit else 1000
         path = pretrained_path(cfg.arch)
         if not path.exists():
             raise WeightsNotFoundError(
@@ -345,8 +353,23 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes
     model = VisionModel(net, cfg, mean, std)
     if cfg.weights != "none":
         state = read_state_dict(pretrained_path(cfg.arch) if cfg.weights == "default" else cfg.weights)
-        load_weights(model, state)
+        load_weights(model, _without_modules(model, state, cfg.reinit))
     return model.eval()
+
+
+def _without_modules(model: VisionModel, state: dict[str, torch.Tensor], names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """`state` less the entries of modules `names` (aliases resolved), which keep their fresh initialisation: the
+    state is completed with the model's own tensors for them, so every other tensor must still fit."""
+    if not names:
+        return state
+    paths = [model.resolve(n) for n in names]
+    bare = not any(k.startswith("net.") for k in state)
+    own = model.net.state_dict() if bare else model.state_dict()
+    prefix = "" if bare else "net."
+    fresh = lambda k: any(k.startswith(f"{prefix}{p}.") for p in paths)
+    if not any(fresh(k) for k in own):
+        raise ConfigError(f"reinit: {list(names)} name no module with weights in {model.arch}")
+    return {**{k: v for k, v in state.items() if not fresh(k)}, **{k: v for k, v in own.items() if fresh(k)}}
 
 
 def load_weights(model: VisionModel, state: dict[str, torch.Tensor]) -> None:
@@ -382,7 +405,7 @@ def load_model(path: str | Path) -> tuple[VisionModel, dict]:
     state, meta = load_tensors(path)
     if meta.get("kind") != "model":
         raise ArtifactError(f"{path} is not a model checkpoint (kind: {meta.get('kind')!r})")
-    cfg = ModelConfig.from_dict({**meta["model"], "weights": "none"})
+    cfg = ModelConfig.from_dict({**meta["model"], "weights": "none", "reinit": []})
     model = build_model(cfg, tuple(meta["image_shape"]), meta["num_classes"])
     load_weights(model, state)
     return model.eval(), {**meta, "sha256": read_json(meta_path(path))["sha256"]}

@@ -102,7 +102,7 @@ def _data_problems(cfg: StudyConfig, facts: DataFacts | None, names: list[str] |
             problems.append(f"data.classes: {list(d.classes)} names one class twice (class indices {kept}); give each class once")
         if len(set(kept)) < 2:  # every stage would run, and report an accuracy of 1
             problems.append(f"data.classes: {list(d.classes)} keeps {len(set(kept))} class; a classifier needs at least 2")
-        n_out = 1000 if cfg.model.weights == "default" else cfg.model.num_classes
+        n_out = 1000 if cfg.model.weights == "default" and not cfg.model.reinit else cfg.model.num_classes
         if n_out is not None and max(kept, default=0) >= n_out:  # labels keep their ids: each needs an output
             problems.append(f"model.num_classes: {n_out} outputs, but the kept classes have labels up to {max(kept)}; "
                             f"valid: ≥ {max(kept) + 1}, or None (the dataset's {len(names)})")

@@ -48,7 +48,7 @@ __all__ = ['SAE_EVAL_KEYS', 'PAGE_TOP_K', 'PAGE_NEIGHBOURS', 'FEATVIS_STEPS', 'F
 # %% ../nbs/12b_stages.ipynb #d84024d1
 def _num_classes(cfg: StudyConfig, data: ImageData) -> int:
     "The classifier's number of outputs, as `build_model` decides it."
-    if cfg.model.weights == "default":
+    if cfg.model.weights == "default" and not cfg.model.reinit:
         return 1000
     return cfg.model.num_classes if cfg.model.num_classes is not None else data.num_classes
 
@@ -70,13 +70,13 @@ def weights_problem(state: dict[str, torch.Tensor]) -> str | None:
 
 @register_stage("model", sections=("data", "model", "train"), resumable=True, version=2)  # 2: GoogLeNet input scaling kept
 def model_stage(ctx: StageContext) -> dict:
-    "Train the classifier (resuming from epoch checkpoints) or load pretrained weights; evaluate on the test split."
+    "Train the classifier (resuming from epoch checkpoints), load pretrained weights, or both (`train.finetune`); evaluate on the test split."
     cfg, data = ctx.cfg, ctx.data()
     mean = std = None
     if MODELS[cfg.model.arch].pretrained is None:  # in-project archs normalise with the training images' statistics
         mean, std = channel_stats(data.train)
     model = build_model(cfg.model, data.image_shape, data.num_classes, mean, std)
-    trained = cfg.model.weights == "none"
+    trained = cfg.model.weights == "none" or cfg.train.finetune  # fine-tuning: loaded weights trained further
     device = cfg.execution.device
     history = (train_classifier(model, data, cfg.train, ctx.dir / "checkpoints", progress=ctx.progress, device=device)
                if trained else [])

@@ -23,7 +23,8 @@ from .models import VisionModel, load_weights, resolve_device, save_model
 
 # %% auto #0
 __all__ = ['AUGMENT_OFF', 'DIVERGENCE_FACTOR', 'TRACK_EVERY', 'TrainConfig', 'lr_factor', 'augment', 'evaluate_classifier',
-           'list_checkpoints', 'TrainingDiverged', 'train_classifier', 'at_chance', 'channel_stats']
+           'list_checkpoints', 'TrainingDiverged', 'trainable_parameters', 'freeze_norms', 'train_classifier',
+           'at_chance', 'channel_stats']
 
 # %% ../nbs/04_train.ipynb #759eedd6
 AUGMENT_OFF = {"flip": False, "crop_padding": 0, "rotation": 0.0, "color_jitter": 0.0}  # augmentation settings, off
@@ -46,6 +47,9 @@ class TrainConfig(Config):
     crop_padding: int = setting(0, "augmentation: pad by this many pixels (reflected), crop back at a random offset; 0 is off")
     rotation: float = setting(0.0, "augmentation: rotate by a uniform angle within ± this many degrees; 0 is off")
     color_jitter: float = setting(0.0, "augmentation: scale brightness and contrast by factors within 1 ± this; 0 is off")
+    finetune: bool = setting(False, "train a model loaded from model.weights further (without it, loaded weights are used as they are)")
+    train_only: tuple[str, ...] = setting((), "modules (dotted paths or aliases) whose parameters train, the rest frozen "
+                                               "(weights and batch-norm statistics), e.g. [fc]: a frozen backbone; (): all train")
 
     def validate(self):
         check_range("lr", self.lr, lo=0, lo_open=True)
@@ -66,7 +70,8 @@ class TrainConfig(Config):
 
     def used_settings(self) -> dict:
         "The settings training depends on: augmentation settings only where on, so configurations from before they existed keep their cache keys."
-        return {k: v for k, v in self.to_dict().items() if not (k in AUGMENT_OFF and v == AUGMENT_OFF[k])}
+        off = {**AUGMENT_OFF, "finetune": False, "train_only": []}  # settings added later: in the key only where set
+        return {k: v for k, v in self.to_dict().items() if not (k in off and v == off[k])}
 
     def lr_factor(self, step: int, steps_per_epoch: int) -> float:
         "Multiplier of the peak learning rate at optimisation step `step` (0-based)."
@@ -158,10 +163,38 @@ DIVERGENCE_FACTOR = 100   # a (running) loss this many times its value at the st
 TRACK_EVERY = 10          # optimiser steps between the training-loss points sent to the experiment tracker
 
 
+def _inside(name: str, paths: list[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in paths)
+
+
+def trainable_parameters(model: VisionModel, cfg: TrainConfig) -> list[torch.nn.Parameter]:
+    """The parameters `train.train_only` trains (all where it is empty); the others get `requires_grad` False.
+    An unknown module name fails, listing the valid ones."""
+    paths = [model.resolve(n) for n in cfg.train_only]
+    params = []
+    for name, p in model.net.named_parameters():
+        p.requires_grad_(not paths or _inside(name, paths))
+        if p.requires_grad:
+            params.append(p)
+    if not params:
+        raise ConfigError(f"train_only: {list(cfg.train_only)} hold no parameters to train in {model.arch}")
+    return params
+
+
+def freeze_norms(model: VisionModel, cfg: TrainConfig) -> None:
+    "Put the batch-norm layers outside `train.train_only` in eval mode: a frozen backbone keeps its running statistics too."
+    if cfg.train_only:
+        paths = [model.resolve(n) for n in cfg.train_only]
+        for name, m in model.net.named_modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not _inside(name, paths):
+                m.eval()
+
+
 def _make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = trainable_parameters(model, cfg)
     if cfg.optimizer == "adam":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def _diverged(cfg: TrainConfig, what: str, step: int, epoch: int) -> TrainingDiverged:
@@ -197,6 +230,7 @@ def train_classifier(model: VisionModel, data: ImageData, cfg: TrainConfig, out_
         first_loss = meta.get("first_loss")
     for epoch in range(start, cfg.epochs):
         model.train()
+        freeze_norms(model, cfg)
         bar = tqdm(data.train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch),
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         total, seen = 0.0, 0

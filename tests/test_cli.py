@@ -32,11 +32,14 @@ def test_default_preset_is_the_embedded_default_and_up_to_date():
 
 
 def test_there_are_the_thesis_presets():
-    assert PRESETS == ["cifar10_cnn.yaml", "imagenet_googlenet.yaml", "mnist_mlp.yaml", "tinyimagenet_resnet18.yaml"]
+    assert PRESETS == ["cifar10_cnn.yaml", "imagenet_googlenet.yaml", "mnist_mlp.yaml", "tinyimagenet_resnet18.yaml",
+                       "tinyimagenet_resnet18_finetune.yaml"]
     g = load_config(CONFIGS / "imagenet_googlenet.yaml")
     assert g.model.arch == "googlenet" and g.model.weights == "default"
     assert list(g.capture.layers) == [f"mixed{b}" for b in ("3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b")]
     assert load_config(CONFIGS / "tinyimagenet_resnet18.yaml").model.arch == "resnet18_small"
+    ft = load_config(CONFIGS / "tinyimagenet_resnet18_finetune.yaml")
+    assert ft.model.arch == "resnet18_small" and ft.model.reinit == ("conv1", "fc") and ft.train.finetune
 
 
 def main_(*args) -> tuple[int, str, str]:
