@@ -164,13 +164,16 @@ def keep_layer_sae(folder: Path, store: Path, key: str) -> None:
 @register_stage("saes", sections=("sae",), upstream=("activations",), resumable=True)
 def saes_stage(ctx: StageContext) -> dict:
     """Train one SAE per captured layer, with that layer's settings, on its cached activations (resuming from its
-    checkpoints); a layer's SAE already in the per-layer store (same layer, activations and settings) is reused."""
-    out = {}
+    checkpoints); a layer's SAE already in the per-layer store (same layer, activations and settings) is reused,
+    unless the stage is forced (`--force saes` retrains every layer and replaces its stored SAE)."""
+    out, forced = {}, ctx.stage.name in ctx.study.force
     for layer, folder in layer_folders(ctx.cfg).items():
         cache = ActivationCache(ctx.upstream("activations") / "cache" / folder)
         cfg = ctx.cfg.layer_sae(layer)
         key = layer_sae_key(ctx.cfg, layer, cache.info)
         store, dest = sae_store(ctx.study, key), ctx.dir / folder
+        if forced:
+            shutil.rmtree(store, ignore_errors=True)  # its files may be the replaced entry's too (hard links): retrain
         reused = restore_layer_sae(store, dest)
         history = train_sae(cache, cfg.replace(use_checkpoint="final"), dest, progress=ctx.progress,
                             device=ctx.cfg.execution.device)  # a restored SAE is finished: its history only
@@ -650,8 +653,9 @@ def pages_stage(ctx: StageContext) -> dict:
         out[layer] = done
     n_units = sum(d.get("units", 0) for layer in out.values() for d in layer.values())
     return {"layers": out, "n_units": n_units, "n_images": len(images), "top_k": PAGE_TOP_K,
-            "featvis_steps": FEATVIS_STEPS, "seconds": seconds,
-            "featvis_seconds_per_unit": seconds["featvis"] / n_units if n_units and FEATVIS_STEPS else None}
+            "featvis_steps": FEATVIS_STEPS,
+            "timing": {"profiles_s": seconds["profiles"], "featvis_s": seconds["featvis"],  # differs between runs
+                       "featvis_s_per_unit": seconds["featvis"] / n_units if n_units and FEATVIS_STEPS else None}}
 
 
 @patch

@@ -61,17 +61,22 @@ def run_cli(*args, env: dict | None = None, timeout: float = 900) -> subprocess.
                           timeout=timeout, cwd=REPO)
 
 
-# Under pytest-xdist (the README's test command runs `-n auto --dist loadfile`: each file on one worker, so a
-# module's fixtures are made once) the files that take longest start first, and each worker has its own
-# temporary folder: a run clears the kernel folders that killed runs left in it (`clean_kernel_leftovers`),
-# which must not reach into a test on another worker that is inspecting its own.
+# Under pytest-xdist (the README's test command runs `-n auto --dist loadgroup`) each test file is one
+# work unit, so a module's fixtures are made once, except the files in ALONE, whose tests (minutes each, no
+# shared fixture) are units of their own; the longest units start first. Each worker has its own temporary
+# folder: a run clears the kernel folders that killed runs left in it (`clean_kernel_leftovers`), which
+# must not reach into a test on another worker that is inspecting its own.
 LONGEST_FIRST = ["test_presets.py", "test_report.py", "test_faults.py", "test_runs.py", "test_slurm.py",
                  "test_tracking.py", "test_cli.py"]
+ALONE = {"test_presets.py"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(item.name if item.path.name in ALONE else item.path.stem))
 
 
 def pytest_configure(config):
@@ -80,6 +85,7 @@ def pytest_configure(config):
         import tempfile
         tmp = Path(tempfile.gettempdir()) / f"sfc-vision-tests-{os.getpid()}-{worker}"
         tmp.mkdir(parents=True, exist_ok=True)
+        tmp.chmod(0o1777)                # like /tmp: the SLURM test's services (MariaDB as mysql) write here too
         os.environ["TMPDIR"] = str(tmp)  # this worker's runs and their kernels
         tempfile.tempdir = None          # read TMPDIR again
 
