@@ -58,10 +58,12 @@ def _edges_per_position(splice, images, metric, patches, up, down, nodes_down):
     """The reference of Marks et al.'s code: one backward per downstream node *and position*
     (all examples in one seed); returns `(len(nodes_down), n_nodes(up))` weights summed over the batch."""
     x, y = images.images(torch.arange(len(images))), images.labels
-    with torch.enable_grad(), splice.trace(graph=True) as tr:
+    with torch.enable_grad(), splice.trace() as tr:  # ḡ: the total gradient at the downstream site, as edges use
         m = metric(splice.model(x), y)
+        g_f, g_eps = torch.autograd.grad(m.sum(), [tr[down].f, tr[down].eps])
+    with torch.enable_grad(), splice.trace(graph=True) as tr:  # site-to-site derivatives: direct effects
+        splice.model(x)
         tu, td = tr[up], tr[down]
-        g_f, g_eps = torch.autograd.grad(m.sum(), [td.f, td.eps], retain_graph=True)
         du_f, du_e = patches[up].f - tu.f_clean, patches[up].eps - tu.eps_clean
         rows = []
         for j in nodes_down.tolist():
