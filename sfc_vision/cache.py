@@ -325,7 +325,7 @@ def _compute(self: Study, st: Stage, upstream: dict, reason: str) -> dict:
     in_place = st.resumable and not (folder / MARKER).exists()  # resume a killed computation from its checkpoints
     work = folder if in_place else Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
     work.mkdir(parents=True, exist_ok=True)
-    start = time.time()
+    start, cpu = time.time(), time.process_time()
     try:
         summary = json_safe(st.fn(StageContext(self, st, work, upstream)))  # strict JSON: NaN → null
     except ArtifactError as e:  # an upstream file went bad after it was checked: say how to recompute it
@@ -340,6 +340,7 @@ def _compute(self: Study, st: Stage, upstream: dict, reason: str) -> dict:
     record = {"stage": st.name, "key": folder.name, "version": st.version, "settings": stage_settings(self.cfg, st.name),
               "upstream": {u: {"key": r["key"], "generation": r["generation"]} for u, r in upstream.items()},
               "generation": uuid.uuid4().hex, "summary": summary, "wall_s": time.time() - start,
+              "cpu_s": time.process_time() - cpu,  # CPU seconds of this process (all its threads): a speed a loaded machine does not distort
               "finished_at": time.time(), "host": socket.gethostname(), "files": file_records(work)}
     record["digest"] = record_digest(record)
     write_json(work / MARKER, record)  # the commit marker, last
@@ -370,7 +371,7 @@ def _note(self: Study, name: str, record: dict, reason: str, elapsed: float):
             return  # a later notebook of this attempt reusing what an earlier one noted: keep how it was obtained
     rel = os.path.relpath(folder, self.run_dir)
     self.run.write_record(note_path, {"key": record["key"], "generation": record["generation"], "cached": reason == "cached",
-                                      "reason": reason, "wall_s": record["wall_s"], "elapsed_s": elapsed, "path": rel,
+                                      "reason": reason, "wall_s": record["wall_s"], "cpu_s": record.get("cpu_s"), "elapsed_s": elapsed, "path": rel,
                                       "summary": record["summary"], "attempt": attempt})
     link = self.run.artifact_link(name)
     link.parent.mkdir(exist_ok=True)
@@ -420,7 +421,7 @@ def write_metrics(run_dir: str | os.PathLike) -> dict:
     for name in STAGES:
         note = run.note(name)
         if note is not None:
-            metrics["stages"][name] = {k: note[k] for k in ("key", "cached", "reason", "wall_s", "elapsed_s", "path")}
+            metrics["stages"][name] = {k: note.get(k) for k in ("key", "cached", "reason", "wall_s", "cpu_s", "elapsed_s", "path")}
             metrics[name] = note["summary"]
             elapsed[name] = note["elapsed_s"]
     metrics["wall_s"] = {"stages": elapsed, "notebooks": status.get("notebooks", {}), "total": status.get("wall_s")}
