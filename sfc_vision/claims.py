@@ -22,8 +22,9 @@ from .study_config import SEED_KEYS
 
 # %% auto #0
 __all__ = ['FRAGILE_SHARE', 'MIS_PUBLISHED', 'CIRCUIT_MIS_THESIS', 'FINDINGS_START', 'FINDINGS_END', 't_interval', 'verdict',
-           'fragile', 'point_of', 'replicates', 'claims_table', 'claim_row', 'interpretability_claims',
-           'claims_markdown', 'write_claims', 'readme_findings', 'readme_findings_section', 'update_readme_findings']
+           'fragile', 'point_of', 'replicates', 'gate_failures', 'gated', 'claims_table', 'claim_row',
+           'interpretability_claims', 'backbone_claims', 'claims_markdown', 'write_claims', 'readme_findings',
+           'readme_findings_section', 'update_readme_findings']
 
 # %% ../nbs/13a_claims.ipynb #bea477f0
 def t_interval(values, level: float = 0.95) -> dict:
@@ -78,6 +79,20 @@ def replicates(runs: list[dict], seed_keys=SEED_KEYS) -> dict[str, list[dict]]:
     for r in runs:
         out[point_of(r["config"].to_dict(), seed_keys)].append(r)
     return dict(out)
+
+# %% ../nbs/13a_claims.ipynb #acbe0ff7
+def gate_failures(run: dict) -> dict[str, str]:
+    "Layer → the quality gate's verdict for each layer whose SAE failed the gate in `run` (as `figures.load_runs` gives it); {} if none."
+    ev = (run.get("metrics") or {}).get("sae_eval") or {}  # a run without its metrics read has no verdicts to apply
+    return {layer: e["gate"]["verdict"] for layer, e in ev.items()
+            if isinstance(e, dict) and isinstance(e.get("gate"), dict) and not e["gate"].get("passed", True)}
+
+
+def gated(runs: list[dict]) -> tuple[list[dict], dict[str, dict[str, str]]]:
+    "The runs whose SAEs all passed the quality gate, and the others' failures (`gate_failures`) by run name."
+    failed = [gate_failures(r) for r in runs]
+    return ([r for r, f in zip(runs, failed) if not f],
+            {r.get("name", str(i)): f for i, (r, f) in enumerate(zip(runs, failed)) if f})
 
 # %% ../nbs/13a_claims.ipynb #e1fab455
 def _mis_gap(layer: str, key: str = "median") -> Callable[[dict], float | None]:
@@ -177,7 +192,7 @@ def claims_table(runs: list[dict], representative: Callable[[list[dict]], dict],
         return []
     groups = replicates(runs)
     rep = representative(runs)
-    reps = groups[point_of(rep["config"].to_dict())]
+    reps = gated(groups[point_of(rep["config"].to_dict())])[0]  # replicates whose SAEs failed the gate are left out
     layers = list(rep["config"].capture.layers)
     rows = []
 
@@ -309,7 +324,7 @@ def interpretability_claims(runs: list[dict], representative: Callable[[list[dic
     if not runs:
         return []
     rep = representative(runs)
-    outs = [r["run"].outputs for r in replicates(runs)[point_of(rep["config"].to_dict())]]
+    outs = [r["run"].outputs for r in gated(replicates(runs)[point_of(rep["config"].to_dict())])[0]]
     ranking = {"pre": "pre-activation", "post": "output"}[rep["config"].mis.activation]
     rows = []
     for layer in rep["config"].capture.layers:
@@ -333,13 +348,45 @@ def interpretability_claims(runs: list[dict], representative: Callable[[list[dic
                 "the thesis used class counts and entropy as a label-based check of polysemanticity", level=level))
     return rows
 
+# %% ../nbs/13a_claims.ipynb #aabb53ee
+def backbone_claims(runs: list[dict], representative: Callable[[list[dict]], dict], backbone: str = "efficientnet_lite0",
+                    level: float = 0.95) -> list[dict]:
+    """`claims_table`'s SAE − neuron MIS rows (median MIS and median accuracy, per layer) over the replicates of the
+    representative point run with MIS backbone `backbone` instead (runs equal to it but for `mis.backbone` and
+    `mis.temperature`; runs failing the gate left out); no rows where there are none."""
+    if not runs:
+        return []
+    rep = representative(runs)
+    mine = rep["config"].mis
+    if mine.backbone.name == backbone:
+        return []
+    as_rep = lambda cfg: point_of({**cfg.to_dict(), "mis": {**cfg.mis.to_dict(), "backbone": mine.backbone.to_dict(),
+                                                            "temperature": mine.temperature}})
+    target = point_of(rep["config"].to_dict())
+    reps = gated([r for r in runs if r["config"].mis.backbone.name == backbone and as_rep(r["config"]) == target])[0]
+    if not reps:
+        return []
+    ranking = {"pre": "pre-activation", "post": "output"}[mine.activation]
+    metrics, rows = [r["metrics"] for r in reps], []
+    for layer in rep["config"].capture.layers:
+        rows.append(claim_row(f"mis_sae_vs_neurons_{layer}_{backbone}", f"Are SAE features at {layer} more interpretable "
+                              f"than its neurons (MIS under the {backbone} backbone)?",
+                              f"median MIS of SAE features − median MIS of neurons, both ranked by {ranking}, {backbone} backbone",
+                              [_mis_gap(layer)(m) for m in metrics], +1, "the same question under a learned backbone", level=level))
+        rows.append(claim_row(f"mis_accuracy_sae_vs_neurons_{layer}_{backbone}", f"Are SAE features at {layer} more "
+                              f"interpretable than its neurons (MIS accuracy under the {backbone} backbone)?",
+                              f"median MIS accuracy of SAE features − of neurons, both ranked by {ranking}, {backbone} backbone",
+                              [_mis_gap(layer, "median_accuracy")(m) for m in metrics], +1,
+                              "the accuracy does not depend on the temperature", level=level))
+    return rows
+
 # %% ../nbs/13a_claims.ipynb #fc2fb82c
 def _fmt(x, unit=""):
     return "—" if x is None else f"{x:+.3g}" + (f" {unit}" if unit else "")
 
 
-def claims_markdown(rows: list[dict], runs: list[str]) -> str:
-    "The claims as a Markdown table with a note on how to read it."
+def claims_markdown(rows: list[dict], runs: list[str], excluded: dict[str, dict[str, str]] | None = None) -> str:
+    "The claims as a Markdown table with a note on how to read it; `excluded`: runs whose SAEs failed the gate (`gated`)."
     lines = ["# The study's claims", "",
              "Each row: a question, the per-seed quantity that answers it, its mean over seeds with the 95 % Student-t",
              "confidence interval, the number of seeds, and the verdict read off the interval (supported: the whole",
@@ -354,14 +401,19 @@ def claims_markdown(rows: list[dict], runs: list[str]) -> str:
         lines.append(f"| {r['question']} | {r['quantity']} (claimed {side}) | {_fmt(r['mean'], r['unit'])} | {ci} | {r['n']} "
                      f"| **{r['verdict']}**{' (fragile)' if r.get('fragile') else ''} | {r['reported']} |")
     lines += ["", f"Runs: {', '.join(sorted(runs))}", ""]
+    if excluded:  # the rows over the representative point leave these out; the trade-off rows across λ keep them
+        lines += ["Runs whose SAE failed the quality gate (left out of the rows over the representative point):", ""]
+        lines += [f"- {name}: " + "; ".join(f"{layer}: {v}" for layer, v in fails.items()) for name, fails in sorted(excluded.items())]
+        lines += [""]
     return "\n".join(lines)
 
 # %% ../nbs/13a_claims.ipynb #868bef78
-def write_claims(rows: list[dict], runs: list[str], out_dir) -> tuple[Path, Path]:
-    "Write `claims.md` and `claims.json` into `out_dir`; return their paths."
+def write_claims(rows: list[dict], runs: list[str], out_dir, excluded: dict[str, dict[str, str]] | None = None) -> tuple[Path, Path]:
+    "Write `claims.md` and `claims.json` into `out_dir` (`excluded`: runs failing the gate, see `gated`); return their paths."
     out_dir = Path(out_dir)
-    md = write_text(out_dir / "claims.md", claims_markdown(rows, runs))
-    js = write_json(out_dir / "claims.json", json_safe({"schema": "sfc_vision.claims/1", "runs": sorted(runs), "claims": rows}))
+    md = write_text(out_dir / "claims.md", claims_markdown(rows, runs, excluded))
+    js = write_json(out_dir / "claims.json", json_safe({"schema": "sfc_vision.claims/1", "runs": sorted(runs), "claims": rows,
+                                                        "excluded": dict(sorted((excluded or {}).items()))}))
     return md, js
 
 # %% ../nbs/13a_claims.ipynb #15435a00

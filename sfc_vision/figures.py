@@ -26,9 +26,11 @@ __all__ = ['FIGURE_SECTIONS', 'representative_run', 'load_runs', 'figure_section
 
 # %% ../nbs/14_figures.ipynb #77bc5a44
 def representative_run(runs: list[dict]) -> dict:
-    "The run whose SAE settings are the embedded default's (else the first): the one single-run figures show."
-    default = StudyConfig().sae
-    return next((r for r in runs if r["config"].sae == default), runs[0])
+    """The run whose SAE settings are the embedded default's (else the first): the one single-run figures show; among
+    those, one with the default's MIS settings too (a rerun under another MIS backbone is a variant, not the default)."""
+    default = StudyConfig()
+    same_sae = [r for r in runs if r["config"].sae == default.sae]
+    return next((r for r in same_sae if r["config"].mis == default.mis), same_sae[0] if same_sae else runs[0])
 
 
 def load_runs(runs_root: str | os.PathLike = "runs", status: str | None = "complete",
