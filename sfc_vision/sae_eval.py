@@ -243,7 +243,7 @@ class GateConfig(Config):
     min_fve: float = setting(0.90, "explained variance 1 − NMSE of the reconstruction")
     min_accuracy_ratio: float = setting(0.98, "spliced accuracy / the model's accuracy")
     max_dead_fraction: float = setting(0.10, "latents never active on the evaluation set")
-    max_dense_fraction: float = setting(0.75, "latents active on more than 10 % of the vectors")
+    max_dense_fraction: float = setting(0.40, "latents active on more than 10 % of the vectors (a minority, with a margin)")
 
     def validate(self):
         for key in ("min_fve", "min_accuracy_ratio", "max_dead_fraction", "max_dense_fraction"):
