@@ -286,14 +286,14 @@ def node_media(profiles, extra: dict, unit: int, thumbs: dict, class_names: Sequ
     classes = {}
     for t in top:
         classes[t["label"]] = classes.get(t["label"], 0) + 1
-    featvis = None
-    if "featvis" in extra:
-        featvis = {"src": png_uri(_plain(extra["featvis"][r])), "score": extra["featvis_score"][r].item(), "objective": objective,
-                   "settings": extra["meta"].get("featvis", {})}
     where = "every token (class token included)" if profiles.top_cls is not None else "positions"
     what = f"max over {where} of the " + ("pre-activation" if profiles.activation == "pre" else "output")
     objective = ("mean over tokens" if profiles.top_cls is not None else
                  "spatial mean" if profiles.top_maps.shape[-1] * profiles.top_maps.shape[-2] > 1 else "value")
+    featvis = None
+    if "featvis" in extra:
+        featvis = {"src": png_uri(_plain(extra["featvis"][r])), "score": extra["featvis_score"][r].item(), "objective": objective,
+                   "settings": extra["meta"].get("featvis", {})}
     return {"top": top, "quantiles": quantiles, "classes": sorted(classes.items(), key=lambda kv: -kv[1]),
             "histogram": histogram_svg(profiles.hist_counts[r].tolist(), profiles.hist_edges[r].tolist(),
                                        [t["score"] for t in top], xlabel=what),
