@@ -309,6 +309,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'sfc_vision.claims.update_readme_findings': ( 'claims.html#update_readme_findings',
                                                                                  'sfc_vision/claims.py'),
                                    'sfc_vision.claims.verdict': ('claims.html#verdict', 'sfc_vision/claims.py'),
+                                   'sfc_vision.claims.vit_claims': ('claims.html#vit_claims', 'sfc_vision/claims.py'),
                                    'sfc_vision.claims.write_claims': ('claims.html#write_claims', 'sfc_vision/claims.py')},
             'sfc_vision.cli': { 'sfc_vision.cli._cmd_config': ('cli.html#_cmd_config', 'sfc_vision/cli.py'),
                                 'sfc_vision.cli._cmd_docs': ('cli.html#_cmd_docs', 'sfc_vision/cli.py'),
