@@ -21,10 +21,10 @@ from .config import digest
 from .study_config import SEED_KEYS
 
 # %% auto #0
-__all__ = ['FRAGILE_SHARE', 'MIS_PUBLISHED', 'CIRCUIT_MIS_THESIS', 'FINDINGS_START', 'FINDINGS_END', 't_interval', 'verdict',
-           'fragile', 'point_of', 'replicates', 'gate_failures', 'gated', 'claims_table', 'claim_row',
-           'interpretability_claims', 'backbone_claims', 'claims_markdown', 'write_claims', 'readme_findings',
-           'readme_findings_section', 'update_readme_findings']
+__all__ = ['FRAGILE_SHARE', 'MIS_PUBLISHED', 'VIT_ARCHS', 'VIT_CLAIMS', 'CIRCUIT_MIS_THESIS', 'FINDINGS_START', 'FINDINGS_END',
+           't_interval', 'verdict', 'fragile', 'point_of', 'replicates', 'gate_failures', 'gated', 'claims_table',
+           'vit_claims', 'claim_row', 'interpretability_claims', 'backbone_claims', 'claims_markdown', 'write_claims',
+           'readme_findings', 'readme_findings_section', 'update_readme_findings']
 
 # %% ../nbs/13a_claims.ipynb #bea477f0
 def t_interval(values, level: float = 0.95) -> dict:
@@ -268,6 +268,23 @@ def claims_table(runs: list[dict], representative: Callable[[list[dict]], dict],
             "Spearman correlation of L0 and explained variance across λ", rhos, +1,
             "the thesis reports the trade-off qualitatively (sparser SAEs reconstruct worse)")
     return rows
+
+# %% ../nbs/13a_claims.ipynb #3979f81d
+VIT_ARCHS = ("vit", "vit_b_16", "vit_b_32")   # the vision transformers among the registered architectures
+VIT_CLAIMS = ("mis_sae_vs_neurons_", "mis_accuracy_sae_vs_neurons_", "nodes_for_f90", "held_out_faithfulness",
+              "faithfulness_neurons_held_out")  # the CNN findings asked again of a ViT (prefixes of claims_table's names)
+
+
+def vit_claims(runs: list[dict], level: float = 0.95) -> list[dict]:
+    """`claims_table`'s MIS (both rankings), nodes-for-target and held-out faithfulness rows on the ViT runs among `runs`
+    (the point with the most replicates), named `vit_<claim>`; none where no ViT ran."""
+    vit = [r for r in runs if r["config"].model.arch in VIT_ARCHS]
+    if not vit:
+        return []
+    group = max(replicates(vit).values(), key=len)
+    arch = group[0]["config"].model.arch
+    return [row | {"claim": f"vit_{row['claim']}", "question": f"ViT ({arch}): {row['question']}"}
+            for row in claims_table(group, lambda rs: rs[0], level) if row["claim"].startswith(VIT_CLAIMS)]
 
 # %% ../nbs/13a_claims.ipynb #0de5b035
 def claim_row(claim: str, question: str, quantity: str, values, direction: int, reported: str, unit: str = "",

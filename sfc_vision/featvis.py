@@ -128,15 +128,17 @@ class FeatureVis:
 
 
 def unit_objective(model: VisionModel, site: str, dictionary: Dictionary, activation: str = "pre"):
-    "`images (B, C, H, W) → scores (B, d_sae)`: each unit's score (spatial mean at conv sites) as the MIS ranking defines it."
+    """`images (B, C, H, W) → scores (B, d_sae)`: each unit's score as the MIS ranking defines it (`unit_scores`: the
+    spatial mean at conv sites, the mean over every token at token sites, the value at dense ones)."""
     def scores(x):
         return unit_scores(site_features(model, site, dictionary, x, activation))
     return scores
 
 # %% ../nbs/11d_featvis.ipynb #39b88dd2
 def _diversity(acts: torch.Tensor, n_per_unit: int) -> torch.Tensor:
-    "Mean cosine similarity of the flattened Gram matrices of the site between distinct images of the same unit."
-    v = acts.flatten(2) if acts.ndim >= 3 else acts[:, :, None]
+    """Mean cosine similarity of the flattened Gram matrices of the site between distinct images of the same unit
+    (channel × channel over positions; at a token site, width × width over tokens)."""
+    v = acts.transpose(1, 2) if acts.ndim == 3 else acts.flatten(2) if acts.ndim == 4 else acts[:, :, None]
     gram = torch.einsum("bcp,bdp->bcd", v, v).flatten(1)
     gram = F.normalize(gram, dim=1).view(-1, n_per_unit, gram.shape[1])
     sim = gram @ gram.transpose(1, 2)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .activations import from_vectors, read_layers, to_vectors
+from .activations import from_vectors, read_layers, to_vectors, vector_width
 from .artifacts import ArtifactError
 from .config import ConfigError, check_choice
 from .data import ImageSet
@@ -21,9 +21,9 @@ from .models import VisionModel, resolve_device
 from .sae import Dictionary, IdentityDictionary
 
 # %% auto #0
-__all__ = ['ACTIVATIONS', 'PROFILE_QUANTILES', 'ACTIVE_SHARE', 'StopForward', 'site_activations', 'encode_site', 'site_features',
-           'unit_scores', 'ordered_keys', 'tie_ranks', 'RunningTopK', 'TopImages', 'top_images_many', 'top_images',
-           'unit_maps', 'UnitProfiles', 'unit_profiles']
+__all__ = ['ACTIVATIONS', 'PROFILE_QUANTILES', 'ACTIVE_SHARE', 'PROFILE_FIELDS', 'StopForward', 'site_activations', 'encode_site',
+           'site_features', 'unit_scores', 'token_grid', 'unit_grid', 'ordered_keys', 'tie_ranks', 'RunningTopK',
+           'TopImages', 'top_images_many', 'top_images', 'unit_maps', 'UnitProfiles', 'unit_profiles']
 
 # %% ../nbs/11_interpret.ipynb #ef8ece40
 class StopForward(Exception):
@@ -97,37 +97,61 @@ def site_activations(model: VisionModel, site: str, x: torch.Tensor, pre: bool =
 
 
 def encode_site(dictionary: Dictionary, acts: torch.Tensor, site: str, activation: str = "post") -> torch.Tensor:
-    "`dictionary`'s features (`post`) or pre-activations (`pre`) of site activations `acts`, in the layout of `acts`."
+    """`dictionary`'s features (`post`) or pre-activations (`pre`) of site activations `acts`, units second:
+    `(B, d_sae)` at dense sites, `(B, d_sae, H, W)` at conv sites, `(B, d_sae, T)` at token sites (`acts` `(B, T, D)`)."""
     check_choice("activation", activation, ACTIVATIONS)
-    if acts.ndim == 3:
-        raise ConfigError(f"site {site!r} gives tokens {tuple(acts.shape)}: top images, feature pages and MIS do not "
-                          f"support token sites yet (run the study up to its circuit stage: run.stages: [circuit])")
-    if acts.shape[1] != dictionary.d_in:
+    if vector_width(acts.shape) != dictionary.d_in:
         raise ConfigError(f"the dictionary expects {dictionary.d_in}-dim vectors but site {site!r} has "
-                          f"{acts.shape[1]} channels; use a dictionary trained on {site!r}")
+                          f"{vector_width(acts.shape)} channels; use a dictionary trained on {site!r}")
     if activation == "pre" and not hasattr(dictionary, "pre_acts"):
         raise ConfigError(f"activation 'pre': {type(dictionary).__name__} has no pre-activation of the site's output "
                           f"(a neuron's is captured at the site's input: use site_features or site_activations(pre=True))")
     encode = dictionary.pre_acts if activation == "pre" else dictionary.encode
-    return from_vectors(encode(to_vectors(acts)), acts.shape)
+    return _units_second(from_vectors(encode(to_vectors(acts)), acts.shape))
+
+
+def _units_second(t: torch.Tensor) -> torch.Tensor:
+    "Token-site values `(B, T, U)` → `(B, U, T)`, units second as at conv and dense sites (which are returned as they are)."
+    return t.transpose(1, 2) if t.ndim == 3 else t
 
 
 def site_features(model: VisionModel, site: str, dictionary: Dictionary, x: torch.Tensor,
                   activation: str = "post") -> torch.Tensor:
-    """Features of `dictionary` at `site` for images `x`: `(B, d_sae, H, W)` at conv sites, `(B, d_sae)` at dense ones.
+    """Features of `dictionary` at `site` for images `x`: `(B, d_sae, H, W)` at conv sites, `(B, d_sae)` at dense ones,
+    `(B, d_sae, T)` at token sites (one value per token: the class token first, then the patch tokens).
 
     Neurons (`IdentityDictionary`) with `activation="pre"` give their pre-activation (`site_activations`)."""
     if activation == "pre" and isinstance(dictionary, IdentityDictionary):
         out, pre = site_activations(model, site, x, pre=True)
         encode_site(dictionary, out, site)  # checks the width
-        return pre
+        return _units_second(pre)
     return encode_site(dictionary, site_activations(model, site, x), site, activation)
 
 
 def unit_scores(features: torch.Tensor) -> torch.Tensor:
-    "One score per image and unit, `(B, d_sae)`: the spatial mean at conv sites, the value at dense ones."
-    return features.mean(dim=(2, 3)) if features.ndim == 4 else features
+    """One score per image and unit, `(B, d_sae)`: the spatial mean at conv sites, the mean over tokens at token sites
+    (every token, the class token with the patch tokens: the tokens a feature node sums over), the value at dense ones."""
+    return features.mean(dim=tuple(range(2, features.ndim))) if features.ndim > 2 else features
 
+
+# %% ../nbs/11_interpret.ipynb #33a6e07f
+def token_grid(features: torch.Tensor, prefix_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-site features `(B, U, T)` → the patch tokens on the patch grid `(B, U, h, w)` (row-major, as a ViT's patch
+    embedding flattens them) and the `prefix_tokens` leading class/register tokens `(B, U, prefix_tokens)`."""
+    b, u, t = features.shape
+    n = t - prefix_tokens
+    side = math.isqrt(max(n, 0))
+    if n <= 0 or side * side != n:
+        raise ValueError(f"{t} tokens with {prefix_tokens} leading class/register token(s) leave {n} patch tokens, "
+                         f"which do not form a square patch grid")
+    return features[:, :, prefix_tokens:].reshape(b, u, side, side), features[:, :, :prefix_tokens]
+
+
+def unit_grid(model: VisionModel, features: torch.Tensor) -> torch.Tensor:
+    "Maps `(B, U, H, W)` of site features: a conv site's maps, a token site's patch grid, `(B, U, 1, 1)` at a dense site."
+    if features.ndim == 3:
+        return token_grid(features, model.prefix_tokens)[0]
+    return features if features.ndim == 4 else features[:, :, None, None]
 
 # %% ../nbs/11_interpret.ipynb #83ecdf11
 def ordered_keys(scores: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
@@ -179,9 +203,10 @@ class TopImages:
     frequency: torch.Tensor     # (U,) share of images on which the unit is active (its output's score > 0)
     n_images: int               # size of the ranked image set
     seed: int                   # seed of the tie-breaking ranks
-    spatial: bool               # scores are spatial means of a conv site's maps
+    spatial: bool               # scores are means over positions: a conv site's maps, or a token site's tokens
     site: str | None = None
     activation: str = "post"    # the value ranked: `post` (the unit's output) or `pre` (its pre-activation)
+    tokens: bool = False        # a token site: scores are means over every token (class token and patch tokens)
 
     @property
     def k(self) -> int:
@@ -205,7 +230,7 @@ class TopImages:
     @classmethod
     def from_scores(cls, scores: torch.Tensor, k: int, seed: int = 0, units=None, spatial: bool = False,
                     batch_size: int | None = None, site: str | None = None, activation: str = "post",
-                    active: torch.Tensor | None = None) -> TopImages:
+                    active: torch.Tensor | None = None, tokens: bool = False) -> TopImages:
         """Rank precomputed scores `(n_images, U)` (streamed in batches when `batch_size` is given).
 
         `active` `(n_images, U)` marks where each unit is active: by default `scores > 0`; pass it with pre-activations."""
@@ -217,20 +242,20 @@ class TopImages:
         for start in range(0, n, step):
             ranker.update(scores[start:start + step], torch.arange(start, min(start + step, n)), active[start:start + step])
         units = torch.arange(scores.shape[1]) if units is None else torch.as_tensor(units)
-        return ranker.result(units, spatial, site, activation)
+        return ranker.result(units, spatial, site, activation, tokens)
 
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
         "Tensors and JSON-safe metadata, for `save_tensors`."
         tensors = {k: getattr(self, k) for k in ("units", "top_index", "top_score", "bottom_index", "bottom_score", "frequency")}
         return tensors, {"kind": "top_images", "n_images": self.n_images, "seed": self.seed, "spatial": self.spatial,
-                         "site": self.site, "activation": self.activation}
+                         "site": self.site, "activation": self.activation, "tokens": self.tokens}
 
     @classmethod
     def from_tensors(cls, tensors: dict, meta: dict) -> TopImages:
         if meta.get("kind") != "top_images":
             raise ArtifactError(f"not a top-images file (kind: {meta.get('kind')!r})")
         return cls(**tensors, n_images=meta["n_images"], seed=meta["seed"], spatial=meta["spatial"], site=meta["site"],
-                   activation=meta.get("activation", "post"))
+                   activation=meta.get("activation", "post"), tokens=meta.get("tokens", False))
 
 
 class _Ranker:
@@ -252,13 +277,13 @@ class _Ranker:
         self.active = self.active.to(scores.device) + active.sum(0)
         self.seen += len(index)
 
-    def result(self, units, spatial, site, activation) -> TopImages:
+    def result(self, units, spatial, site, activation, tokens=False) -> TopImages:
         if self.seen != self.n_images:
             raise ValueError(f"ranked {self.seen} images, expected {self.n_images}")
         cpu = lambda t: t.cpu()
         return TopImages(units.cpu(), cpu(self.top.index), cpu(self.top.scores), cpu(self.bottom.index),
                          cpu(self.bottom.scores), cpu(self.active) / self.n_images, self.n_images, self.seed, spatial, site,
-                         activation)
+                         activation, tokens)
 
 
 @torch.no_grad()
@@ -282,22 +307,23 @@ def top_images_many(model: VisionModel, site: str, dictionaries: Mapping[str, tu
     dics = {name: (dic.to(dev), activation) for name, (dic, activation) in dictionaries.items()}
     neuron_pre = any(a == "pre" and isinstance(d, IdentityDictionary) for d, a in dics.values())
     pick = slice(None) if unit_ids is None else unit_ids.to(dev)
-    spatial = None
+    spatial = tokens = None
     bar = tqdm(images.batches(batch_size), total=math.ceil(len(images) / batch_size), desc=f"top images {site}",
                disable=not progress, leave=False)
     for x, _, idx in bar:
         x = x.to(dev)
         acts, pre = site_activations(model, site, x, pre=True) if neuron_pre else (site_activations(model, site, x), None)
-        spatial = acts.ndim == 4
+        spatial, tokens = acts.ndim >= 3, acts.ndim == 3
         for name, (dic, activation) in dics.items():
             post = unit_scores(encode_site(dic, acts, site)).float()
             if activation == "post":
                 scores = post
             else:
-                scores = unit_scores(pre if isinstance(dic, IdentityDictionary) else encode_site(dic, acts, site, "pre")).float()
+                scores = unit_scores(_units_second(pre) if isinstance(dic, IdentityDictionary)
+                                     else encode_site(dic, acts, site, "pre")).float()
             rankers[name].update(scores[:, pick], idx, post[:, pick] > 0)
     return {name: r.result(torch.arange(dics[name][0].d_sae) if unit_ids is None else unit_ids, spatial, site,
-                           dics[name][1]) for name, r in rankers.items()}
+                           dics[name][1], tokens) for name, r in rankers.items()}
 
 
 def top_images(model: VisionModel, site: str, dictionary: Dictionary, images: ImageSet, k: int = 16, seed: int = 0,
@@ -315,16 +341,20 @@ def top_images(model: VisionModel, site: str, dictionary: Dictionary, images: Im
 @torch.no_grad()
 def unit_maps(model: VisionModel, site: str, dictionary: Dictionary, x: torch.Tensor, units: Sequence[int],
               device: str = "auto") -> torch.Tensor:
-    "The features `units` for images `x`: maps `(B, len(units), H, W)` at conv sites, values `(B, len(units))` at dense ones."
+    """The features `units` for images `x`: maps `(B, len(units), H, W)` at conv sites, the patch tokens on the patch grid
+    `(B, len(units), h, w)` at token sites (`token_grid`), values `(B, len(units))` at dense ones."""
     dev = resolve_device(device)
     model, dictionary = model.to(dev).eval(), dictionary.to(dev)
     f = site_features(model, model.resolve(site), dictionary, x.to(dev))
-    return f[:, torch.as_tensor(list(units), dtype=torch.long, device=f.device)].float().cpu()
+    f = f[:, torch.as_tensor(list(units), dtype=torch.long, device=f.device)].float().cpu()
+    return unit_grid(model, f) if f.ndim == 3 else f
 
 
 # %% ../nbs/11_interpret.ipynb #a2209782
 PROFILE_QUANTILES = (0.5, 0.75, 0.9, 0.99)  # the rows of examples across a unit's activation quantiles
 ACTIVE_SHARE = 0.5  # a unit is "active on" an image where its max over positions exceeds this share of its largest value
+PROFILE_FIELDS = ("units", "top_index", "top_score", "top_maps", "top_label", "quantile_index", "quantile_score",
+                  "hist_counts", "hist_edges", "active")  # the stored tensors of `UnitProfiles` (and `top_cls` at token sites)
 
 
 @dataclass
@@ -335,7 +365,9 @@ class UnitProfiles:
     the share of images it is active on (max over positions > `ACTIVE_SHARE` × its largest value over the
     pool: at half its best somewhere in the image; a share that separates selective units from ones that fire
     everywhere, where "> 0 anywhere" is true of nearly every image at a conv site), and the labels of
-    the top images."""
+    the top images. At a token site the positions are the tokens: the max is over every token (the class token
+    included, a position the circuit's node sums over), the maps show the patch tokens on the patch grid and
+    `top_cls` the class token's value beside them (so a unit that fires on the class token alone is seen to)."""
     units: torch.Tensor           # (U,)
     top_index: torch.Tensor       # (U, k) pool indices, highest max first
     top_score: torch.Tensor       # (U, k) the max over positions
@@ -349,6 +381,7 @@ class UnitProfiles:
     n_images: int
     activation: str
     site: str | None = None
+    top_cls: torch.Tensor | None = None  # (U, k) token sites: the class token's value on each top image
 
     def row(self, unit: int) -> int:
         "Row of unit id `unit`."
@@ -362,8 +395,7 @@ class UnitProfiles:
         return torch.unique(torch.cat([self.top_index.flatten(), self.quantile_index.flatten()]))
 
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
-        names = ("units", "top_index", "top_score", "top_maps", "top_label", "quantile_index", "quantile_score",
-                 "hist_counts", "hist_edges", "active")
+        names = PROFILE_FIELDS + (("top_cls",) if self.top_cls is not None else ())
         return ({k: getattr(self, k).contiguous() for k in names},
                 {"kind": "unit_profiles", "n_images": self.n_images, "activation": self.activation, "site": self.site})
 
@@ -379,7 +411,8 @@ def unit_profiles(model: VisionModel, site: str, dictionary: Dictionary, images:
                   activation: str = "post", k: int = 16, n_per_quantile: int = 4, bins: int = 30, seed: int = 0,
                   batch_size: int = 256, device: str | torch.device = "auto") -> UnitProfiles:
     """The `UnitProfiles` of `units` of `dictionary` at `site` over `images`: one pass keeps every image's max over
-    positions (`(n_images, U)`: small) and the maps of the running top `k`; ties broken by `tie_ranks(seed)`."""
+    positions (`(n_images, U)`: small) and the maps of the running top `k` (and class-token values at token sites);
+    ties broken by `tie_ranks(seed)`."""
     check_choice("activation", activation, ACTIVATIONS)
     units = torch.as_tensor(list(units), dtype=torch.long)
     if len(units) == 0 or units.min() < 0 or units.max() >= dictionary.d_sae:
@@ -391,20 +424,22 @@ def unit_profiles(model: VisionModel, site: str, dictionary: Dictionary, images:
     model, dictionary = model.to(dev).eval(), dictionary.to(dev)
     ranks = tie_ranks(n, seed)
     stat = torch.empty(n, len(units))
-    best_keys, best_maps, best_idx = None, None, None
+    best_keys, best_maps, best_idx, best_cls = None, None, None, None
     for x, _, idx in images.batches(batch_size):
         f = site_features(model, model.resolve(site), dictionary, x.to(dev), activation)[:, units.to(dev)].float().cpu()
-        maps = f if f.ndim == 4 else f[:, :, None, None]
-        s = maps.flatten(2).amax(2)                                     # (B, U): max over positions
+        s = f.flatten(2).amax(2) if f.ndim > 2 else f                   # (B, U): max over positions (every token)
         stat[idx] = s
         keys = ordered_keys(s, ranks[idx]).T                            # (U, B)
-        m = maps.transpose(0, 1)                                        # (U, B, H, W)
+        m = unit_grid(model, f).transpose(0, 1)                         # (U, B, H, W)
+        cls = f[:, :, 0].T if f.ndim == 3 else torch.zeros(len(units), 0)  # (U, B) the class token (token 0)
         i = idx.expand(len(units), -1)
         if best_keys is not None:
             keys, m, i = torch.cat([best_keys, keys], 1), torch.cat([best_maps, m], 1), torch.cat([best_idx, i], 1)
+            cls = torch.cat([best_cls, cls], 1)
         top = keys.topk(min(k, keys.shape[1]), dim=1).indices
         best_keys, best_idx = keys.gather(1, top), i.gather(1, top)
         best_maps = m[torch.arange(len(units))[:, None], top]
+        best_cls = cls.gather(1, top) if cls.shape[1] else cls
     top_score = stat.T.gather(1, best_idx)
     q = torch.tensor(PROFILE_QUANTILES)
     levels = torch.quantile(stat, q, dim=0).T                           # (U, Q)
@@ -420,4 +455,4 @@ def unit_profiles(model: VisionModel, site: str, dictionary: Dictionary, images:
     active = (stat > ACTIVE_SHARE * hi.clamp(min=0)).float().mean(0) * (hi > 0)
     return UnitProfiles(units, best_idx, top_score, best_maps.half(), images.labels[best_idx], quantile_index,
                         torch.stack([stat[quantile_index[j], j] for j in range(len(units))]),
-                        counts.long(), edges, active, n, activation, model.resolve(site))
+                        counts.long(), edges, active, n, activation, model.resolve(site), best_cls if best_cls.shape[1] else None)

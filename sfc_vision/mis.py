@@ -214,7 +214,7 @@ def mis_from_top(top: TopImages, embeddings: EmbeddingCache, cfg: MISConfig, met
     p = torch.sigmoid(delta / cfg.temperature)
     accuracy = torch.where(torch.isnan(delta), float("nan"), (delta > 0).float()).mean(1)
     backbone = embeddings.backbone
-    info = {"site": top.site, "spatial": top.spatial, "activation": top.activation, "n_images": top.n_images,
+    info = {"site": top.site, "spatial": top.spatial, "tokens": top.tokens, "activation": top.activation, "n_images": top.n_images,
             "top_fraction": cfg.n_candidates / top.n_images, "dataset_id": embeddings.dataset_id,
             "backbone": {"name": backbone.name, "label": backbone.label, "comparable_to_published": backbone.comparable,
                          "identity": backbone.identity},

@@ -100,7 +100,7 @@ def plot_top_images(model: VisionModel, site: str, dictionary: Dictionary, image
     if n > top.k:
         raise ConfigError(f"n: {n} images per row asked for, the ranking keeps {top.k}")
     kind = "neurons" if isinstance(dictionary, IdentityDictionary) else "SAE features"
-    score = "spatial mean" if top.spatial else "value"
+    score = "mean over tokens" if top.tokens else "spatial mean" if top.spatial else "value"
     rows = _rows_for(model, site, dictionary, images, top, units, n, bottom, heatmap, device, lambda u: f"unit {u}")
     heat = "; heatmap: where the unit fires" if heatmap and top.spatial else ""
     which = "top and bottom" if bottom else "top"

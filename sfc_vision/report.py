@@ -278,16 +278,22 @@ def node_media(profiles, extra: dict, unit: int, thumbs: dict, class_names: Sequ
                                     "plain": png_uri(_plain(thumbs[int(i)])),
                                     "heat": None if heat is None else png_uri(heat_overlay(thumbs[int(i)], heat, scale))}
     top = [tile(i, s, m) for i, s, m in zip(profiles.top_index[r].tolist(), profiles.top_score[r].tolist(), profiles.top_maps[r].float().numpy())]
+    if profiles.top_cls is not None:  # a token site: the map is the patch grid, the class token's value stands apart
+        for t, v in zip(top, profiles.top_cls[r].tolist()):
+            t["cls"] = v
     quantiles = [{"q": q, "tiles": [tile(i, s) for i, s in zip(profiles.quantile_index[r, k].tolist(), profiles.quantile_score[r, k].tolist())]}
                  for k, q in enumerate(PROFILE_QUANTILES)]
     classes = {}
     for t in top:
         classes[t["label"]] = classes.get(t["label"], 0) + 1
+    where = "every token (class token included)" if profiles.top_cls is not None else "positions"
+    what = f"max over {where} of the " + ("pre-activation" if profiles.activation == "pre" else "output")
+    objective = ("mean over tokens" if profiles.top_cls is not None else
+                 "spatial mean" if profiles.top_maps.shape[-1] * profiles.top_maps.shape[-2] > 1 else "value")
     featvis = None
     if "featvis" in extra:
-        featvis = {"src": png_uri(_plain(extra["featvis"][r])), "score": extra["featvis_score"][r].item(),
+        featvis = {"src": png_uri(_plain(extra["featvis"][r])), "score": extra["featvis_score"][r].item(), "objective": objective,
                    "settings": extra["meta"].get("featvis", {})}
-    what = "max over positions of the " + ("pre-activation" if profiles.activation == "pre" else "output")
     return {"top": top, "quantiles": quantiles, "classes": sorted(classes.items(), key=lambda kv: -kv[1]),
             "histogram": histogram_svg(profiles.hist_counts[r].tolist(), profiles.hist_edges[r].tolist(),
                                        [t["score"] for t in top], xlabel=what),

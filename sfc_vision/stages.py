@@ -30,7 +30,7 @@ from .attribution import NodeEffects, SiteNodes, node_effects
 from .circuits import (Circuit, Faithfulness, faithfulness, faithfulness_curve, feature_density, find_circuit,
                                  images_of_class)
 from .backbones import BackboneConfig, EmbeddingCache, build_backbone
-from .interpret import TopImages, UnitProfiles, top_images_many, unit_profiles
+from .interpret import PROFILE_FIELDS, TopImages, UnitProfiles, top_images_many, unit_profiles
 from .featvis import visualize_units
 from .analyses import class_activity, class_selectivity
 from .mis import MISResult, mis_from_top, mis_images, mis_meta
@@ -604,7 +604,8 @@ def neuron_readers(sae, neurons: list[int], n: int = PAGE_NEIGHBOURS) -> dict[st
                 upstream=("model", "saes", "circuit"), version=1)
 def pages_stage(ctx: StageContext) -> dict:
     """What the report's page of every node of both circuits shows: per layer and kind, the `unit_profiles` of the
-    circuit's units over the MIS pool (top `PAGE_TOP_K` images by max over positions with maps, quantile examples,
+    circuit's units over the MIS pool (top `PAGE_TOP_K` images by max over positions with maps — at token sites the max
+    over every token, maps on the patch grid and the class token's value apart —, quantile examples,
     histogram, share active), decoder neighbours (SAE features) or reading features (neurons), a feature
     visualisation of each (`FEATVIS_STEPS` steps), and the pool images the pages show as small thumbnails."""
     outputs, ex, cfg = RunOutputs(ctx), ctx.cfg.execution, ctx.cfg.mis
@@ -624,14 +625,10 @@ def pages_stage(ctx: StageContext) -> dict:
             if not units:
                 continue
             dic = sae if kind == "sae" else IdentityDictionary(sae.d_in)
-            try:
-                t0 = time.perf_counter()
-                prof = unit_profiles(model, site, dic, images, units, cfg.activation, k=min(PAGE_TOP_K, len(images)),
-                                     seed=cfg.seed, batch_size=ex.batch_size, device=ex.device)
-                seconds["profiles"] += time.perf_counter() - t0
-            except ConfigError as e:  # a token site: no image pages yet
-                done[kind] = {"skipped": str(e)}
-                continue
+            t0 = time.perf_counter()
+            prof = unit_profiles(model, site, dic, images, units, cfg.activation, k=min(PAGE_TOP_K, len(images)),
+                                 seed=cfg.seed, batch_size=ex.batch_size, device=ex.device)
+            seconds["profiles"] += time.perf_counter() - t0
             tensors, meta = prof.to_tensors()
             tensors |= decoder_neighbours(sae, units) if kind == "sae" else neuron_readers(sae, units)
             if FEATVIS_STEPS:
@@ -666,8 +663,7 @@ def pages(self: RunOutputs, layer: str, kind: str = "sae") -> tuple[UnitProfiles
     if not path.exists():
         return None
     tensors, meta = load_tensors(path)
-    names = ("units", "top_index", "top_score", "top_maps", "top_label", "quantile_index", "quantile_score",
-             "hist_counts", "hist_edges", "active")
+    names = PROFILE_FIELDS + (("top_cls",) if "top_cls" in tensors else ())  # top_cls: token sites
     return UnitProfiles.from_tensors({k: tensors.pop(k) for k in names}, meta), tensors | {"meta": meta}
 
 

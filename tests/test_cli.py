@@ -16,7 +16,7 @@ from sfc_vision.stages import Study
 from sfc_vision.study_config import StudyConfig, commented_yaml, load_config
 
 CONFIGS = REPO / "configs"
-OFFLINE = ("default.yaml", "default_sweep.yaml", "mnist_vit.yaml")  # need no data, weights or GPU: they would run
+OFFLINE = ("default.yaml", "default_sweep.yaml", "mnist_vit.yaml", "mnist_vit_sweep.yaml")  # need no data, weights or GPU: they would run
 PRESETS = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in OFFLINE)
 
 
