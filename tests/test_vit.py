@@ -18,7 +18,7 @@ def tiny_vit() -> dict:
     Width 16 trained a classifier too weak for the gate: its SAEs' spliced accuracy fell by more than 2 %."""
     cfg = tiny_config(run={"name": "tiny_vit"}, train={"epochs": 8, "batch_size": 50, "lr": 0.003},
                       capture={"layers": LAYERS, "tokens": "all"},
-                      sae={"arch": "topk", "k": 16, "expansion": 4, "steps": 400},
+                      sae={"arch": "topk", "k": 16, "expansion": 8, "steps": 400},
                       evaluation={"n_images": 200},  # the whole test split: the gate's accuracy ratio in steps of 0.5 %
                       circuit={"select": "faithfulness", "margin": 0.05, "n_edge_images": 20})
     cfg["model"] = {"arch": "vit", "patch": 7, "depth": 2, "dim": 32, "heads": 2, "mlp_dim": 64}
