@@ -558,6 +558,15 @@ def selectivity(self: RunOutputs, kind: str = "sae") -> dict[str, dict[str, torc
     names = {folder: layer for layer, folder in self.layers.items()}
     return {names[s]: {"count": t[f"count/{s}"], "total": t[f"total/{s}"], "n": t["n"]} for s in meta["sites"]}
 
+# %% ../nbs/12b_stages.ipynb #e1bba8f3
+from .sae_train import revived_ids
+
+
+@patch
+def revived(self: RunOutputs, layer: str, step: int | None = None, since: int = 0) -> torch.Tensor:
+    "Ids of the latents of configured layer `layer`'s SAE revived at step count ≥ `since` up to its used checkpoint (or `step`)."
+    return revived_ids(self.sae_folder(layer), self.sae_step(layer) if step is None else step, since)
+
 # %% ../nbs/12b_stages.ipynb #871ed917
 PAGE_TOP_K = 16          # top images per unit on its page
 PAGE_NEIGHBOURS = 8      # neurons a feature's decoder direction loads on, nearest features, features reading a neuron
