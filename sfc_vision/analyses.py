@@ -20,9 +20,9 @@ from .splice import Splice
 # %% auto #0
 __all__ = ['KIND_LABEL', 'scored_units', 'median_mis_above', 'top_ie_order', 'median_mis_top_k', 'circuit_mis_gap',
            'plot_ie_vs_mis', 'ie_thresholds', 'plot_mis_vs_threshold', 'plot_mis_vs_nodes_kept', 'class_activity',
-           'class_selectivity', 'plot_selectivity', 'pair_label', 'edge_weights', 'edges_above', 'median_abs_edge',
-           'plot_edges_vs_threshold', 'plot_edge_histograms', 'plot_median_edges', 'density_over_checkpoints',
-           'plot_frequency_grid', 'plot_density_over_checkpoints']
+           'class_selectivity', 'plot_selectivity', 'mis_without', 'pair_label', 'edge_weights', 'edges_above',
+           'median_abs_edge', 'plot_edges_vs_threshold', 'plot_edge_histograms', 'plot_median_edges',
+           'density_over_checkpoints', 'plot_frequency_grid', 'plot_density_over_checkpoints']
 
 # %% ../nbs/11e_analyses.ipynb #54407249
 def scored_units(ie: torch.Tensor, mis: MISResult) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -225,6 +225,18 @@ def plot_selectivity(panels: Mapping[str, Mapping[str, tuple]], n_classes: int, 
     fig.suptitle(title or "class selectivity of SAE features and neurons (held-out images)")
     fig.tight_layout()
     return fig
+
+# %% ../nbs/11e_analyses.ipynb #f1192fa5
+def mis_without(mis: MISResult, exclude: torch.Tensor) -> dict:
+    """Median and mean MIS over the scored units of `mis` (`all`) and over those not in `exclude` (unit ids; `kept`),
+    how many scored units were excluded, and `gap` = median(all) − median(kept) (NaN where nothing is left)."""
+    units = mis.units.long()
+    scored = ~torch.isnan(mis.mis)
+    out_ = torch.isin(units, torch.as_tensor(exclude, dtype=torch.long).flatten())
+    v_all, v_kept = mis.mis[scored].float(), mis.mis[scored & ~out_].float()
+    mean = lambda v: float(v.mean()) if len(v) else math.nan
+    return {"median_all": _median(v_all), "mean_all": mean(v_all), "median_kept": _median(v_kept), "mean_kept": mean(v_kept),
+            "n_scored": int(scored.sum()), "n_excluded": int((scored & out_).sum()), "gap": _median(v_all) - _median(v_kept)}
 
 # %% ../nbs/11e_analyses.ipynb #3d294254
 def pair_label(pair: tuple[str, str], names: Mapping[str, str] | None = None) -> str:

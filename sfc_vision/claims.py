@@ -23,8 +23,8 @@ from .study_config import SEED_KEYS
 # %% auto #0
 __all__ = ['FRAGILE_SHARE', 'MIS_PUBLISHED', 'VIT_ARCHS', 'VIT_CLAIMS', 'CIRCUIT_MIS_THESIS', 'FINDINGS_START', 'FINDINGS_END',
            't_interval', 'verdict', 'fragile', 'point_of', 'replicates', 'gate_failures', 'gated', 'claims_table',
-           'vit_claims', 'claim_row', 'interpretability_claims', 'backbone_claims', 'claims_markdown', 'write_claims',
-           'readme_findings', 'readme_findings_section', 'update_readme_findings']
+           'vit_claims', 'claim_row', 'interpretability_claims', 'backbone_claims', 'revived_claims', 'claims_markdown',
+           'write_claims', 'readme_findings', 'readme_findings_section', 'update_readme_findings']
 
 # %% ../nbs/13a_claims.ipynb #bea477f0
 def t_interval(values, level: float = 0.95) -> dict:
@@ -396,6 +396,30 @@ def backbone_claims(runs: list[dict], representative: Callable[[list[dict]], dic
                               [_mis_gap(layer, "median_accuracy")(m) for m in metrics], +1,
                               "the accuracy does not depend on the temperature", level=level))
     return rows
+
+# %% ../nbs/13a_claims.ipynb #248d9ba6
+from .analyses import mis_without
+
+
+def _revived_gap_of(outputs, layer: str) -> float | None:
+    "Median MIS of `layer`'s scored SAE features − of those never revived; None where its SAE does not resample."
+    if outputs.cfg.layer_sae(layer).resample == "none":
+        return None
+    return mis_without(outputs.mis(layer, "sae"), outputs.revived(layer))["gap"]
+
+
+def revived_claims(runs: list[dict], representative: Callable[[list[dict]], dict], level: float = 0.95) -> list[dict]:
+    "Per layer: does keeping the revived latents lower its SAE's MIS? Over the replicates of the representative point."
+    if not runs:
+        return []
+    rep = representative(runs)
+    outs = [r["run"].outputs for r in gated(replicates(runs)[point_of(rep["config"].to_dict())])[0]]  # gate-failed replicates left out
+    return [claim_row(f"mis_revived_kept_{layer}",
+                      f"Does the MIS of the SAE features at {layer} drop when latents revived during training are kept?",
+                      "median MIS over all scored SAE features − over those never revived up to the checkpoint used "
+                      "(runs whose SAE resamples)", [_revived_gap_of(o, layer) for o in outs], -1,
+                      "the thesis left just re-initialised latents out of MIS; it quotes no gap", level=level)
+            for layer in rep["config"].capture.layers]
 
 # %% ../nbs/13a_claims.ipynb #fc2fb82c
 def _fmt(x, unit=""):

@@ -11,7 +11,7 @@ from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullF
 
 # %% auto #0
 __all__ = ['LABELS', 'training_paths', 'plot_tradeoff', 'plot_spliced', 'plot_frequency_histogram', 'plot_training',
-           'plot_over_training']
+           'plot_over_training', 'splice_predictions', 'plot_splice_strip']
 
 # %% ../nbs/08b_plots_sae.ipynb #22b1e0cd
 LABELS = {"l0": "L0 (active latents per position)", "fve": "FVE (1 − NMSE)",
@@ -169,3 +169,39 @@ def plot_over_training(records: dict[str, list[dict]], title: str | None = None,
     if min_fve is not None:
         axes[0].axhline(min_fve, color="0.4", ls="--", lw=0.8, label=f"gate: FVE ≥ {min_fve:g}")
     return _over_steps(fig, axes, (LABELS["fve"], LABELS["l0"]), log_axis=1, title=title)
+
+# %% ../nbs/08b_plots_sae.ipynb #4525add1
+import torch
+
+from .activations import from_vectors, replace_layers, to_vectors
+from .models import VisionModel
+from .sae import Dictionary
+
+
+@torch.no_grad()
+def splice_predictions(model: VisionModel, saes: dict[str, Dictionary], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "Top-1 classes of `model` on images `x`, without and with each layer's output replaced by its SAE's reconstruction."
+    model = model.eval()
+    original = model(x).argmax(1)
+    fns = {layer: (lambda o, d=dic: from_vectors(d(to_vectors(o))[0], o.shape)) for layer, dic in saes.items()}
+    with replace_layers(model, fns):
+        spliced = model(x).argmax(1)
+    return original, spliced
+
+
+def plot_splice_strip(images: torch.Tensor, labels, original, spliced, class_names, title: str | None = None):
+    "One panel per image `(N, C, H, W)`: the image, its label, the model's and the spliced model's prediction (red: wrong)."
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(1.35 * n, 2.1), squeeze=False, layout="constrained")
+    for ax, img, y, a, b in zip(axes[0], images, labels, original, spliced):
+        v = img.float().cpu()
+        v = (v - v.min()) / (v.max() - v.min()).clamp(min=1e-12)
+        ax.imshow(v[0] if v.shape[0] == 1 else v.permute(1, 2, 0), cmap="gray" if v.shape[0] == 1 else None)
+        ax.set_xticks([]); ax.set_yticks([])
+        ax.set_title(f"label {class_names[int(y)]}", fontsize=8)
+        for row, (what, p) in enumerate((("model", a), ("spliced", b))):
+            ax.text(0.5, -0.1 - 0.17 * row, f"{what}: {class_names[int(p)]}", transform=ax.transAxes, ha="center", va="top",
+                    fontsize=8, color="black" if int(p) == int(y) else "tab:red")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig

@@ -36,9 +36,9 @@ from .study_config import SEED_KEYS, safe_label
 
 # %% auto #0
 __all__ = ['GOOD_WORDS', 'BAD_WORDS', 'EVAL_KEYS', 'FEATURE_KINDS', 'REPORT_MARKER', 'fmt_num', 'fmt_pct', 'fmt_seconds',
-           'verdict', 'layer_rows', 'node_file', 'node_edges', 'feature_records', 'feature_pages', 'png_uri',
-           'heat_overlay', 'histogram_svg', 'node_media', 'circuit_graph_svg', 'templates_dir', 'render_notebook',
-           'load_claims', 'sweep_groups', 'build_report']
+           'verdict', 'layer_rows', 'class_accuracy_rows', 'node_file', 'node_edges', 'feature_records',
+           'feature_pages', 'png_uri', 'heat_overlay', 'histogram_svg', 'node_media', 'circuit_graph_svg',
+           'templates_dir', 'render_notebook', 'load_claims', 'sweep_groups', 'build_report']
 
 # %% ../nbs/16_report.ipynb #3f907b73
 def _missing(x) -> bool:
@@ -112,6 +112,17 @@ def layer_rows(metrics: dict) -> list[dict]:
         rows.append({"name": name, "d_in": s.get("d_in"), "d_sae": s.get("d_sae"), **{k: e.get(k) for k in EVAL_KEYS},
                      "verdict": verdict(e.get("gate")),
                      "mis_sae": (m.get("sae") or {}).get("median"), "mis_neurons": (m.get("neurons") or {}).get("median")})
+    return rows
+
+# %% ../nbs/16_report.ipynb #b4732601
+def class_accuracy_rows(model: dict) -> list[dict]:
+    "Per class of the model stage's metrics (`per_class_accuracy`, `per_class_accuracy_train`): name, train, test, gap."
+    test, train = model.get("per_class_accuracy") or {}, model.get("per_class_accuracy_train") or {}
+    rows = []
+    for name in dict.fromkeys([*test, *train]):
+        a, b = train.get(name), test.get(name)
+        gap = "—" if a is None or b is None else f"{100 * (a - b):+.1f} pp"
+        rows.append({"name": name, "train": fmt_pct(a), "test": fmt_pct(b), "gap": gap})
     return rows
 
 # %% ../nbs/16_report.ipynb #ac5623ef
@@ -592,7 +603,7 @@ def _run_page(run: RunFolder, out_run: Path, env: jinja2.Environment, common: di
     page = {"name": name, "status": entry["status"], "error": entry["error"], "damaged": entry["damaged"], "started_at": status.get("started_at"),
            "finished_at": status.get("finished_at"), "wall_s": status.get("wall_s"),
            "failed_notebook": failed or ({"name": status["failed_notebook"], "href": None} if status.get("failed_notebook") else None),
-           "facts": [{"label": k, "value": v} for k, v in facts if v != "—"], "notebooks": nbs, "layers": layers,
+           "facts": [{"label": k, "value": v} for k, v in facts if v != "—"], "class_accuracy": class_accuracy_rows(model), "notebooks": nbs, "layers": layers,
            "attribution": attr and {"metric": (attr.get("metric") or {}).get("name"), "method": attr.get("method"),
                                     "n_images": attr.get("n_images"),
                                     "layers": [{"name": l, "sae_median": v.get("median_abs_ie"), "sae_max": v.get("max_abs_ie"),

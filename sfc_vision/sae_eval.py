@@ -40,6 +40,7 @@ class ReconstructionStats:
         self.sum_x, self.sum_x2, self.sum_e, self.sum_e2 = z(d_in), z(d_in), z(d_in), z(d_in)
         self.sum_cos, self.image_l0 = z(), z()
         self.fired = z(d_sae)
+        self.sum_l1, self.x_min, self.x_max = z(), z() + math.inf, z() - math.inf
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, x_hat: torch.Tensor, f: torch.Tensor, positions: int = 1) -> None:
@@ -54,6 +55,8 @@ class ReconstructionStats:
         self.sum_cos += F.cosine_similarity(x[nonzero], x_hat[nonzero].double(), dim=1).sum()
         self.n_cos += int(nonzero.sum())
         self.fired += active.sum(0)
+        self.sum_l1 += f.double().abs().sum()
+        self.x_min, self.x_max = torch.minimum(self.x_min, x.min()), torch.maximum(self.x_max, x.max())
         self.n_images += len(x) // positions
         self.image_l0 += active.view(-1, positions, active.shape[1]).any(1).sum()
 
@@ -70,6 +73,8 @@ class ReconstructionStats:
                 "nmse": (sq_err / (var_x * n)).item(),
                 "fve": (1 - sq_err / (var_x * n)).item(),
                 "fve_centered": (1 - var_e / var_x).item(),
+                "rmse_range": ((sq_err / (n * len(self.sum_x))).sqrt() / (self.x_max - self.x_min)).item(),
+                "l1": (self.sum_l1 / n).item(),
                 "cosine": (self.sum_cos / max(self.n_cos, 1)).item(),
                 "l0": l0.item(), "l0_per_image": (self.image_l0 / max(self.n_images, 1)).item(),
                 "density": (l0 / len(freq)).item(),
@@ -287,7 +292,7 @@ def rank_saes(results: list[dict], gate: GateConfig = GateConfig()) -> list[dict
 
 
 TABLE_COLUMNS = (("arch", "arch", "{}"), ("expansion", "exp.", "{}"), ("l1_coeff", "λ", "{:g}"), ("k", "k", "{}"),
-                 ("l0", "L0", "{:.1f}"), ("fve", "FVE", "{:.3f}"), ("nmse", "NMSE", "{:.3f}"),
+                 ("l0", "L0", "{:.1f}"), ("fve", "FVE", "{:.3f}"), ("nmse", "NMSE", "{:.3f}"), ("l1", "L1", "{:.3g}"), ("rmse_range", "RMSE/range", "{:.3f}"),
                  ("dead_fraction", "dead", "{:.1%}"), ("dense_fraction", "dense", "{:.1%}"),
                  ("accuracy_ratio", "acc. ratio", "{:.3f}"), ("kl", "KL", "{:.4f}"),
                  ("loss_recovered_mean", "loss rec. (mean)", "{:.3f}"), ("meets", "meets", "{}"))

@@ -26,7 +26,7 @@ from .train import DIVERGENCE_FACTOR, TrainingDiverged, list_checkpoints, lr_fac
 # %% auto #0
 __all__ = ['SHARED_KEYS', 'CACHE_KEYS', 'InMemoryVectors', 'as_vectors', 'geometric_median', 'norm_scale', 'sae_lr',
            'sparsity_coeff', 'SAETrainer', 'checkpoint_steps', 'checkpoint_path', 'load_checkpoint', 'train_saes',
-           'train_sae', 'toy_sparse_data', 'recovered_fraction']
+           'train_sae', 'load_revived', 'revived_ids', 'toy_sparse_data', 'recovered_fraction']
 
 # %% ../nbs/07_sae_train.ipynb #86af3d7c
 class InMemoryVectors:
@@ -121,6 +121,8 @@ class SAETrainer:
         self.resampled = 0           # latents revived since the last flush
         self.first_loss = None       # loss of the very first step: the reference for divergence
         self.since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=self.device)
+        self.revived_at = torch.full((sae.d_sae,), -1, dtype=torch.long, device=self.device)  # step of the last revival
+        self.times_revived = torch.zeros(sae.d_sae, dtype=torch.long, device=self.device)
         self.resample_every = max(1, round(cfg.resample_every * cfg.steps))
         self._reset_stats()
 
@@ -203,6 +205,8 @@ def resample(self: SAETrainer, x: torch.Tensor) -> int:
                 if key in state:
                     state[key].index_fill_(axis, dead, 0)
         self.since_fired[dead] = 0
+        self.revived_at[dead] = self.step_count
+        self.times_revived[dead] += 1
         self.resampled += len(dead)
         return len(dead)
 
@@ -274,7 +278,8 @@ def state(self: SAETrainer) -> tuple[dict[str, torch.Tensor], dict]:
     "Everything needed to resume exactly: tensors and a JSON-safe remainder."
     opt_tensors, opt_rest = optimizer_state_to_tensors(self.opt)
     tensors = {**{f"sae.{k}": v for k, v in self.sae.state_dict().items()},
-               **{f"opt.{k}": v for k, v in opt_tensors.items()}, "since_fired": self.since_fired}
+               **{f"opt.{k}": v for k, v in opt_tensors.items()}, "since_fired": self.since_fired,
+               "revived_at": self.revived_at, "times_revived": self.times_revived}
     first = None if self.first_loss is None else float(self.first_loss)
     return tensors, {"opt": opt_rest, "step": self.step_count, "vectors": self.vectors_seen, "first_loss": first}
 
@@ -285,6 +290,8 @@ def load_state(self: SAETrainer, tensors: dict[str, torch.Tensor], rest: dict) -
     self.sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
     load_optimizer_state(self.opt, {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")}, rest["opt"])
     self.since_fired = tensors["since_fired"].to(self.device)
+    if "revived_at" in tensors:  # a state written before revivals were recorded resumes with none recorded
+        self.revived_at, self.times_revived = tensors["revived_at"].to(self.device), tensors["times_revived"].to(self.device)
     self.step_count, self.vectors_seen = rest["step"], rest["vectors"]
     self.first_loss = None if rest.get("first_loss") is None else torch.tensor(rest["first_loss"], device=self.device)
 
@@ -422,6 +429,9 @@ def _save_checkpoint(run: _Run, step: int, record: dict, keep_states: str) -> No
     tensors, rest = run.trainer.state()
     save_tensors(checkpoint_path(run.out_dir, step, "state"), tensors,
                  {**rest, "config": run.cfg.to_dict(), "scale": run.scale})
+    save_tensors(checkpoint_path(run.out_dir, step, "revived"),
+                 {"revived_at": run.trainer.revived_at, "times_revived": run.trainer.times_revived},
+                 {"kind": "revived", "step": step, "resample": run.cfg.resample})
     folded = build_sae(run.cfg, run.trainer.sae.d_in).to(run.trainer.device)
     folded.load_state_dict(run.trainer.sae.state_dict())
     folded.fold_scale(run.scale)
@@ -521,6 +531,29 @@ def train_sae(source, cfg: SAEConfig, out_dir: str | Path, meta: dict | None = N
               **kwargs) -> list[dict]:
     "Train one SAE (see `train_saes`); return its history."
     return train_saes(source, [cfg], [out_dir], meta, progress, **kwargs)[0]
+
+# %% ../nbs/07_sae_train.ipynb #2bf7bd70
+def load_revived(out_dir: str | Path, step: int | None = None) -> dict[str, torch.Tensor]:
+    "`revived_at` and `times_revived` (per latent) at the checkpoint of `step` (default: the last) in `out_dir`."
+    done = checkpoint_steps(out_dir)
+    if not done or (step is not None and step not in done):
+        raise FileNotFoundError(f"no SAE checkpoint{'' if step is None else f' of step {step}'} in {out_dir}; "
+                                f"complete checkpoints (steps): {done or 'none'}")
+    step = step or done[-1]
+    path = checkpoint_path(out_dir, step, "revived")
+    if path.exists():
+        return load_tensors(path)[0]
+    meta = load_meta(checkpoint_path(out_dir, step))
+    if meta["config"].get("resample", "none") == "none":  # nothing can have been revived
+        return {"revived_at": torch.full((meta["d_sae"],), -1, dtype=torch.long),
+                "times_revived": torch.zeros(meta["d_sae"], dtype=torch.long)}
+    raise FileNotFoundError(f"{out_dir} holds an SAE trained with resample {meta['config']['resample']!r} before revived "
+                            f"latents were recorded ({path.name} missing); retrain it (in a study: sfc-vision run --force saes)")
+
+
+def revived_ids(out_dir: str | Path, step: int | None = None, since: int = 0) -> torch.Tensor:
+    "Ids of the latents revived at step count ≥ `since` (0: at any point) up to the checkpoint of `step` (default: the last)."
+    return (load_revived(out_dir, step)["revived_at"] >= since).nonzero().flatten()
 
 # %% ../nbs/07_sae_train.ipynb #94067465
 def toy_sparse_data(n: int, d: int = 32, n_features: int = 32, active: int = 3, seed: int = 0

@@ -84,9 +84,13 @@ def model_stage(ctx: StageContext) -> dict:
         where = "the trained classifier (lower train.lr, or check the data)" if trained else f"model.weights {cfg.model.weights}"
         raise ConfigError(f"{where}: {problem}; a classifier needs finite, varied weights")
     ev = evaluate_classifier(model, data.test, device=resolve_device(device))
+    train_eval = data.train.subset(stratified_subset(data.train.labels, len(data.test), cfg.data.seed))  # as many as the test split
+    ev_train = evaluate_classifier(model, train_eval, device=resolve_device(device))
     sha = save_model(model.cpu(), cfg.model, ctx.dir / "model.safetensors", data.image_shape, _num_classes(cfg, data),
                      extra={"history": history})
     return {"accuracy": ev["accuracy"], "loss": ev["loss"], "per_class_accuracy": ev["per_class_accuracy"],
+            "train_accuracy": ev_train["accuracy"], "per_class_accuracy_train": ev_train["per_class_accuracy"],
+            "n_train_evaluated": len(train_eval),
             "trained": trained, "epochs": len(history),
             "history": [{k: h[k] for k in ("epoch", "train_loss", "test_loss", "test_accuracy")} for h in history],
             "n_parameters": sum(p.numel() for p in model.parameters()), "sha256": sha}
@@ -289,7 +293,7 @@ def eval_images(ctx: StageContext) -> ImageSet:
     return test if n is None else test.subset(stratified_subset(test.labels, n, ctx.cfg.data.seed))
 
 
-SAE_EVAL_KEYS = ("n_vectors", "n_images", "fve", "fve_centered", "mse", "nmse", "cosine", "l0", "l0_per_image", "dead_fraction",
+SAE_EVAL_KEYS = ("n_vectors", "n_images", "fve", "fve_centered", "mse", "nmse", "cosine", "l0", "l0_per_image", "l1", "rmse_range", "dead_fraction",
                  "dense_fraction", "accuracy", "accuracy_ratio", "ce", "kl", "top1_agreement", "clean_accuracy",
                  "clean_ce", "loss_recovered_zero", "loss_recovered_mean")
 
@@ -557,6 +561,15 @@ def selectivity(self: RunOutputs, kind: str = "sae") -> dict[str, dict[str, torc
     t, meta = load_tensors(self.folder("selectivity") / f"selectivity_{kind}.safetensors")
     names = {folder: layer for layer, folder in self.layers.items()}
     return {names[s]: {"count": t[f"count/{s}"], "total": t[f"total/{s}"], "n": t["n"]} for s in meta["sites"]}
+
+# %% ../nbs/12b_stages.ipynb #e1bba8f3
+from .sae_train import revived_ids
+
+
+@patch
+def revived(self: RunOutputs, layer: str, step: int | None = None, since: int = 0) -> torch.Tensor:
+    "Ids of the latents of configured layer `layer`'s SAE revived at step count ≥ `since` up to its used checkpoint (or `step`)."
+    return revived_ids(self.sae_folder(layer), self.sae_step(layer) if step is None else step, since)
 
 # %% ../nbs/12b_stages.ipynb #871ed917
 PAGE_TOP_K = 16          # top images per unit on its page

@@ -205,6 +205,28 @@ def walk(page, index: Path, run: str):
     total = int(box.inner_text().split(" edges shown")[0].split(" of ")[-1])
     box.locator("input.edge-threshold").evaluate("e => { e.value = 0; e.dispatchEvent(new Event('input')); }")
     assert int(box.locator(".edge-count").inner_text()) == total == box.locator("line.edge:not(.out):not(.weak)").count()
+    sae_box, neuron_box = box.bounding_box(), page.locator("#neuron-circuit").bounding_box()
+    assert neuron_box["x"] >= sae_box["x"] + sae_box["width"] - 1 and abs(neuron_box["y"] - sae_box["y"]) < 2  # beside, not below
+    svg = box.locator("svg.graph")
+    assert svg.bounding_box()["width"] <= sae_box["width"]                     # the whole circuit fits its half of the page
+    view = lambda: [float(v) for v in svg.get_attribute("viewBox").split()]
+    whole = view()
+    box.locator(".zoom-in").click()
+    zoomed = view()
+    assert abs(zoomed[2] - whole[2] / 1.25) < 0.05 and abs(zoomed[3] - whole[3] / 1.25) < 0.05  # about the centre:
+    assert abs(zoomed[0] + zoomed[2] / 2 - whole[2] / 2) < 0.05                                 # the centre stays put
+    b = svg.bounding_box()
+    page.mouse.move(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2)
+    page.mouse.wheel(0, -100)
+    page.wait_for_function("w => parseFloat(document.querySelector('#sae-circuit svg.graph').getAttribute('viewBox').split(' ')[2]) < w",
+                           arg=zoomed[2] - 0.05)
+    before = view()
+    page.mouse.move(b["x"] + b["width"] - 4, b["y"] + 4)               # a drag from the top-right corner pans
+    page.mouse.down(); page.mouse.move(b["x"] + b["width"] - 64, b["y"] + 4, steps=4); page.mouse.up()
+    panned = view()
+    assert panned[0] > before[0] and panned[2] == before[2] and panned[1] == before[1]
+    box.locator(".zoom-reset").click()
+    assert view() == whole
 
 
 def test_pages_load_in_chromium_without_errors(site):

@@ -1,4 +1,4 @@
-// sfc_vision report: sortable and filterable tables, the circuit's hover card and edge threshold. No dependencies; works from file://.
+// sfc_vision report: sortable and filterable tables, the circuit's hover card, edge threshold and pan/zoom. No dependencies; works from file://.
 (function () {
   "use strict";
   function cellValue(row, i, numeric) {
@@ -78,10 +78,41 @@
       a.addEventListener("mouseleave", function () { card.hidden = true; });
     });
   }
+  function makeZoom(box) {  // pan and zoom a circuit by its viewBox: wheel or buttons to zoom, drag to pan
+    var svg = box.querySelector("svg.graph");
+    if (!svg) return;
+    var base = svg.getAttribute("viewBox").split(/[ ,]+/).map(parseFloat), vb = base.slice(), drag = null, moved = false;
+    function show() { svg.setAttribute("viewBox", vb.map(function (v) { return v.toFixed(2); }).join(" ")); }
+    function zoom(f, cx, cy) {  // by factor f around the point (cx, cy) in SVG units; never beyond 1/20 … 20 × the whole
+      var w = Math.min(base[2] * 20, Math.max(base[2] / 20, vb[2] / f)), k = w / vb[2];
+      vb = [cx - (cx - vb[0]) * k, cy - (cy - vb[1]) * k, w, vb[3] * k];
+      show();
+    }
+    function centre() { return [vb[0] + vb[2] / 2, vb[1] + vb[3] / 2]; }
+    function at(ev) { var r = svg.getBoundingClientRect(); return [vb[0] + (ev.clientX - r.left) / r.width * vb[2], vb[1] + (ev.clientY - r.top) / r.height * vb[3]]; }
+    box.querySelector(".zoom-in").addEventListener("click", function () { var c = centre(); zoom(1.25, c[0], c[1]); });
+    box.querySelector(".zoom-out").addEventListener("click", function () { var c = centre(); zoom(0.8, c[0], c[1]); });
+    box.querySelector(".zoom-reset").addEventListener("click", function () { vb = base.slice(); show(); });
+    svg.addEventListener("wheel", function (ev) { ev.preventDefault(); var p = at(ev); zoom(ev.deltaY < 0 ? 1.15 : 1 / 1.15, p[0], p[1]); }, { passive: false });
+    svg.addEventListener("pointerdown", function (ev) { drag = [ev.clientX, ev.clientY, vb[0], vb[1]]; moved = false; });
+    window.addEventListener("pointermove", function (ev) {
+      if (!drag) return;
+      var r = svg.getBoundingClientRect(), dx = ev.clientX - drag[0], dy = ev.clientY - drag[1];
+      if (!moved && Math.abs(dx) + Math.abs(dy) < 4) return;  // a click on a node is no drag
+      moved = true;
+      svg.classList.add("panning");
+      vb[0] = drag[2] - dx / r.width * vb[2];
+      vb[1] = drag[3] - dy / r.height * vb[3];
+      show();
+    });
+    window.addEventListener("pointerup", function () { drag = null; svg.classList.remove("panning"); });
+    svg.addEventListener("click", function (ev) { if (moved) { ev.preventDefault(); ev.stopPropagation(); moved = false; } }, true);
+  }
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("table.sortable").forEach(makeSortable);
     document.querySelectorAll("input.filter").forEach(makeFilter);
     document.querySelectorAll(".graph-box").forEach(makeThreshold);
+    document.querySelectorAll(".graph-box").forEach(makeZoom);
     var card = document.getElementById("hovercard");
     if (card) makeHover(card);
   });
