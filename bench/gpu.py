@@ -9,7 +9,8 @@ numpy, tqdm, pyyaml are imported by the package and ship with those images), in 
 For each model and its two sites (resnet18: layer3, layer4; googlenet: mixed4c, mixed5a), SAEs of
 expansion 8, it prints ratios to plain-PyTorch references measured in the same run (as `python -m bench`)
 and the absolute throughputs: images/s for forward, forward+backward, hooked forward, caching and
-AtP; vectors/s for SAE training.
+AtP; vectors/s for SAE training; for GoogLeNet also images/s of streaming SAE training at every position of
+mixed3a (`capture.store: stream`: the model runs every pass, no cache) against capturing a cache and training from it.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ import torch.nn.functional as F
 
 from bench.harness import Row, compare, machine, table
 from bench.sae_training import _minimal_loop
-from sfc_vision.activations import CaptureConfig, cache_activations, read_layers, to_vectors
+from sfc_vision.activations import (ActivationCache, CaptureConfig, StreamingActivations, cache_activations,
+                                    read_layers, to_vectors)
 from sfc_vision.attribution import atp_batch, make_metric, node_effects
 from sfc_vision.circuits import curve_thresholds, faithfulness, faithfulness_curve, select_nodes
 from sfc_vision.data import TensorImageSet
@@ -224,6 +226,43 @@ class Bench:
                                warmup=1), n * s["sae_epochs"], "vectors/s", ref="minimal loop")
             del vectors
 
+    def streaming(self, tmp: Path) -> None:
+        """GoogLeNet: SAE training at every position of mixed3a streamed from the model (a buffer of a quarter pass,
+        float32 forward, bf16 buffer) vs capturing the same vectors to a cache and training from it; one pass each."""
+        s, model = self.s, self.model
+        n_img = s["cache"]
+        images = TensorImageSet(torch.randint(0, 256, (n_img, 3, s["side"], s["side"]), dtype=torch.uint8),
+                                torch.zeros(n_img, dtype=torch.long), [str(i) for i in range(s["classes"])])
+        site = model.resolve("mixed3a")
+        cap = CaptureConfig(layers=(site,), dtype="bfloat16")  # bf16: random GoogLeNet's activations underflow float16
+        probe = StreamingActivations(model, images, cap.replace(store="stream"), site, device=self.device,
+                                     batch_size=s["fwd"])
+        n, d = probe.n_vectors, probe.d
+        stream_cap = cap.replace(store="stream", buffer=max(4096, n // 4))
+        cfg = SAEConfig(expansion=8, batch_size=4096, steps=max(2, n // 4096), checkpoints=1, lr_warmup=0.05,
+                        precision="bfloat16" if self.device.type == "cuda" else "float32", init_sample=min(65536, n))
+        runs = iter(range(10**6))
+
+        def ours():
+            out = tmp / f"stream_{next(runs)}"
+            source = StreamingActivations(model, images, stream_cap, site, device=self.device, batch_size=s["fwd"])
+            train_saes(source, [cfg], [out], progress=False, log_every=100, device=str(self.device))
+            shutil.rmtree(out)
+
+        def cached():
+            out = tmp / f"cached_{next(runs)}"
+            cache_activations(model, images, cap, tmp / "cache3a", progress=False, device=str(self.device), batch_size=s["fwd"])
+            train_saes(ActivationCache(tmp / "cache3a" / site), [cfg], [out], progress=False, log_every=100,
+                       device=str(self.device))
+            shutil.rmtree(out)
+            shutil.rmtree(tmp / "cache3a")
+
+        self._rate(f"streaming SAE training at mixed3a, every position ({d}→{8 * d}, {n_img} images × {n // n_img} "
+                   f"positions, one pass)",
+                   compare(f"{self.arch}: streaming SAE training at mixed3a, every position, one pass over {n_img} images "
+                           f"({n} vectors, buffer {stream_cap.buffer}) vs capture + training from the cache", ours, cached,
+                           goal=0.8, ratio_kind="speed", repeats=3, warmup=1), n_img, ref="capture + cache training")
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -243,7 +282,10 @@ def main():
     try:
         for arch in args.models:
             b = Bench(arch, device, s)
-            for stage in (b.forward, b.attribution, b.edges, b.curve, lambda: b.caching(tmp), lambda: b.sae_training(tmp)):
+            stages = [b.forward, b.attribution, b.edges, b.curve, lambda: b.caching(tmp), lambda: b.sae_training(tmp)]
+            if arch == "googlenet":
+                stages.append(lambda: b.streaming(tmp))
+            for stage in stages:
                 stage()
                 print(f"[{time.perf_counter() - t0:6.1f} s] {arch}: {b.rows[-1].name}", flush=True)
             rows += b.rows

@@ -24,7 +24,8 @@ from .models import resolve_device
 
 # %% auto #0
 __all__ = ['DTYPES', 'TOKEN_ROLES', 'to_vectors', 'from_vectors', 'vector_width', 'read_layers', 'replace_layers',
-           'token_positions', 'CaptureConfig', 'cache_activations', 'ActivationCache']
+           'token_positions', 'CaptureConfig', 'site_vectors', 'cache_activations', 'ActivationCache',
+           'StreamingActivations']
 
 # %% ../nbs/05_activations.ipynb #86db1dea
 def to_vectors(acts: torch.Tensor) -> torch.Tensor:
@@ -129,10 +130,18 @@ class CaptureConfig(Config):
     tokens: Literal["all", "patch", "cls"] = setting("all", "token layers (B, T, D): the tokens cached (SAEs train on them): all, the patch tokens, or the class token (see TOKEN_ROLES); spliced evaluation and attribution use every token")
     shard_mb: float = setting(64.0, "target shard size in MiB")
     seed: int = setting(0, "image order and position sampling")
+    store: Literal["disk", "stream"] = setting("disk", "disk: cache the vectors in shards, SAEs train from them; stream: "
+                                                       "store nothing, SAE training runs the model every pass and draws "
+                                                       "the vectors through a shuffled buffer (StreamingActivations)")
+    buffer: int = setting(2**20, "stream: vectors in the shuffle buffer (memory ≈ 2 × buffer × width × dtype bytes); "
+                                 "a buffer holding a whole pass trains exactly as from the disk cache")
 
     def used_settings(self) -> dict:
-        "The settings the cache depends on: `tokens` only where it selects (not `all`), so caches of conv layers keep their keys."
-        return {k: v for k, v in self.to_dict().items() if k != "tokens" or self.tokens != "all"}
+        """The settings the vectors depend on: `tokens` only where it selects (not `all`); `store` and `buffer` only when
+        streaming, `shard_mb` only on disk (so the keys of disk caches of conv layers are those from before)."""
+        drop = {"shard_mb"} if self.store == "stream" else {"store", "buffer"}
+        return {k: v for k, v in self.to_dict().items()
+                if k not in drop and (k != "tokens" or self.tokens != "all")}
 
     def validate(self):
         check_choice("tokens", self.tokens, TOKEN_ROLES)
@@ -141,6 +150,8 @@ class CaptureConfig(Config):
         if self.positions_per_image is not None:
             check_range("positions_per_image", self.positions_per_image, lo=1)
         check_range("shard_mb", self.shard_mb, lo=0, lo_open=True)
+        check_choice("store", self.store, ("disk", "stream"))
+        check_range("buffer", self.buffer, lo=1)
 
 # %% ../nbs/05_activations.ipynb #3eba3701
 class _ShardWriter:
@@ -182,6 +193,29 @@ class _ShardWriter:
         return [{"file": name, "n": n, "sha256": digest.result()} for name, n, digest in self.written]
 
 
+@torch.no_grad()
+def site_vectors(model: VisionModel, layer: str, a: torch.Tensor, cfg: CaptureConfig, idx: torch.Tensor,
+                 pos_gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The vectors `(n, d)` in `cfg.dtype` that `cfg` keeps of the activations `a` of `layer` on the images `idx`, with each
+    vector's image and position: every position (or token of `cfg.tokens`), or `positions_per_image` drawn with `pos_gen`."""
+    dtype = DTYPES[cfg.dtype]
+    if cfg.tokens != "all" and a.ndim != 3:
+        raise ValueError(f"tokens: {cfg.tokens!r} selects tokens, but layer {layer!r} gives {tuple(a.shape)}, "
+                         f"not tokens (B, T, D); use tokens: all")
+    keep_tokens = token_positions(model, a.shape[1], cfg.tokens) if a.ndim == 3 else None
+    if keep_tokens is not None and len(keep_tokens) < a.shape[1]:
+        a = a[:, keep_tokens.to(a.device)]
+    vecs = to_vectors(a.to(dtype))   # convert first: the reordering copy then moves fewer bytes
+    per_image = vecs.shape[0] // len(idx)
+    image = idx.repeat_interleave(per_image)
+    position = (torch.arange(per_image) if keep_tokens is None else keep_tokens).repeat(len(idx))
+    if cfg.positions_per_image is not None and a.ndim in (3, 4) and cfg.positions_per_image < per_image:
+        keep = torch.rand(len(idx), per_image, generator=pos_gen).argsort(dim=1)[:, :cfg.positions_per_image]
+        rows = (keep + torch.arange(len(idx))[:, None] * per_image).flatten()
+        vecs, image, position = vecs[rows.to(vecs.device)], image[rows], position[rows]
+    return vecs, image, position
+
+
 @torch.inference_mode()
 def cache_activations(model: VisionModel, images: ImageSet, cfg: CaptureConfig, out_dir: str | Path,
                       meta: dict | None = None, progress: bool = True, device: str | torch.device = "auto",
@@ -210,21 +244,7 @@ def cache_activations(model: VisionModel, images: ImageSet, cfg: CaptureConfig, 
                 if layer not in writers:
                     shard_rows = max(1, int(cfg.shard_mb * 2**20 / (vector_width(a.shape) * dtype.itemsize)))
                     writers[layer] = _ShardWriter(tmp / layer, shard_rows, dtype, pool)
-                if cfg.tokens != "all" and a.ndim != 3:
-                    raise ValueError(f"tokens: {cfg.tokens!r} selects tokens, but layer {layer!r} gives {tuple(a.shape)}, "
-                                     f"not tokens (B, T, D); use tokens: all")
-                keep_tokens = token_positions(model, a.shape[1], cfg.tokens) if a.ndim == 3 else None
-                if keep_tokens is not None and len(keep_tokens) < a.shape[1]:
-                    a = a[:, keep_tokens.to(a.device)]
-                vecs = to_vectors(a.to(dtype))   # convert first: the reordering copy then moves fewer bytes
-                per_image = vecs.shape[0] // len(idx)
-                image = idx.repeat_interleave(per_image)
-                position = (torch.arange(per_image) if keep_tokens is None else keep_tokens).repeat(len(idx))
-                if cfg.positions_per_image is not None and a.ndim in (3, 4) and cfg.positions_per_image < per_image:
-                    keep = torch.rand(len(idx), per_image, generator=pos_gen).argsort(dim=1)[:, :cfg.positions_per_image]
-                    rows = (keep + torch.arange(len(idx))[:, None] * per_image).flatten()
-                    vecs, image, position = vecs[rows.to(vecs.device)], image[rows], position[rows]
-                writers[layer].add(vecs, image, position)
+                writers[layer].add(*site_vectors(model, layer, a, cfg, idx, pos_gen))
         for writer in writers.values():   # every layer's last shard is submitted before any is waited for
             writer.flush_rest()
         out = {}
@@ -295,3 +315,71 @@ class ActivationCache:
     def load_all(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
         "All vectors in storage order, `(n_vectors, d)` — for caches that fit in memory."
         return torch.cat([self.load_shard(i, device)["acts"].to(dtype) for i in range(len(self.info["shards"]))])
+
+# %% ../nbs/05_activations.ipynb #a4006d8a
+class StreamingActivations:
+    """One layer's vectors computed by `model` over `images` on demand and served in shuffled batches through an
+    in-memory buffer of `cfg.buffer` vectors (see above): what SAE training reads instead of an `ActivationCache`."""
+
+    def __init__(self, model: VisionModel, images: ImageSet, cfg: CaptureConfig, layer: str, meta: dict | None = None,
+                 device: str | torch.device = "auto", batch_size: int = 256):
+        if len(images) == 0:
+            raise ValueError("no images to stream activations from")
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.model, self.images, self.cfg = model.to(self.device).eval(), images, cfg
+        self.layer, self.batch_size, self.buffer = model.resolve(layer), batch_size, cfg.buffer
+        self.max_held = 0                         # most vectors the buffer held at once (memory bound, measured)
+        x = images.images(torch.tensor([0])).to(self.device)
+        with torch.no_grad(), read_layers(self.model, [self.layer]) as acts:
+            self.model(x)
+        a = acts[self.layer]
+        self.shape, self.d = tuple(a.shape[1:]), vector_width(a.shape)
+        per_image = len(site_vectors(self.model, self.layer, a, cfg, torch.tensor([0]), torch.Generator())[0])
+        self.n_vectors = per_image * len(images)
+        self.info = {"layer": self.layer, "shape": list(self.shape), "dtype": cfg.dtype, "tokens": cfg.tokens,
+                     "n_vectors": self.n_vectors, "n_images": len(images), "positions_per_image": cfg.positions_per_image,
+                     "capture": cfg.to_dict(), "store": "stream", **(meta or {})}
+
+    def __len__(self) -> int:
+        return self.n_vectors
+
+    def _vectors(self, order_seed: int, pos_seed: int, device) -> Iterator[torch.Tensor]:
+        "The kept vectors of each forward batch of one pass over the images, in order `order_seed`."
+        pos_gen = torch.Generator().manual_seed(pos_seed)
+        with read_layers(self.model, [self.layer]) as acts:
+            for x, _, idx in self.images.batches(self.batch_size, shuffle=True, seed=order_seed):
+                with torch.no_grad():
+                    self.model(x.to(self.device))
+                    vecs = site_vectors(self.model, self.layer, acts.pop(self.layer), self.cfg, idx, pos_gen)[0]
+                yield vecs.to(device)
+
+    def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, device=None,
+                dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
+        "One pass: batches `(batch_size, d)` in `dtype` on `device` (default: the model's); `shuffle` False: in capture order."
+        device = self.device if device is None else torch.device(device)
+        whole = self.buffer >= self.n_vectors or not shuffle
+        seeds = (self.cfg.seed, self.cfg.seed + 1) if whole else (seed, seed + 1)
+        gen = torch.Generator().manual_seed(seed)
+        held: list[torch.Tensor] = []
+        n_held = 0
+        for vecs in self._vectors(*seeds, device):
+            held.append(vecs)
+            n_held += len(vecs)
+            self.max_held = max(self.max_held, n_held)
+            if not shuffle or n_held <= self.buffer:
+                continue
+            buf = torch.cat(held)
+            buf = buf[torch.randperm(len(buf), generator=gen).to(buf.device)]
+            k = (len(buf) - self.buffer // 2) // batch_size   # serve these full batches, keep the rest
+            for start in range(0, k * batch_size, batch_size):
+                yield buf[start:start + batch_size].to(dtype)
+            held, n_held = [buf[k * batch_size:]], len(buf) - k * batch_size
+            del buf
+        if not held:
+            return
+        buf = torch.cat(held)
+        del held
+        if shuffle:
+            buf = buf[torch.randperm(len(buf), generator=gen).to(buf.device)]
+        for start in range(0, len(buf), batch_size):
+            yield buf[start:start + batch_size].to(dtype)

@@ -164,7 +164,8 @@ def resolve_layer(cfg: ModelConfig, name: str) -> str:
     alias_note = f" (aliases: {', '.join(aliases)})" if aliases else ""
     paths = module_paths(cfg)
     example = next((p for p in reversed(paths) if "." in p), paths[-1])
-    close = difflib.get_close_matches(name, [*aliases, *valid, *paths], n=5, cutoff=0.6)
+    names = list(dict.fromkeys([*aliases, *valid, *paths]))  # a listed layer is a path too: each name once
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
     raise ConfigError(f"layer {name!r} is not a layer of {cfg.arch}; valid layers: {', '.join(valid)}{alias_note}, "
                       f"or any submodule by its dotted path (e.g. {example!r})"
                       + (f"; closest: {', '.join(close)}" if close else ""))

@@ -16,7 +16,7 @@ from fastcore.basics import patch
 from tqdm import tqdm
 
 from . import tracking
-from .activations import DTYPES, ActivationCache
+from .activations import DTYPES, ActivationCache, StreamingActivations
 from .artifacts import load_meta, load_optimizer_state, load_tensors, optimizer_state_to_tensors, save_tensors
 from .config import ConfigError
 from .models import resolve_device
@@ -54,7 +54,7 @@ class InMemoryVectors:
 
 
 def as_vectors(source, device: torch.device, preload_mb: float = 4096):
-    "The training data: an `InMemoryVectors` on `device` when `source` fits in `preload_mb` MiB, else the cache itself."
+    "The training data: an `InMemoryVectors` on `device` when `source` fits in `preload_mb` MiB, else the cache (or stream) itself."
     if isinstance(source, torch.Tensor):
         return InMemoryVectors(source.to(device))
     if isinstance(source, ActivationCache):
@@ -62,9 +62,11 @@ def as_vectors(source, device: torch.device, preload_mb: float = 4096):
         if source.n_vectors * source.d * dtype.itemsize <= preload_mb * 2**20:
             return InMemoryVectors(source.load_all(device, dtype=dtype), source.info)
         return source
+    if isinstance(source, StreamingActivations):   # computed by the model pass after pass: nothing to preload
+        return source
     if isinstance(source, InMemoryVectors):
         return source if source.vectors.device == device else InMemoryVectors(source.vectors.to(device), source.info)
-    raise TypeError(f"expected an ActivationCache, InMemoryVectors or a tensor (n, d), got {type(source).__name__}")
+    raise TypeError(f"expected an ActivationCache, StreamingActivations, InMemoryVectors or a tensor (n, d), got {type(source).__name__}")
 
 # %% ../nbs/07_sae_train.ipynb #27daf1a4
 def geometric_median(x: torch.Tensor, iters: int = 200, tol: float = 1e-7) -> torch.Tensor:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from fastcore.basics import patch
 
-from .activations import ActivationCache, cache_activations
+from .activations import ActivationCache, StreamingActivations, cache_activations
 from .artifacts import json_safe, load_tensors, read_json, save_tensors, write_json
 from .cache import (STAGES, StageContext, Study, file_records, record_digest, register_stage,
                               verify_entry)
@@ -40,9 +40,9 @@ from .train import channel_stats, evaluate_classifier, train_classifier
 # %% auto #0
 __all__ = ['SAE_EVAL_KEYS', 'PAGE_TOP_K', 'PAGE_NEIGHBOURS', 'FEATVIS_STEPS', 'FEATVIS_SIZE', 'THUMB_SIZE', 'weights_problem',
            'model_stage', 'layer_folders', 'activations_stage', 'layer_sae_key', 'sae_store', 'restore_layer_sae',
-           'keep_layer_sae', 'saes_stage', 'RunOutputs', 'eval_images', 'sae_eval_stage', 'circuit_images',
-           'attribution_stage', 'circuit_counts', 'discovery_halves', 'edge_images', 'circuit_stage', 'mis_stage',
-           'selectivity_stage', 'decoder_neighbours', 'neuron_readers', 'pages_stage', 'default_runs_root',
+           'keep_layer_sae', 'streamed_layers', 'saes_stage', 'RunOutputs', 'eval_images', 'sae_eval_stage',
+           'circuit_images', 'attribution_stage', 'circuit_counts', 'discovery_halves', 'edge_images', 'circuit_stage',
+           'mis_stage', 'selectivity_stage', 'decoder_neighbours', 'neuron_readers', 'pages_stage', 'default_runs_root',
            'open_study']
 
 # %% ../nbs/12b_stages.ipynb #d84024d1
@@ -103,7 +103,11 @@ def layer_folders(cfg: StudyConfig) -> dict[str, str]:
 
 @register_stage("activations", sections=("data", "capture"), upstream=("model",))
 def activations_stage(ctx: StageContext) -> dict:
-    "Cache the activations of `capture.layers` over the configured split, tagged with the model's SHA-256."
+    """Cache the activations of `capture.layers` over the configured split, tagged with the model's SHA-256; with
+    `capture.store: stream` store nothing (the saes stage runs the model) and only describe each layer's vectors."""
+    if ctx.cfg.capture.store == "stream":
+        return {layer: {**{k: s.info[k] for k in ("shape", "n_vectors", "n_images", "dtype")}, "store": "stream"}
+                for layer, s in streamed_layers(ctx, ctx.upstream("model")).items()}
     model, sha = RunOutputs(ctx).model()
     data = ctx.data()
     images = data.train if ctx.cfg.capture.split == "train" else data.test
@@ -117,6 +121,9 @@ def layer_sae_key(cfg: StudyConfig, layer: str, cache_info: dict) -> str:
     """16 hex digits naming the SAE of configured layer `layer`: its canonical layer, its activations (`cache_info`,
     the layer's `cache.json`: shape, dtype, shard hashes, model) and its own training settings, nothing else."""
     acts = {k: cache_info.get(k) for k in ("layer", "shape", "dtype", "n_vectors", "shards", "model_sha256")}
+    if cache_info.get("store") == "stream":  # no shards to hash: the vectors are what the images and capture settings make
+        acts["stream"] = {"data": cfg.data.used_settings(),
+                          "capture": {k: v for k, v in cfg.capture.used_settings().items() if k != "layers"}}
     return digest({"layer": resolve_layer(cfg.model, layer), "activations": acts, "version": STAGES["saes"].version,
                    "settings": json_safe(cfg.layer_sae(layer).training_settings())})[:16]
 
@@ -165,14 +172,26 @@ def keep_layer_sae(folder: Path, store: Path, key: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def streamed_layers(ctx: StageContext, model_dir: Path) -> dict[str, StreamingActivations]:
+    """Configured layer → its vectors streamed from the model in `model_dir` over the capture's images (`capture.store:
+    stream`). The saes stage reads the model stage's folder directly: it is upstream of activations, so of saes too."""
+    model, meta = load_model(model_dir / "model.safetensors")
+    data, ex = ctx.data(), ctx.cfg.execution
+    images = data.train if ctx.cfg.capture.split == "train" else data.test
+    return {layer: StreamingActivations(model, images, ctx.cfg.capture, folder, device=ex.device, batch_size=ex.batch_size,
+                                        meta={"model_sha256": meta["sha256"], "data": ctx.cfg.data.to_dict()})
+            for layer, folder in layer_folders(ctx.cfg).items()}
+
+
 @register_stage("saes", sections=("sae",), upstream=("activations",), resumable=True)
 def saes_stage(ctx: StageContext) -> dict:
     """Train one SAE per captured layer, with that layer's settings, on its cached activations (resuming from its
     checkpoints); a layer's SAE already in the per-layer store (same layer, activations and settings) is reused,
     unless the stage is forced (`--force saes` retrains every layer and replaces its stored SAE)."""
     out, forced = {}, ctx.stage.name in ctx.study.force
+    streams = streamed_layers(ctx, ctx.study.stage_dir("model")) if ctx.cfg.capture.store == "stream" else {}
     for layer, folder in layer_folders(ctx.cfg).items():
-        cache = ActivationCache(ctx.upstream("activations") / "cache" / folder)
+        cache = streams[layer] if streams else ActivationCache(ctx.upstream("activations") / "cache" / folder)
         cfg = ctx.cfg.layer_sae(layer)
         key = layer_sae_key(ctx.cfg, layer, cache.info)
         store, dest = sae_store(ctx.study, key), ctx.dir / folder
