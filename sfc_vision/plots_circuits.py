@@ -48,7 +48,7 @@ def plot_ie_histograms(effects: NodeEffects, unit: str = "nats", bins: int = 30,
         if len(pos):
             ax.hist(pos, bins=np.geomspace(pos.min(), pos.max() * 1.001, bins + 1), color="#7f8c8d")
             ax.set_xscale("log")
-        err = site_nodes.error_value(effects.mean[s]).abs().item()
+        err = site_nodes.errors(effects.mean[s]).abs().max().item()  # the largest, where there is one per token
         if err > 0:
             ax.axvline(err, color=POSITIVE, ls="--", label="error node")
             ax.legend(fontsize=7)
