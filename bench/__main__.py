@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench import attribution, caching, featvis, hooks, sae_training, scaling
+from bench import attribution, caching, featvis, hooks, sae_training, scaling, vit
 from bench.harness import machine, table
 
-BENCHMARKS = {"hooks": hooks, "caching": caching, "sae_training": sae_training, "attribution": attribution, "featvis": featvis}
+BENCHMARKS = {"hooks": hooks, "caching": caching, "sae_training": sae_training, "attribution": attribution, "featvis": featvis,
+              "vit": vit}
 
 
 def main():

@@ -1,4 +1,4 @@
-"""The GPU benchmark: ResNet-18 and GoogLeNet (random weights) on synthetic 224×224 images, bf16 autocast.
+"""The GPU benchmark: ResNet-18, GoogLeNet and ViT-B/16 (random weights) on synthetic 224×224 images, bf16 autocast.
 
 Runs on one GPU with nothing beyond PyTorch and torchvision installed (PYTHONPATH=. is enough; safetensors,
 numpy, tqdm, pyyaml are imported by the package and ship with those images), in under 5 minutes on an H100:
@@ -6,7 +6,8 @@ numpy, tqdm, pyyaml are imported by the package and ship with those images), in 
     PYTHONPATH=. python -m bench.gpu            # on the GPU machine
     PYTHONPATH=. python -m bench.gpu --tiny     # a CPU smoke run (64×64 images, few repeats)
 
-For each model and its two sites (resnet18: layer3, layer4; googlenet: mixed4c, mixed5a), SAEs of
+For each model and its two sites (resnet18: layer3, layer4; googlenet: mixed4c, mixed5a; vit_b_16: the residual
+stream after blocks 5 and 6, 197 tokens each), SAEs of
 expansion 8, it prints ratios to plain-PyTorch references measured in the same run (as `python -m bench`)
 and the absolute throughputs: images/s for forward, forward+backward, hooked forward, caching and
 AtP; vectors/s for SAE training; for GoogLeNet also images/s of streaming SAE training at every position of
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from bench.harness import Row, compare, machine, table
 from bench.sae_training import _minimal_loop
 from sfc_vision.activations import (ActivationCache, CaptureConfig, StreamingActivations, cache_activations,
-                                    read_layers, to_vectors)
+                                    read_layers, to_vectors, vector_width)
 from sfc_vision.attribution import atp_batch, make_metric, node_effects
 from sfc_vision.circuits import curve_thresholds, faithfulness, faithfulness_curve, select_nodes
 from sfc_vision.data import TensorImageSet
@@ -38,7 +39,7 @@ from sfc_vision.sae import ReLUSAE, SAEConfig
 from sfc_vision.sae_train import InMemoryVectors, train_saes
 from sfc_vision.splice import Splice, mean_patches
 
-MODELS = {"resnet18": ("layer3", "layer4"), "googlenet": ("mixed4c", "mixed5a")}
+MODELS = {"resnet18": ("layer3", "layer4"), "googlenet": ("mixed4c", "mixed5a"), "vit_b_16": ("resid_5", "resid_6")}
 
 
 def _sizes(tiny: bool) -> dict:
@@ -64,7 +65,7 @@ class Bench:
         self.y = torch.randint(0, s["classes"], (s["fwd"],), device=device)
         with torch.inference_mode(), read_layers(self.model, list(self.sites)) as acts:
             self.model(self.x[:1])
-            self.d = {site: a.shape[1] for site, a in acts.items()}
+            self.d = {site: vector_width(a.shape) for site, a in acts.items()}  # channels, or a token's width
         self.prec = "bf16" if device.type == "cuda" else "fp32"
         self.rows: list[Row] = []
         self.throughput: list[str] = []

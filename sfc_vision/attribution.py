@@ -5,6 +5,7 @@
 # %% ../nbs/09a_attribution.ipynb #ffd3b3ed
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,14 +15,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .activations import token_positions
 from .artifacts import ArtifactError, load_tensors, save_tensors
 from .config import Config, ConfigError, check_choice, check_range, setting
 from .data import ImageSet, class_index
 from .splice import Patch, Splice, check_patches, eval_mode
 
 # %% auto #0
-__all__ = ['METRICS', 'ERROR_METHODS', 'ESTIMATORS', 'IG_FLOOR', 'Metric', 'check_metric', 'make_metric', 'AttributionConfig',
-           'SiteNodes', 'atp_batch', 'ig_batch', 'ig_error_batch', 'exact_batch', 'Estimator', 'estimate',
+__all__ = ['METRICS', 'AGGREGATIONS', 'ERROR_METHODS', 'ESTIMATORS', 'IG_FLOOR', 'Metric', 'check_metric', 'make_metric',
+           'AttributionConfig', 'SiteNodes', 'NodeLayout', 'available_memory', 'effects_memory', 'edges_memory',
+           'check_memory', 'atp_batch', 'ig_batch', 'ig_error_batch', 'exact_batch', 'Estimator', 'estimate',
            'ig_error_converged', 'NodeEffects', 'node_effects']
 
 # %% ../nbs/09a_attribution.ipynb #c4baa20d
@@ -70,6 +73,12 @@ def make_metric(name: str, class_names: list[str], target: str | int | None = No
     return Metric(name, t, b)
 
 # %% ../nbs/09a_attribution.ipynb #9f416555
+AGGREGATIONS = {"sum": "a node per unit (and one error node) per site, its effect summed over every position (Marks et al.)",
+                "patch": "a node per unit and position (each token, class token included, or conv-map position), and an "
+                         "error node per position: positions × (units + 1) nodes per site",
+                "cls": "a node per unit (and one error node) at the class token alone (token sites of a model with a class "
+                       "token); the other tokens are no nodes: never ablated, their effects not counted"}
+
 ERROR_METHODS = {"ig": "integrated gradients of each site's error node alone: its path moves the error, the features stay",
                  "same": "the estimator of the features (`method`)"}
 
@@ -88,15 +97,21 @@ class AttributionConfig(Config):
     patch: Literal["mean", "zero"] = setting("mean", "what ablated nodes become: mean over reference images (per position) or zero")
     n_reference: int = setting(1000, "training images the mean patch is taken over")
     n_images: int = setting(1000, "training images whose effects are averaged to find circuits")
+    aggregation: Literal["sum", "patch", "cls"] = setting("sum", "which positions a node stands for: a node per unit summed over positions (Marks et al.), per unit and position (patch), or at the class token (cls); see AGGREGATIONS")
 
     def validate(self):
         check_metric(self.metric, self.target, self.baseline)
         check_choice("error_method", self.error_method, ERROR_METHODS)
+        check_choice("aggregation", self.aggregation, AGGREGATIONS)
         for key in ("ig_steps", "n_reference", "n_images"):
             check_range(key, getattr(self, key), lo=1)
         if self.ig_tolerance is not None:
             check_range("ig_tolerance", self.ig_tolerance, lo=0, lo_open=True)
         check_range("ig_max_steps", self.ig_max_steps, lo=self.ig_steps)
+
+    def used_settings(self) -> dict:
+        "The settings results depend on: `aggregation` only where it is not `sum`, so earlier runs keep their keys."
+        return {k: v for k, v in self.to_dict().items() if k != "aggregation" or self.aggregation != "sum"}
 
     def metric_fn(self, class_names: list[str]) -> Metric:
         "The metric, with its classes checked against `class_names`."
@@ -138,6 +153,121 @@ class SiteNodes:
         "The error node's entry of `values` (…, n_nodes)."
         return values[..., self.error]
 
+# %% ../nbs/09a_attribution.ipynb #9499be95
+@dataclass(frozen=True)
+class NodeLayout:
+    """How the nodes of a site cover its `positions` (`aggregation`, see `AGGREGATIONS`). Per position a site has
+    `per_position` entries, its units and last the error node (`SiteNodes`). With `patch` node `k` is unit
+    `k % per_position` at position `k // per_position`; with `sum` node `k` is unit `k` at every position, with
+    `cls` unit `k` at the class token (position `cls`)."""
+    aggregation: str   # one of AGGREGATIONS
+    positions: int     # vectors per image at the site (tokens, conv-map positions; 1 for a dense layer)
+    per_position: int  # units + 1 (the error node)
+    cls: int = 0       # the class token's position (cls)
+
+    @classmethod
+    def of(cls, splice: Splice, site: str, aggregation: str = "sum") -> NodeLayout:
+        "The layout of `site` of `splice` (after `probe`); `cls` is refused where the site has no class token."
+        check_choice("aggregation", aggregation, AGGREGATIONS)
+        token = 0
+        if aggregation == "cls":
+            if len(splice.shapes[site]) != 2 or splice.model.prefix_tokens == 0:
+                raise ConfigError(f"aggregation cls: site {site!r} of {splice.model.arch} (output {splice.shapes[site]} per "
+                                  f"image) has no class token; use sum or patch")
+            token = int(token_positions(splice.model, splice.positions(site), "cls")[0])
+        return cls(aggregation, splice.positions(site), splice.n_nodes(site), token)
+
+    @property
+    def n_nodes(self) -> int:
+        "Nodes of the site: `positions · per_position` per position (`patch`), else `per_position`."
+        return self.positions * self.per_position if self.aggregation == "patch" else self.per_position
+
+    def reduce(self, values: torch.Tensor) -> torch.Tensor:
+        "Per-position values `(…, P, per_position)` as node values `(…, n_nodes)`: summed, the class token's, or each."
+        if self.aggregation == "sum":
+            return values.sum(-2)
+        return values[..., self.cls, :] if self.aggregation == "cls" else values.flatten(-2)
+
+    def keep_mask(self, keep: torch.Tensor) -> torch.Tensor:
+        "Node masks `(R, n_nodes)` as per-position masks `(R, P, per_position)` for `Splice.ablate` (no node: kept)."
+        r = len(keep)
+        if self.aggregation == "patch":
+            return keep.reshape(r, self.positions, self.per_position)
+        if self.aggregation == "sum":
+            return keep[:, None].expand(r, self.positions, self.per_position)
+        out = torch.ones(r, self.positions, self.per_position, dtype=torch.bool, device=keep.device)
+        out[:, self.cls] = keep
+        return out
+
+    def covers(self, nodes: torch.Tensor) -> torch.Tensor:
+        "`(k, P)` bool: the positions each of the `nodes` stands for."
+        out = torch.zeros(len(nodes), self.positions, dtype=torch.bool)
+        if self.aggregation == "sum":
+            out[:] = True
+        else:
+            out[torch.arange(len(nodes)), nodes // self.per_position if self.aggregation == "patch" else self.cls] = True
+        return out
+
+    def unit(self, nodes):
+        "The unit index (the error node: `per_position − 1`) of each node."
+        return nodes % self.per_position
+
+    def is_error(self, nodes):
+        "Whether each node is an error node."
+        return self.unit(nodes) == self.per_position - 1
+
+    def label(self, node: int) -> str:
+        "The unit (ε for the error node), at its position for per-position nodes: `12@3`, `ε@0`."
+        unit = "ε" if self.is_error(node) else str(self.unit(node))
+        return f"{unit}@{node // self.per_position}" if self.aggregation == "patch" else unit
+
+    def features(self, values: torch.Tensor) -> torch.Tensor:
+        "`values` (…, n_nodes) at the units' nodes (every error node left out)."
+        return values[..., ~self.is_error(torch.arange(self.n_nodes))]
+
+    def errors(self, values: torch.Tensor) -> torch.Tensor:
+        "`values` (…, n_nodes) at the error nodes (one, or one per position)."
+        return values[..., self.is_error(torch.arange(self.n_nodes))]
+
+# %% ../nbs/09a_attribution.ipynb #68a508f6
+def available_memory(device: torch.device | str = "cpu") -> int:
+    "Bytes free for new tensors now: a GPU's free memory, else the host's available memory (`MemAvailable`)."
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def effects_memory(layouts: dict[str, NodeLayout], batch_size: int, n_images: int, per_example: bool = False) -> int:
+    """Bytes node effects need: per site a batch's per-position effects with their activations and gradients
+    (3 · batch · positions · units, float32), the running sums (2 per node and 1 per position and unit, float64) and,
+    with `per_example`, every image's per-position effects (images · positions · units, float32)."""
+    total = 0
+    for lay in layouts.values():
+        grid = lay.positions * lay.per_position
+        total += 12 * batch_size * grid + 8 * (2 * lay.n_nodes + grid) + (4 * n_images * grid if per_example else 0)
+    return total
+
+
+def edges_memory(n_nodes: dict[str, int], pairs: list[tuple[str, str]]) -> int:
+    "Bytes the edge matrices between `pairs` of sites need, with `n_nodes` nodes per site: 12 per entry (float64 sums, float32 result)."
+    return sum(12 * n_nodes[u] * n_nodes[d] for u, d in pairs)
+
+
+def check_memory(need: int, what: str, advice: str, limit: int | None = None, device: torch.device | str = "cpu") -> None:
+    """Refuse `what`, before any work, where its estimated memory `need` (bytes) exceeds `limit` (default: what is
+    `available_memory` on `device` now), naming the estimate and `advice` (the setting to change)."""
+    free = available_memory(device) if limit is None else limit
+    if need > free:
+        raise ConfigError(f"{what} needs about {need / 2**30:.3g} GiB (estimated), more than the {free / 2**30:.3g} GiB "
+                          f"{'available' if limit is None else 'allowed (memory_limit)'}; {advice}")
+
 # %% ../nbs/09a_attribution.ipynb #1da6f3eb
 def _node_ie(f, eps, g_f, g_eps, p: Patch) -> torch.Tensor:
     "`(…, n_nodes)`: `(f̄ − f)·g` per feature and `Σ_c (ε̄ − ε)_c·g_c` for the error node."
@@ -154,14 +284,21 @@ def atp_batch(splice: Splice, x: torch.Tensor, y: torch.Tensor, metric: Callable
             for i, s in enumerate(splice.order)}
 
 
+def _error_path(splice: Splice, site: str, aggregation: str) -> torch.Tensor | None:
+    "`(P,)` bool: the positions the IG path of `site`'s error node moves: the class token alone (`cls`), else all (None)."
+    lay = NodeLayout.of(splice, site, aggregation)
+    return None if aggregation != "cls" else torch.arange(lay.positions) == lay.cls
+
+
 def _ig_site(splice: Splice, x, y, metric: Callable, p: Patch, site: str, steps: int, max_rows: int,
-             error_only: bool) -> torch.Tensor:
-    "`(B, P, n_nodes)`: IG effects at `site` (`error_only`: the error node's path alone; its features' columns are 0)."
+             error_only: bool, at: torch.Tensor | None = None) -> torch.Tensor:
+    """`(B, P, n_nodes)`: IG effects at `site` (`error_only`: the error node's path alone; its features' columns are 0;
+    `at`: only these positions move, the others' effects are 0)."""
     alphas = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
     per_pass = max(1, max_rows // len(x))
     g_f = g_eps = 0.0
     for chunk in alphas.split(per_pass):
-        with torch.enable_grad(), splice.interpolate(site, chunk, p, error_only) as tr:
+        with torch.enable_grad(), splice.interpolate(site, chunk, p, error_only, at) as tr:
             m = metric(splice.model(x), y.repeat(len(chunk)))
             if error_only:
                 (ge,) = torch.autograd.grad(m.sum(), [tr[site].eps])
@@ -169,7 +306,8 @@ def _ig_site(splice: Splice, x, y, metric: Callable, p: Patch, site: str, steps:
             else:
                 gf, ge = torch.autograd.grad(m.sum(), [tr[site].f, tr[site].eps])
         g_f, g_eps = g_f + gf.sum(0), g_eps + ge.sum(0)
-    return _node_ie(tr[site].f_clean, tr[site].eps_clean, g_f / steps, g_eps / steps, p)
+    ie = _node_ie(tr[site].f_clean, tr[site].eps_clean, g_f / steps, g_eps / steps, p)
+    return ie if at is None else ie * at.to(ie).view(1, -1, 1)
 
 
 def ig_batch(splice: Splice, x: torch.Tensor, y: torch.Tensor, metric: Callable, patches: dict[str, Patch],
@@ -179,27 +317,31 @@ def ig_batch(splice: Splice, x: torch.Tensor, y: torch.Tensor, metric: Callable,
 
 
 def ig_error_batch(splice: Splice, x: torch.Tensor, y: torch.Tensor, metric: Callable, patches: dict[str, Patch],
-                   steps: int = 10, max_rows: int = 256) -> dict[str, torch.Tensor]:
+                   steps: int = 10, max_rows: int = 256, aggregation: str = "sum") -> dict[str, torch.Tensor]:
     """`(B, P)` per site: the effect of its error node by integrated gradients along the path of that node
-    alone (the features keep their values), in eval mode."""
-    return {s: _ig_site(splice, x, y, metric, patches[s], s, steps, max_rows, True)[..., -1] for s in splice.order}
+    alone (the features keep their values), in eval mode. The path moves the error at every position, or at the
+    class token alone (`aggregation="cls"`); per-position error nodes (`patch`) share the path of all positions."""
+    return {s: _ig_site(splice, x, y, metric, patches[s], s, steps, max_rows, True, _error_path(splice, s, aggregation))[..., -1]
+            for s in splice.order}
 
 
 @torch.no_grad()
 def exact_batch(splice: Splice, x: torch.Tensor, y: torch.Tensor, metric: Callable, patches: dict[str, Patch],
-                max_rows: int = 256) -> dict[str, torch.Tensor]:
-    "Exact effects `(B, 1, n_nodes)`: each node patched at all positions, the model rerun in eval mode (nodes batched)."
+                max_rows: int = 256, aggregation: str = "sum") -> dict[str, torch.Tensor]:
+    """Exact effects `(B, 1, n_nodes)`: each node patched at the positions it stands for (every position, the class
+    token, or its own: `NodeLayout`), the model rerun in eval mode (nodes batched)."""
     with eval_mode(splice.model) as model:
         clean = metric(model(x), y)
     per_pass = max(1, max_rows // len(x))
     out = {}
     for site in splice.order:
-        n = splice.n_nodes(site)
+        lay = NodeLayout.of(splice, site, aggregation)
+        n = lay.n_nodes
         ie = x.new_empty(len(x), n)
         for idx in torch.arange(n).split(per_pass):
             keep = torch.ones(len(idx), n, dtype=torch.bool)
             keep[torch.arange(len(idx)), idx] = False
-            with splice.ablate({site: keep}, patches):
+            with splice.ablate({site: lay.keep_mask(keep)}, patches):
                 m = metric(splice.model(x), y.repeat(len(idx))).view(len(idx), len(x))
             ie[:, idx] = (m - clean).T
         out[site] = ie[:, None]
@@ -210,29 +352,32 @@ def exact_batch(splice: Splice, x: torch.Tensor, y: torch.Tensor, metric: Callab
 class Estimator:
     "A node estimator: `fn(splice, x, y, metric, patches, **settings) -> {site: (B, P, n_nodes)}`."
     fn: Callable
-    takes: tuple[str, ...]   # the settings it takes, among ig_steps (as `steps`) and max_rows
+    takes: tuple[str, ...]   # the settings it takes, among ig_steps (as `steps`), max_rows and aggregation
     about: str
 
 
 ESTIMATORS = {"atp": Estimator(atp_batch, (), "attribution patching: one forward and backward for all sites"),
               "ig": Estimator(ig_batch, ("ig_steps", "max_rows"), "integrated gradients: N points per site, batched"),
-              "exact": Estimator(exact_batch, ("max_rows",), "exact ablation: one patched run per node (the reference)")}
+              "exact": Estimator(exact_batch, ("max_rows", "aggregation"), "exact ablation: one patched run per node (the reference)")}
 
 
 def estimate(method: str, splice: Splice, x: torch.Tensor, y: torch.Tensor, metric: Callable,
-             patches: dict[str, Patch], ig_steps: int = 10, max_rows: int = 256) -> dict[str, torch.Tensor]:
-    "Node effects of one batch by the estimator `method` (see `ESTIMATORS`), given the settings it takes."
+             patches: dict[str, Patch], ig_steps: int = 10, max_rows: int = 256,
+             aggregation: str = "sum") -> dict[str, torch.Tensor]:
+    """Node effects of one batch by the estimator `method` (see `ESTIMATORS`), given the settings it takes: per position
+    `(B, P, n_nodes)` (atp, ig), or per node of the `aggregation`'s layout `(B, 1, n_nodes)` (exact)."""
     check_choice("method", method, ESTIMATORS)
     est = ESTIMATORS[method]
-    settings = {"ig_steps": ("steps", ig_steps), "max_rows": ("max_rows", max_rows)}
+    settings = {"ig_steps": ("steps", ig_steps), "max_rows": ("max_rows", max_rows), "aggregation": ("aggregation", aggregation)}
     return est.fn(splice, x, y, metric, patches, **dict(settings[k] for k in est.takes))
 
 # %% ../nbs/09a_attribution.ipynb #1e125d6e
 @torch.no_grad()
-def _error_ablated(splice: Splice, x, y, metric: Callable, patches: dict[str, Patch], site: str, clean: torch.Tensor):
-    "`(B,)`: the exact effect of ablating `site`'s error node alone (all positions), in eval mode."
-    keep = torch.ones(1, splice.n_nodes(site), dtype=torch.bool)
-    keep[0, -1] = False
+def _error_ablated(splice: Splice, x, y, metric: Callable, patches: dict[str, Patch], site: str, clean: torch.Tensor,
+                   at: torch.Tensor | None = None):
+    "`(B,)`: the exact effect of ablating `site`'s error node alone (all positions, or those where `at`), in eval mode."
+    keep = torch.ones(1, splice.positions(site), splice.n_nodes(site), dtype=torch.bool)
+    keep[0, slice(None) if at is None else at, -1] = False
     with eval_mode(splice.model) as model, splice.ablate({site: keep}, patches):
         return metric(model(x), y) - clean
 
@@ -242,10 +387,11 @@ IG_FLOOR = 0.01  # metric units: exact effects below this are held to an absolut
 
 def ig_error_converged(splice: Splice, x: torch.Tensor, y: torch.Tensor, metric: Callable, patches: dict[str, Patch],
                        steps: int = 10, tolerance: float = 0.05, max_steps: int = 160,
-                       max_rows: int = 256) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+                       max_rows: int = 256, aggregation: str = "sum") -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
     """`ig_error_batch` with the steps chosen by completeness: per site and image, from `steps`, doubled until
     the IG effects `(B, P)` summed over positions reproduce the exact effect of ablating the error node within
-    `tolerance · max(|exact|, IG_FLOOR)`, or `max_steps` is reached.
+    `tolerance · max(|exact|, IG_FLOOR)`, or `max_steps` is reached. With `aggregation="cls"` the path and the
+    exact ablation move the error at the class token alone (`ig_error_batch`).
 
     Returns the effects and, per site, `{"steps"` (the most used), `"abs_error"` (`Σ|IG − exact|`), `"abs_exact"`
     (`Σ|exact|`), `"residual"` (their ratio) and `"converged"` (every image within tolerance)`}`."""
@@ -255,11 +401,12 @@ def ig_error_converged(splice: Splice, x: torch.Tensor, y: torch.Tensor, metric:
         clean = metric(model(x), y)
     effects, info = {}, {}
     for site in splice.order:
-        exact = _error_ablated(splice, x, y, metric, patches, site, clean).double()
+        at = _error_path(splice, site, aggregation)
+        exact = _error_ablated(splice, x, y, metric, patches, site, clean, at).double()
         done, out, k = torch.zeros(len(x), dtype=torch.bool, device=exact.device), None, steps
         while True:   # only the images not yet converged are integrated again, with twice the steps
             todo = torch.nonzero(~done).flatten()
-            ie = _ig_site(splice, x[todo], y[todo], metric, patches[site], site, k, max_rows, True)[..., -1]
+            ie = _ig_site(splice, x[todo], y[todo], metric, patches[site], site, k, max_rows, True, at)[..., -1]
             out = ie.new_zeros(len(x), *ie.shape[1:]) if out is None else out
             out[todo] = ie
             done[todo] = (ie.sum(1).double() - exact[todo]).abs() <= tolerance * exact[todo].abs().clamp(min=IG_FLOOR)
@@ -275,29 +422,40 @@ def ig_error_converged(splice: Splice, x: torch.Tensor, y: torch.Tensor, metric:
 # %% ../nbs/09a_attribution.ipynb #215c90f4
 @dataclass
 class NodeEffects:
-    "Indirect effects of every node (features, then the error node) of every site, over a set of images."
+    """Indirect effects of every node (features, then the error node; per position with `patch` nodes) of every site,
+    over a set of images; `aggregation` says which positions a node stands for (`AGGREGATIONS`, `layout`)."""
     method: str                                  # atp, ig or exact
     n: int                                       # number of examples
-    mean: dict[str, torch.Tensor]                # site -> (n_nodes,) mean over examples of the effect summed over positions (signed)
-    abs_mean: dict[str, torch.Tensor]            # site -> (n_nodes,) mean over examples of |effect summed over positions|
+    mean: dict[str, torch.Tensor]                # site -> (n_nodes,) mean over examples of the effect summed over the node's positions (signed)
+    abs_mean: dict[str, torch.Tensor]            # site -> (n_nodes,) mean over examples of |effect summed over the node's positions|
     pos_mean: dict[str, torch.Tensor] | None     # site -> (P, n_nodes) mean over examples per position (atp, ig)
     per_example: dict[str, torch.Tensor] | None = None  # site -> (n, P, n_nodes) in the images' order, when asked
     error_method: str = "same"                   # how the error nodes were estimated (ERROR_METHODS)
     error_ig: dict | None = None                 # error nodes by IG: per site the most steps used, the largest completeness residual
+    aggregation: str = "sum"                     # which positions a node stands for (AGGREGATIONS)
+    layouts: dict[str, NodeLayout] | None = None  # site -> its NodeLayout (None: summed nodes, as before the setting)
 
     @property
     def sites(self) -> list[str]:
         return list(self.mean)
 
+    def layout(self, site: str) -> NodeLayout:
+        "How the nodes of `site` cover its positions."
+        if self.layouts is not None:
+            return self.layouts[site]
+        return NodeLayout("sum", 1 if self.pos_mean is None else len(self.pos_mean[site]), len(self.mean[site]))
+
     def d_sae(self, site: str) -> int:
-        return SiteNodes.of(self.mean[site]).n_features
+        return self.layout(site).per_position - 1
 
     def save(self, path: str | Path, meta: dict | None = None) -> str:
         "Write the effects to `path` (`.safetensors`) and its JSON, with `meta`; return the SHA-256."
         tensors = {f"{kind}/{s}": t for kind in ("mean", "abs_mean", "pos_mean", "per_example")
                    for s, t in (getattr(self, kind) or {}).items()}
+        layouts = {s: [lay.aggregation, lay.positions, lay.per_position, lay.cls] for s, lay in (self.layouts or {}).items()}
         return save_tensors(path, tensors, {"kind": "node_effects", "method": self.method, "n": self.n,
                                             "error_method": self.error_method, "error_ig": self.error_ig,
+                                            "aggregation": self.aggregation, "layouts": layouts or None,
                                             "sites": self.sites, "meta": meta or {}})
 
     @classmethod
@@ -307,14 +465,15 @@ class NodeEffects:
         if info.get("kind") != "node_effects":
             raise ArtifactError(f"{path} holds no node effects (kind: {info.get('kind')!r})")
         part = lambda kind: {s: tensors[f"{kind}/{s}"] for s in info["sites"]} if f"{kind}/{info['sites'][0]}" in tensors else None
+        layouts = {s: NodeLayout(*v) for s, v in info["layouts"].items()} if info.get("layouts") else None
         return cls(info["method"], info["n"], part("mean"), part("abs_mean"), part("pos_mean"), part("per_example"),
-                   info.get("error_method", "same"), info.get("error_ig"))
+                   info.get("error_method", "same"), info.get("error_ig"), info.get("aggregation", "sum"), layouts)
 
 
 def node_effects(splice: Splice, images: ImageSet, metric: Callable, patches: dict[str, Patch],
                  method: str = "atp", error_method: str = "ig", ig_steps: int = 10, per_example: bool = False, *,
-                 ig_tolerance: float | None = 0.05, ig_max_steps: int = 160, batch_size: int = 64, max_rows: int = 256,
-                 progress: bool = True) -> NodeEffects:
+                 aggregation: str = "sum", ig_tolerance: float | None = 0.05, ig_max_steps: int = 160, batch_size: int = 64,
+                 max_rows: int = 256, memory_limit: int | None = None, progress: bool = True) -> NodeEffects:
     """Indirect effects of every node of every site on `metric` over `images` by `method` (see `ESTIMATORS`).
 
     `error_method="ig"`: where `method` approximates (atp, ig), each site's error node is estimated by
@@ -323,12 +482,23 @@ def node_effects(splice: Splice, images: ImageSet, metric: Callable, patches: di
     points, unchecked); the steps and residuals are in `error_ig`. Exact ablation is
     exact for every node. `"same"`: error nodes as the features. The model runs in eval mode (the
     caller's mode is restored). `batch_size` images per pass; `max_rows` bounds the images per forward
-    pass of IG and exact ablation (batches × replicas); neither changes the result."""
+    pass of IG and exact ablation (batches × replicas); neither changes the result.
+
+    `aggregation` (see `AGGREGATIONS`, `NodeLayout`): a node per unit summed over positions (`sum`), per unit and
+    position (`patch`: `mean` then has positions × (units + 1) entries per site), or at the class token (`cls`).
+    The memory it needs (`effects_memory`) is checked against `memory_limit` bytes (default: what is available)
+    before any work."""
     check_choice("method", method, ESTIMATORS)
     check_choice("error_method", error_method, ERROR_METHODS)
+    check_choice("aggregation", aggregation, AGGREGATIONS)
     check_range("ig_steps", ig_steps, lo=1)
     if len(images) == 0:
         raise ValueError("node effects: no images")
+    splice.probe(images.images([0]))
+    layouts = {s: NodeLayout.of(splice, s, aggregation) for s in splice.order}
+    check_memory(effects_memory(layouts, batch_size, len(images), per_example), f"node effects ({aggregation} nodes, "
+                 f"{len(images)} images{', every example kept' if per_example else ''})",
+                 "use a smaller batch_size, per_example=False, or aggregation sum", memory_limit, splice.device)
     errors_by_ig = error_method == "ig" and method != "exact"
     error_ig: dict[str, dict] = {}
     sums: dict[str, list] = {}
@@ -340,12 +510,13 @@ def node_effects(splice: Splice, images: ImageSet, metric: Callable, patches: di
         x, y = x.to(splice.device), y.to(splice.device)
         splice.probe(x)
         check_patches(splice, patches)
-        ie = estimate(method, splice, x, y, metric, patches, ig_steps, max_rows)
+        ie = estimate(method, splice, x, y, metric, patches, ig_steps, max_rows, aggregation)
         if errors_by_ig and ig_tolerance is None:
-            for site, err in ig_error_batch(splice, x, y, metric, patches, ig_steps, max_rows).items():
+            for site, err in ig_error_batch(splice, x, y, metric, patches, ig_steps, max_rows, aggregation).items():
                 ie[site][..., -1] = err
         elif errors_by_ig:
-            errs, info = ig_error_converged(splice, x, y, metric, patches, ig_steps, ig_tolerance, ig_max_steps, max_rows)
+            errs, info = ig_error_converged(splice, x, y, metric, patches, ig_steps, ig_tolerance, ig_max_steps, max_rows,
+                                            aggregation)
             for site, err in errs.items():
                 ie[site][..., -1] = err
                 seen = error_ig.setdefault(site, {"steps": 0, "abs_error": 0.0, "abs_exact": 0.0, "converged": True,
@@ -356,7 +527,7 @@ def node_effects(splice: Splice, images: ImageSet, metric: Callable, patches: di
                 seen["residual"] = seen["abs_error"] / max(seen["abs_exact"], 1e-12)  # over all images so far
         for site, v in ie.items():
             v = v.detach().double()
-            per_image = v.sum(1)
+            per_image = v[:, 0] if method == "exact" else layouts[site].reduce(v)  # exact: already per node
             acc = sums.setdefault(site, [0.0, 0.0, 0.0])
             acc[0] = acc[0] + per_image.sum(0)
             acc[1] = acc[1] + per_image.abs().sum(0)
@@ -370,4 +541,4 @@ def node_effects(splice: Splice, images: ImageSet, metric: Callable, patches: di
                        {s: (sums[s][1] / n).float().cpu() for s in order},
                        None if method == "exact" else {s: (sums[s][2] / n).float().cpu() for s in order},
                        {s: torch.cat(examples[s]) for s in order} if per_example else None,
-                       "ig" if errors_by_ig else "same", error_ig or None)
+                       "ig" if errors_by_ig else "same", error_ig or None, aggregation, layouts)

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from .artifacts import ArtifactError, load_tensors, save_tensors
-from .attribution import Metric, NodeEffects, node_effects
+from .attribution import AGGREGATIONS, Metric, NodeEffects, NodeLayout, node_effects
 from .config import Config, ConfigError, check_choice, check_range, setting
 from .data import ImageSet, class_index
 from .edges import edge_effects
@@ -115,7 +115,8 @@ def images_of_class(images: ImageSet, cls: str | int) -> ImageSet:
 # %% ../nbs/10_circuits.ipynb #f728cef4
 @dataclass
 class Circuit:
-    "Nodes per site (features, then the error node at index `d_sae`) and the edges between kept nodes."
+    """Nodes per site (features, then the error node at index `d_sae`; per position with `patch` nodes, see
+    `layout`) and the edges between kept nodes."""
     sites: list[str]                               # in execution order
     n_nodes: dict[str, int]                        # nodes per site: d_sae + 1
     nodes: dict[str, torch.Tensor]                 # site -> (k,) kept node indices, by decreasing |IE|
@@ -127,6 +128,22 @@ class Circuit:
     def size(self) -> int:
         "Number of nodes."
         return sum(len(v) for v in self.nodes.values())
+
+    @property
+    def aggregation(self) -> str:
+        "Which positions a node stands for (`attribution.AGGREGATIONS`; circuits from before the setting: sum)."
+        return self.meta.get("aggregation", "sum")
+
+    def layout(self, site: str) -> NodeLayout:
+        "How the nodes of `site` cover its positions: node `k` is unit `layout.unit(k)` (`NodeLayout`)."
+        lay = self.meta.get("layouts", {}).get(site)
+        return NodeLayout(*lay) if lay else NodeLayout("sum", 1, self.n_nodes[site])
+
+    def units(self, site: str) -> torch.Tensor:
+        "The distinct units (features or neurons; error nodes left out) among the nodes of `site`, in the nodes' order."
+        lay = self.layout(site)
+        seen = dict.fromkeys(lay.unit(v).item() for v in self.nodes[site] if not lay.is_error(v))
+        return torch.tensor(list(seen), dtype=torch.long)
 
     def masks(self) -> dict[str, torch.Tensor]:
         "Per site, a bool `(n_nodes,)` that is true on the circuit's nodes."
@@ -182,7 +199,8 @@ def find_circuit(splice: Splice,                             # the classifier wi
     or the smallest circuit along the threshold curve whose faithfulness on `images` and on
     `check_images` (error nodes handled as `errors`) reaches `target_faithfulness + margin`
     (`smallest_faithful`) — then the edges between kept nodes of consecutive sites, zeroed below
-    `edge_threshold`.
+    `edge_threshold`. Nodes are those of `effects.aggregation` (a node per unit summed over positions, per unit and
+    position, or at the class token: `attribution.AGGREGATIONS`), recorded in `meta` with each site's layout.
 
     `effects`: node effects already computed on `images` (else `node_effects`' defaults). `edge_images`:
     the images edges are averaged over (default `images`; a subset keeps them cheap: they cost a
@@ -195,13 +213,14 @@ def find_circuit(splice: Splice,                             # the classifier wi
         raise ConfigError("give a node threshold, a top_k or a target_faithfulness (exactly one)")
     if effects is None:
         effects = node_effects(splice, images, metric, patches, batch_size=batch_size, max_rows=max_rows, progress=progress)
+    agg = effects.aggregation
     selection = {}
     if target_faithfulness is not None:
         nodes, found = smallest_faithful(splice, effects.mean, images, metric, patches, target_faithfulness, curve_points,
-                                         errors, margin=margin, check_images=check_images, batch_size=batch_size,
-                                         max_rows=max_rows, progress=progress)
+                                         errors, margin=margin, check_images=check_images, aggregation=agg,
+                                         batch_size=batch_size, max_rows=max_rows, progress=progress)
         check = None if check_images is None else faithfulness(splice, check_images, metric, patches, [nodes], errors,
-                                                               completeness=False, batch_size=batch_size,
+                                                               completeness=False, aggregation=agg, batch_size=batch_size,
                                                                max_rows=max_rows, progress=progress).faithfulness[0].item()
         selection = {"target_faithfulness": target_faithfulness, "margin": margin, "threshold": found.thresholds[0].item(),
                      "faithfulness": found.faithfulness[0].item(), "completeness": found.completeness[0].item(),
@@ -211,7 +230,9 @@ def find_circuit(splice: Splice,                             # the classifier wi
         nodes = select_nodes(effects.mean, threshold, top_k)
     info = {"metric": metric.to_dict(), "threshold": threshold, "top_k": top_k, "edge_threshold": edge_threshold,
             "method": effects.method, "error_method": effects.error_method, "n_images": effects.n,
-            "selection": selection, **(meta or {})}
+            "selection": selection, "aggregation": agg,
+            "layouts": {s: [lay.aggregation, lay.positions, lay.per_position, lay.cls]
+                        for s in effects.sites for lay in [effects.layout(s)]}, **(meta or {})}
     if sum(len(v) for v in nodes.values()) == 0:
         largest = max(v.abs().max().item() for v in effects.mean.values())
         rule = f"node threshold {threshold}" if threshold is not None else f"top_k {top_k}"
@@ -219,7 +240,7 @@ def find_circuit(splice: Splice,                             # the classifier wi
         edges = {}
     else:
         edges = edge_effects(splice, images if edge_images is None else edge_images, metric, patches, nodes=nodes,
-                             batch_size=batch_size, progress=progress)
+                             aggregation=agg, batch_size=batch_size, progress=progress)
         info["n_edge_images"] = len(images if edge_images is None else edge_images)
         edges = {pair: torch.where(w.abs() >= edge_threshold, w, torch.zeros_like(w)) for pair, w in edges.items()}
     return Circuit(list(effects.sites), {s: len(effects.mean[s]) for s in effects.sites}, nodes,
@@ -228,10 +249,11 @@ def find_circuit(splice: Splice,                             # the classifier wi
 # %% ../nbs/10_circuits.ipynb #3c1f0851
 @torch.no_grad()
 def ablated_metric(splice: Splice, images: ImageSet, metric: Metric, patches: dict[str, Patch],
-                   keep: dict[str, torch.Tensor], *, batch_size: int = 64, max_rows: int = 256,
+                   keep: dict[str, torch.Tensor], *, aggregation: str = "sum", batch_size: int = 64, max_rows: int = 256,
                    progress: bool = True) -> torch.Tensor:
     """`(R,)`: the metric's mean over `images` when, in replica `r`, only the nodes where `keep[site][r]` is true
-    are kept (the model in eval mode; the caller's mode is restored)."""
+    are kept (the model in eval mode; the caller's mode is restored). Nodes are those of `aggregation`
+    (`NodeLayout`): a node stands for its unit at every position, at the class token, or at its own position."""
     if len(images) == 0:
         raise ValueError("ablated metric: no images")
     model = splice.model
@@ -239,6 +261,10 @@ def ablated_metric(splice: Splice, images: ImageSet, metric: Metric, patches: di
     check_patches(splice, patches)
     if set(keep) != set(splice.order):
         raise ValueError(f"keep masks must cover every site ({', '.join(splice.order)}), got {', '.join(keep)}")
+    layouts = {s: NodeLayout.of(splice, s, aggregation) for s in splice.order}
+    for s, k in keep.items():
+        if k.shape[1:] != (layouts[s].n_nodes,):
+            raise ValueError(f"keep[{s!r}] has {k.shape[1]} nodes; {aggregation} nodes of that site are {layouts[s].n_nodes}")
     n_rep = len(next(iter(keep.values())))
     # identical replicas (a circuit of every node is the model, its complement the empty circuit) are run once
     rows_all = torch.cat([keep[s] for s in splice.order], dim=1)
@@ -255,7 +281,7 @@ def ablated_metric(splice: Splice, images: ImageSet, metric: Metric, patches: di
         x, y = x.to(splice.device), y.to(splice.device)
         per_pass = max(1, max_rows // len(x))
         for start in range(0, n_run, per_pass):
-            part = {s: k[start:start + per_pass] for s, k in keep.items()}
+            part = {s: layouts[s].keep_mask(k[start:start + per_pass]) for s, k in keep.items()}
             r = len(next(iter(part.values())))
             with splice.ablate(part, patches):
                 m = metric(model(x), y.repeat(r)).view(r, len(x))
@@ -317,11 +343,11 @@ def faithfulness_undefined(m_full: float, m_empty: float, min_gap: float = MIN_G
     return None
 
 
-def _as_masks(splice: Splice, circuit: Circuit | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _as_masks(splice: Splice, circuit: Circuit | dict[str, torch.Tensor], aggregation: str = "sum") -> dict[str, torch.Tensor]:
     nodes = circuit.nodes if isinstance(circuit, Circuit) else circuit
     out = {}
     for s in splice.order:
-        m = torch.zeros(splice.n_nodes(s), dtype=torch.bool)
+        m = torch.zeros(NodeLayout.of(splice, s, aggregation).n_nodes, dtype=torch.bool)
         m[torch.as_tensor(nodes.get(s, []), dtype=torch.long)] = True
         out[s] = m
     return out
@@ -330,17 +356,26 @@ def _as_masks(splice: Splice, circuit: Circuit | dict[str, torch.Tensor]) -> dic
 def faithfulness(splice: Splice, images: ImageSet, metric: Metric, patches: dict[str, Patch],
                  circuits: list[Circuit | dict[str, torch.Tensor]], errors: str = "circuit", n_random: int = 0,
                  seed: int = 0, *, completeness: bool = True, reference: tuple[float, float] | None = None,
-                 batch_size: int = 64, max_rows: int = 256, progress: bool = True) -> Faithfulness:
+                 aggregation: str | None = None, batch_size: int = 64, max_rows: int = 256, progress: bool = True) -> Faithfulness:
     """Faithfulness and completeness of each circuit (a `Circuit` or node indices per site) on
     `images`, with error nodes handled as `errors` says; `n_random` random circuits of the same size
     per site as each circuit. One streaming pass evaluates them all, with the model in eval mode (the
     caller's mode is restored). `completeness=False` leaves out the complements (a forward pass per
     circuit fewer; completeness is then NaN). `reference`: `(m(M), m(∅))` already measured on these images
-    with these patches (a `Faithfulness`'s `m_full`, `m_empty`): their two replicas are not run again."""
+    with these patches (a `Faithfulness`'s `m_full`, `m_empty`): their two replicas are not run again.
+    `aggregation`: which positions a node stands for (`attribution.AGGREGATIONS`); default: the `Circuit`s' own, else
+    sum. With `cls` nodes the other tokens are never ablated, in `m(∅)` too."""
     check_choice("errors", errors, ERRORS)
     check_range("n_random", n_random, lo=0)
+    own = {c.aggregation for c in circuits if isinstance(c, Circuit)}
+    aggregation = aggregation or (own.pop() if len(own) == 1 else "sum")
+    check_choice("aggregation", aggregation, AGGREGATIONS)
+    if own - {aggregation}:
+        raise ValueError(f"faithfulness with {aggregation} nodes of circuits found with {', '.join(sorted(own))} nodes")
     splice.probe(images.images([0]))
-    masks = [_as_masks(splice, c) for c in circuits]
+    layouts = {s: NodeLayout.of(splice, s, aggregation) for s in splice.order}
+    is_error = {s: lay.is_error(torch.arange(lay.n_nodes)) for s, lay in layouts.items()}
+    masks = [_as_masks(splice, c, aggregation) for c in circuits]
     gen = torch.Generator().manual_seed(seed)
     rows: dict[str, list[torch.Tensor]] = {s: [] for s in splice.order}
 
@@ -348,16 +383,17 @@ def faithfulness(splice: Splice, images: ImageSet, metric: Metric, patches: dict
         for s, m in per_site.items():
             m = m.clone()
             if apply_errors and errors != "circuit":
-                m[-1] = errors == "never"
+                m[is_error[s]] = errors == "never"
             rows[s].append(m)
 
-    def random_like(v: torch.Tensor) -> torch.Tensor:
-        pool = len(v) if errors == "circuit" else len(v) - 1   # else the error node is set by `errors`, not drawn
-        return torch.zeros_like(v).index_fill_(0, torch.randperm(pool, generator=gen)[:int(v[:pool].sum())], True)
+    def random_like(v: torch.Tensor, s: str) -> torch.Tensor:
+        # the error nodes are drawn too, or set by `errors` (then drawn among the units alone)
+        pool = torch.arange(len(v)) if errors == "circuit" else torch.nonzero(~is_error[s]).flatten()
+        return torch.zeros_like(v).index_fill_(0, pool[torch.randperm(len(pool), generator=gen)[:int(v[pool].sum())]], True)
 
     if reference is None:
-        add({s: torch.ones(splice.n_nodes(s), dtype=torch.bool) for s in splice.order}, apply_errors=False)   # M
-        add({s: torch.zeros(splice.n_nodes(s), dtype=torch.bool) for s in splice.order}, apply_errors=False)  # ∅
+        add({s: torch.ones(lay.n_nodes, dtype=torch.bool) for s, lay in layouts.items()}, apply_errors=False)   # M
+        add({s: torch.zeros(lay.n_nodes, dtype=torch.bool) for s, lay in layouts.items()}, apply_errors=False)  # ∅
     skip = 0 if reference is None else 2    # rows before the circuits
     for m in masks:
         add(m)
@@ -365,12 +401,13 @@ def faithfulness(splice: Splice, images: ImageSet, metric: Metric, patches: dict
         add({s: ~v for s, v in m.items()})
     for m in masks:
         for _ in range(n_random):
-            add({s: random_like(v) for s, v in m.items()})
+            add({s: random_like(v, s) for s, v in m.items()})
     t = len(masks)
     sizes = torch.tensor([sum(int(rows[s][2 - skip + i].sum()) for s in splice.order) for i in range(t)])  # as evaluated
     keep = {s: torch.stack(v) for s, v in rows.items()} if rows[splice.order[0]] else None   # None: nothing left to run
     values = torch.zeros(0) if keep is None else \
-        ablated_metric(splice, images, metric, patches, keep, batch_size=batch_size, max_rows=max_rows, progress=progress)
+        ablated_metric(splice, images, metric, patches, keep, aggregation=aggregation, batch_size=batch_size,
+                       max_rows=max_rows, progress=progress)
     if reference is not None:
         values = torch.cat([torch.tensor([float(reference[0]), float(reference[1])]), values])
     full, empty = values[0].item(), values[1].item()
@@ -394,24 +431,24 @@ def curve_thresholds(ie: dict[str, torch.Tensor], n_points: int = 12) -> torch.T
 def faithfulness_curve(splice: Splice, ie: dict[str, torch.Tensor], images: ImageSet, metric: Metric,
                        patches: dict[str, Patch], thresholds: torch.Tensor | None = None, n_points: int = 12,
                        errors: str = "circuit", n_random: int = 3, seed: int = 0, *,
-                       reference: tuple[float, float] | None = None, batch_size: int = 64, max_rows: int = 256,
-                       progress: bool = True) -> Faithfulness:
+                       reference: tuple[float, float] | None = None, aggregation: str = "sum", batch_size: int = 64,
+                       max_rows: int = 256, progress: bool = True) -> Faithfulness:
     """Faithfulness and completeness on `images` of the circuits that the node effects `ie` (signed,
     per site) give at each threshold (default: `curve_thresholds(ie, n_points)`), with `n_random`
     random circuits of equal size per site; all in one pass (the model in eval mode). `reference`: `(m(M), m(∅))`
-    already measured on these images (see `faithfulness`)."""
+    already measured on these images (see `faithfulness`); `aggregation`: the nodes' (see `faithfulness`)."""
     thresholds = curve_thresholds(ie, n_points) if thresholds is None else torch.as_tensor(thresholds, dtype=torch.float32)
     circuits = [select_nodes(ie, float(t)) for t in thresholds]
     res = faithfulness(splice, images, metric, patches, circuits, errors, n_random, seed, reference=reference,
-                       batch_size=batch_size, max_rows=max_rows, progress=progress)
+                       aggregation=aggregation, batch_size=batch_size, max_rows=max_rows, progress=progress)
     res.thresholds = thresholds
     return res
 
 # %% ../nbs/10_circuits.ipynb #58da74fb
 def smallest_faithful(splice: Splice, ie: dict[str, torch.Tensor], images: ImageSet, metric: Metric,
                       patches: dict[str, Patch], target: float = 0.9, n_points: int = 12, errors: str = "circuit",
-                      refine: int = 3, *, margin: float = 0.0, check_images: ImageSet | None = None, batch_size: int = 64,
-                      max_rows: int = 256, progress: bool = True) -> tuple[dict[str, torch.Tensor], Faithfulness]:
+                      refine: int = 3, *, margin: float = 0.0, check_images: ImageSet | None = None,
+                      aggregation: str = "sum", batch_size: int = 64, max_rows: int = 256, progress: bool = True) -> tuple[dict[str, torch.Tensor], Faithfulness]:
     """The smallest circuit along the threshold curve of `ie` whose faithfulness reaches `target + margin` on
     `images` and (if given) on `check_images`, as node indices per site, and its `Faithfulness` on `images`
     (`thresholds`: its |IE| threshold). The margin and the check images are what make the target hold on
@@ -426,7 +463,7 @@ def smallest_faithful(splice: Splice, ie: dict[str, torch.Tensor], images: Image
     check_range("refine", refine, lo=1)
     check_range("margin", margin, lo=0)
     values = torch.cat([v.abs() for v in ie.values()]).sort(descending=True).values
-    kw = dict(batch_size=batch_size, max_rows=max_rows, progress=progress)
+    kw = dict(aggregation=aggregation, batch_size=batch_size, max_rows=max_rows, progress=progress)
     sets = [images] + ([] if check_images is None else [check_images])
     where = f"these {len(images)} images" + ("" if check_images is None else f" and the {len(check_images)} check images")
 

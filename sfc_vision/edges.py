@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 from tqdm import tqdm
 
+from .attribution import AGGREGATIONS, NodeLayout, check_memory, edges_memory
 from .config import check_choice
 from .data import ImageSet
 from .sae import Dictionary
@@ -26,52 +27,63 @@ def _decoder_matrix(dic: Dictionary, like: torch.Tensor) -> torch.Tensor:
     return dic.decode(eye) - dic.decode(torch.zeros_like(eye[:1]))
 
 
-def _seeds(td: SiteTrace, g_f, g_eps, idx: torch.Tensor):
-    "Per part of `idx` (features, the error node): (rows, output, seeds (J', B, P_D, ·)) of the downstream VJPs."
+def _seeds(td: SiteTrace, g_f, g_eps, units: torch.Tensor, at: torch.Tensor):
+    """Per part of the downstream nodes (features, error nodes), each unit `units[j]` at the positions `at[j]` (`(J, P_D)`
+    bool): (rows, output, seeds (J', B, P_D, ·)) of the downstream VJPs."""
     d_sae = td.f.shape[-1]
-    is_feat = idx < d_sae
-    parts = []  # features differentiate f_graph, the error node eps_graph
+    is_feat = units < d_sae
+    pos = at.to(g_f)[:, None, :, None]   # (J, 1, P_D, 1)
+    parts = []  # features differentiate f_graph, error nodes eps_graph
     if is_feat.any():
-        feats = idx[is_feat]
+        feats = units[is_feat]
         onehot = torch.zeros(len(feats), d_sae, dtype=g_f.dtype, device=g_f.device)
         onehot[torch.arange(len(feats)), feats] = 1
-        parts.append((is_feat, td.f_graph, g_f.unsqueeze(0) * onehot[:, None, None, :]))
+        parts.append((is_feat, td.f_graph, g_f.unsqueeze(0) * onehot[:, None, None, :] * pos[is_feat]))
     if not is_feat.all():
-        parts.append((~is_feat, td.eps_graph, g_eps.unsqueeze(0)))
+        parts.append((~is_feat, td.eps_graph, g_eps.unsqueeze(0) * pos[~is_feat]))
     return parts
 
 
-def _edge_rows(tu: SiteTrace, td: SiteTrace, g_f, g_eps, du_f, du_e, w_dec, idx: torch.Tensor, up: torch.Tensor):
-    """`(J, len(up))`: weights from upstream nodes `up` into downstream nodes `idx`, summed over the batch's
-    examples and positions: batched VJPs down to `U`'s output, contracted with the decoder and `Δu`."""
-    is_feat = up < du_f.shape[-1]
-    feats = up[is_feat]
-    du_f, w_dec = du_f.flatten(0, 1)[:, feats], w_dec[feats]       # (N, I), (I, d_in)
-    du_e = du_e.flatten(0, 1)                                       # (N, d_in)
-    out = du_f.new_empty(len(idx), len(up))
-    for rows, output, seeds in _seeds(td, g_f, g_eps, idx):
+def _edge_rows(tu: SiteTrace, td: SiteTrace, g_f, g_eps, du_f, du_e, w_dec, down: tuple, up: tuple):
+    """`(J, K)`: weights from the upstream nodes `up` into the downstream nodes `down` (each `(units, positions (·, P)
+    bool)`), summed over the batch's examples and the nodes' positions: batched VJPs down to `U`'s output,
+    contracted with the decoder and `Δu` (per position where upstream nodes stand for some positions only)."""
+    (units_d, at_d), (units_u, at_u) = down, up
+    is_feat = units_u < du_f.shape[-1]
+    every = bool(at_u.all())                  # every upstream node stands for every position: contract them at once
+    feats, inv = units_u[is_feat].unique(return_inverse=True)
+    du_fi, w_dec = du_f[..., feats], w_dec[feats]                 # (B, P, I), (I, d_in)
+    at_f, at_e = at_u[is_feat].T.to(du_f), at_u[~is_feat].T.to(du_f)  # (P, K_f), (P, K_e)
+    out = du_f.new_empty(len(units_d), len(units_u))
+    for rows, output, seeds in _seeds(td, g_f, g_eps, units_d, at_d):
         (g,) = torch.autograd.grad(output, [tu.out], seeds, retain_graph=True, is_grads_batched=True,
                                    allow_unused=True, materialize_grads=True)
         if g.shape != (len(seeds), *tu.out.shape):  # D does not depend on U directly: autograd gives one zero
             g = g.new_zeros(len(seeds), *tu.out.shape)
-        g = g.flatten(1, 2)                                         # (J', N, d_in)
-        w = g.new_empty(len(g), len(up))
-        w[:, is_feat] = torch.einsum("jci,ic->ji", torch.einsum("jnc,ni->jci", g, du_f), w_dec)
-        if not is_feat.all():
+        w = g.new_empty(len(g), len(units_u))                      # g: (J', B, P, d_in)
+        if every:
+            w[:, is_feat] = torch.einsum("jci,ic->ji", torch.einsum("jnc,ni->jci", g.flatten(1, 2), du_fi.flatten(0, 1)),
+                                         w_dec)[:, inv]
             w[:, ~is_feat] = (g.flatten(1) @ du_e.flatten())[:, None]
+        else:   # per upstream position: (J', P, I) and (J', P), then summed over each node's positions
+            per_pos = torch.einsum("jbpi,bpi->jpi", torch.einsum("jbpc,ic->jbpi", g, w_dec), du_fi)
+            w[:, is_feat] = (per_pos[:, :, inv] * at_f).sum(1)
+            w[:, ~is_feat] = torch.einsum("jbpc,bpc->jp", g, du_e) @ at_e
         out[rows] = w
     return out
 
 
-def _edge_rows_loop(tu: SiteTrace, td: SiteTrace, g_f, g_eps, du_f, du_e, idx: torch.Tensor, up: torch.Tensor):
-    "The reference: one backward per downstream node down to `U`'s features and error, times `Δu`, summed."
-    out = du_f.new_empty(len(idx), du_f.shape[-1] + 1)
-    for rows, output, seeds in _seeds(td, g_f, g_eps, idx):
+def _edge_rows_loop(tu: SiteTrace, td: SiteTrace, g_f, g_eps, du_f, du_e, down: tuple, up: tuple):
+    "The reference: one backward per downstream node down to `U`'s features and error, times `Δu`, summed over the upstream node's positions."
+    (units_d, at_d), (units_u, at_u) = down, up
+    out = du_f.new_empty(len(units_d), len(units_u))
+    for rows, output, seeds in _seeds(td, g_f, g_eps, units_d, at_d):
         per_node = [torch.autograd.grad(output, [tu.f, tu.eps], seed, retain_graph=True, allow_unused=True,
                                         materialize_grads=True) for seed in seeds]
         gu_f, gu_e = (torch.stack(t) for t in zip(*per_node))
-        out[rows] = torch.cat([(gu_f * du_f).sum((1, 2)), (gu_e * du_e).sum((1, 2, 3))[:, None]], dim=1)
-    return out[:, up]
+        per_pos = torch.cat([(gu_f * du_f).sum(1), (gu_e * du_e).sum((1, 3))[..., None]], dim=-1)  # (J', P, d_sae + 1)
+        out[rows] = (per_pos[:, :, units_u] * at_u.T.to(per_pos)).sum(1)
+    return out
 
 
 def consecutive_pairs(splice: Splice) -> list[tuple[str, str]]:
@@ -89,16 +101,22 @@ def edge_pairs(splice: Splice) -> list[tuple[str, str]]:
 
 def edge_effects(splice: Splice, images: ImageSet, metric: Callable, patches: dict[str, Patch],
                  nodes: dict[str, torch.Tensor] | None = None, pairs: list[tuple[str, str]] | None = None, *,
-                 batch_size: int = 32, vjp: Literal["batched", "loop"] = "batched", max_elements: int | None = None,
+                 aggregation: str = "sum", batch_size: int = 32, vjp: Literal["batched", "loop"] = "batched",
+                 max_elements: int | None = None, memory_limit: int | None = None,
                  progress: bool = True) -> dict[tuple[str, str], torch.Tensor]:
     """Edge weights `{(U, D): w (len(nodes[D]), len(nodes[U]))}` between the `pairs` of sites (default:
     `edge_pairs`), among `nodes` (per site, node indices; default all; `d_sae` is the error node).
 
     `w[j, i]` is the direct effect of node `nodes[U][i]` on `metric` through node `nodes[D][j]`, averaged
     over `images`: sites between `U` and `D` are held at their values (features and error). The model runs in eval mode (the caller's mode is restored).
+    `aggregation` (`attribution.AGGREGATIONS`): which positions a node stands for; a node's seed and its `Δu` are
+    taken at those positions (every one, the class token, or its own: node indices as in `NodeLayout`). The edge
+    matrices' memory (`edges_memory`, and the VJP buffers) is checked against `memory_limit` bytes (default: what is
+    available) before any work.
     Downstream nodes are differentiated in batches of up to `max_elements` gradient entries
     (default: 2²³ on a CPU, 2²⁷ on a GPU); `vjp="loop"`: one backward per node, the reference."""
     check_choice("vjp", vjp, ("batched", "loop"))
+    check_choice("aggregation", aggregation, AGGREGATIONS)
     if len(images) == 0:
         raise ValueError("edge effects: no images")
     model = splice.model
@@ -109,13 +127,19 @@ def edge_effects(splice: Splice, images: ImageSet, metric: Callable, patches: di
         if u not in splice.order or d not in splice.order or splice.order.index(u) >= splice.order.index(d):
             raise ValueError(f"edge pair ({u!r}, {d!r}): both must be sites, the first upstream of the second; "
                              f"sites in execution order: {', '.join(splice.order)}")
-    nodes = {s: torch.arange(splice.n_nodes(s)) if nodes is None or s not in nodes else torch.as_tensor(nodes[s]).long().cpu()
+    layouts = {s: NodeLayout.of(splice, s, aggregation) for s in splice.order}
+    nodes = {s: torch.arange(layouts[s].n_nodes) if nodes is None or s not in nodes else torch.as_tensor(nodes[s]).long().cpu()
              for s in splice.order}
     for s, idx in nodes.items():
-        if len(idx) and (idx.min() < 0 or idx.max() >= splice.n_nodes(s)):
-            raise ValueError(f"nodes of {s!r} must lie in 0…{splice.n_nodes(s) - 1} (the last is the error node)")
+        if len(idx) and (idx.min() < 0 or idx.max() >= layouts[s].n_nodes):
+            raise ValueError(f"nodes of {s!r} must lie in 0…{layouts[s].n_nodes - 1} ({aggregation} nodes; see NodeLayout)")
     if max_elements is None:
         max_elements = 2**27 if splice.device.type == "cuda" else 2**23
+    check_memory(edges_memory({s: len(v) for s, v in nodes.items()}, pairs) + 16 * max_elements,
+                 f"edges among {sum(len(v) for v in nodes.values())} {aggregation} nodes of {len(splice.order)} sites",
+                 "keep fewer nodes (a smaller circuit: circuit.target_faithfulness, top_k or node_threshold), or "
+                 "aggregation sum or cls", memory_limit, splice.device)
+    ends = {s: (layouts[s].unit(v), layouts[s].covers(v)) for s, v in nodes.items()}  # per node: its unit, its positions
     sums = {(u, d): torch.zeros(len(nodes[d]), len(nodes[u]), dtype=torch.float64) for u, d in pairs}
     n = 0
     bar = tqdm(images.batches(batch_size), total=-(-len(images) // batch_size), desc="edges",
@@ -134,16 +158,17 @@ def edge_effects(splice: Splice, images: ImageSet, metric: Callable, patches: di
                 tu, td = tr[u], tr[d]
                 du_f = patches[u].f.to(tu.f_clean) - tu.f_clean
                 du_e = patches[u].eps.to(tu.eps_clean) - tu.eps_clean
-                up = nodes[u].to(x.device)
+                up = tuple(t.to(x.device) for t in ends[u])
                 w_dec = _decoder_matrix(splice.dicts[u], du_f)
-                per_node = len(x) * (tu.eps[0].numel() + td.f[0].numel() + td.eps[0].numel())
+                per_pos = 0 if bool(up[1].all()) else len(torch.unique(up[0])) * splice.positions(u)  # (B, P, I) per node
+                per_node = len(x) * (tu.eps[0].numel() + td.f[0].numel() + td.eps[0].numel() + per_pos)
                 chunk = max(1, max_elements // per_node)
                 for start in range(0, len(nodes[d]), chunk):
-                    idx = nodes[d][start:start + chunk].to(x.device)
+                    down = tuple(t[start:start + chunk].to(x.device) for t in ends[d])
                     if vjp == "batched":
-                        w = _edge_rows(tu, td, *grads[d], du_f, du_e, w_dec, idx, up)
+                        w = _edge_rows(tu, td, *grads[d], du_f, du_e, w_dec, down, up)
                     else:
-                        w = _edge_rows_loop(tu, td, *grads[d], du_f, du_e, idx, up)
+                        w = _edge_rows_loop(tu, td, *grads[d], du_f, du_e, down, up)
                     sums[(u, d)][start:start + chunk] += w.detach().double().cpu()
         n += len(x)
     return {k: (v / n).float() for k, v in sums.items()}

@@ -19,7 +19,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .attribution import Metric, NodeEffects, SiteNodes
+from .attribution import Metric, NodeEffects
 from .circuits import Circuit, Faithfulness
 from .config import ConfigError, check_choice, check_range
 
@@ -42,13 +42,13 @@ def plot_ie_histograms(effects: NodeEffects, unit: str = "nats", bins: int = 30,
     sites = effects.sites
     fig, axes = plt.subplots(1, len(sites), figsize=(3.3 * len(sites), 2.9), squeeze=False)
     for ax, s in zip(axes[0], sites):
-        site_nodes = SiteNodes.of(effects.mean[s])
+        site_nodes = effects.layout(s)
         v = site_nodes.features(effects.mean[s]).abs().numpy()
         pos = v[v > 0]
         if len(pos):
             ax.hist(pos, bins=np.geomspace(pos.min(), pos.max() * 1.001, bins + 1), color="#7f8c8d")
             ax.set_xscale("log")
-        err = site_nodes.error_value(effects.mean[s]).abs().item()
+        err = site_nodes.errors(effects.mean[s]).abs().max().item()  # the largest, where there is one per token
         if err > 0:
             ax.axvline(err, color=POSITIVE, ls="--", label="error node")
             ax.legend(fontsize=7)
@@ -64,7 +64,7 @@ def plot_median_ie(effects: dict[str, NodeEffects], unit: str = "nats") -> Figur
     "Median |IE| of the units (features or neurons; error nodes left out) per site, one line per kind."
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     for kind, eff in effects.items():
-        ax.plot(eff.sites, [SiteNodes.of(eff.mean[s]).features(eff.mean[s]).abs().median().item() for s in eff.sites], marker="o", label=kind)
+        ax.plot(eff.sites, [eff.layout(s).features(eff.mean[s]).abs().median().item() for s in eff.sites], marker="o", label=kind)
     ax.set_yscale("log")
     ax.set_xlabel("site")
     ax.set_ylabel(f"median |IE| ({unit})")
@@ -119,7 +119,7 @@ def plot_circuit_density(circuit: Circuit, density_circuit: dict[str, torch.Tens
                          labels: tuple[str, str] = ("circuit's images", "evaluation set")) -> Figure:
     "Mean density and dead fraction of the circuit's features (error nodes left out) on two image sets, per site."
     sites = circuit.sites
-    feats = {s: circuit.nodes[s][~SiteNodes(circuit.n_nodes[s]).is_error(circuit.nodes[s])] for s in sites}
+    feats = {s: circuit.units(s) for s in sites}   # each feature once, where nodes are per position
     fig, (ax_d, ax_z) = plt.subplots(1, 2, figsize=(8.5, 3.2))
     x = np.arange(len(sites))
     for i, (dens, label) in enumerate(((density_circuit, labels[0]), (density_eval, labels[1]))):
@@ -182,7 +182,7 @@ def circuit_dot(circuit: Circuit, labels: dict | None = None, max_per_site: int 
     lines = ["digraph circuit {", "  rankdir=BT; newrank=true; splines=line; nodesep=0.12; ranksep=0.9;",
              '  node [style=filled, fontcolor=white, fontsize=9, width=0.35, fixedsize=true];']
     for s in circuit.sites:
-        site = SiteNodes(circuit.n_nodes[s])
+        site = circuit.layout(s)
         lines.append(f'  subgraph "cluster_{s}" {{ label="{s}"; labeljust=l; labelloc=t; color=grey; fontsize=10; rank=same;')
         for idx, ie in zip(lay.nodes[s], circuit.node_ie[s].tolist()):
             size = 0.3 + 0.3 * abs(ie) / lay.ie_max
@@ -233,7 +233,7 @@ def draw_layout(circuit: Circuit, lay: CircuitLayout, labels: dict | None = None
         (x0, y0), (x1, y1) = lay.pos[u, i], lay.pos[d, j]
         ax.plot([x0, x1], [y0, y1], color=POSITIVE if w > 0 else NEGATIVE, lw=0.3 + 4 * abs(w) / lay.w_max, alpha=0.55, zorder=1)
     for s in circuit.sites:
-        site = SiteNodes(circuit.n_nodes[s])
+        site = circuit.layout(s)
         for idx, ie in zip(lay.nodes[s], circuit.node_ie[s].tolist()):
             x, y = lay.pos[s, idx]
             dot = ax.scatter([x], [y], s=60 + 240 * abs(ie) / lay.ie_max, marker="^" if site.is_error(idx) else "o", zorder=2,

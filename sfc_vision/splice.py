@@ -276,8 +276,9 @@ def trace(self: Splice, graph: bool = False) -> Iterator[dict[str, SiteTrace]]:
 def ablate(self: Splice, keep: dict[str, torch.Tensor], patches: dict[str, Patch]):
     """Within the block, each forward pass (in eval mode) runs `R` replicas of its batch, one per row of the masks.
 
-    `keep[site]` is a bool `(R, n_nodes)` (the last column: the error node): in replica `r`, the
-    nodes of `site` where it is false are replaced by their patch, and the site outputs
+    `keep[site]` is a bool `(R, n_nodes)` (the last column: the error node), or `(R, P, n_nodes)` per
+    position (after `probe`): in replica `r`, the nodes of `site` where it is false are replaced by their patch
+    (at every position, or at the positions where it is false), and the site outputs
     `decode(f') + ε'`. Sites re-encode what arrives from upstream. The batch is replicated at the
     first site (outputs are `(R·B, …)`, replica-major), or at the model's input when the first site
     is not a cut (`is_cut`: a skip connection bypasses it). A replica that keeps every node of a
@@ -287,8 +288,10 @@ def ablate(self: Splice, keep: dict[str, torch.Tensor], patches: dict[str, Patch
         raise ValueError(f"keep masks must all have the same number of replicas, got {sorted(sizes)}")
     n_rep = sizes.pop()
     for site, k in keep.items():
-        if k.shape != (n_rep, self.n_nodes(site)):
-            raise ValueError(f"keep[{site!r}] has shape {tuple(k.shape)}, expected ({n_rep}, {self.n_nodes(site)})")
+        want = (n_rep, self.n_nodes(site)) if k.ndim == 2 else (n_rep, self.positions(site), self.n_nodes(site))
+        if tuple(k.shape) != want:
+            raise ValueError(f"keep[{site!r}] has shape {tuple(k.shape)}, expected {want} "
+                             f"(replicas, nodes) or (replicas, positions, nodes)")
     sites = [self.model.resolve(s) for s in keep]
     first = min(sites, key=self.order.index)
     at_input = not self.is_cut(first)
@@ -303,7 +306,8 @@ def ablate(self: Splice, keep: dict[str, torch.Tensor], patches: dict[str, Patch
         else:  # the first site: the replicas share its input, so it is encoded once
             v, f, eps = (t.expand(n_rep, *t.shape) for t in (v, f, eps))
             state["expanded"] = True
-        keep_f, keep_e = mask[:, None, None, :-1], mask[:, None, None, -1:]
+        mask = mask[:, None, None] if mask.ndim == 2 else mask[:, None]   # (R, 1, P or 1, n_nodes)
+        keep_f, keep_e = mask[..., :-1], mask[..., -1:]
         out = _decode(dic, torch.where(keep_f, f, p.f.to(f))) + torch.where(keep_e, eps, p.eps.to(eps))
         whole = keep_f.all(dim=-1, keepdim=True) & keep_e
         return torch.where(whole, v, out).flatten(0, 1)
@@ -322,10 +326,11 @@ def ablate(self: Splice, keep: dict[str, torch.Tensor], patches: dict[str, Patch
 @patch
 @contextmanager
 def interpolate(self: Splice, site: str, alphas: torch.Tensor, to: Patch,
-                error_only: bool = False) -> Iterator[dict[str, SiteTrace]]:
+                error_only: bool = False, at: torch.Tensor | None = None) -> Iterator[dict[str, SiteTrace]]:
     """Within the block (eval mode), `site`'s nodes are moved to `(1 − α)·a + α·to` for each of the `S`
     `alphas` (replicas: outputs `(S·B, …)`), as leaves that require grad (integrated gradients);
     `error_only`: the error node alone moves, the features keep their values (and get no gradient).
+    `at` (`(P,)` bool): only the positions where it is true move (None: every position).
     The batch is replicated at `site`, or at the model's input where `site` is not a cut (`is_cut`)."""
     traces: dict[str, SiteTrace] = {}
     n_rep = len(alphas)
@@ -339,6 +344,8 @@ def interpolate(self: Splice, site: str, alphas: torch.Tensor, to: Patch,
             x_hat = _decode(dic, f)
             eps = v - x_hat
             a = alphas.to(v).view(-1, 1, 1, 1)
+            if at is not None:
+                a = a * at.to(v).view(1, 1, -1, 1)
             eps_a = ((1 - a) * eps + a * to.eps.to(eps)).requires_grad_()
             f_a = f.expand(len(alphas), *f.shape) if error_only else ((1 - a) * f + a * to.f.to(f)).requires_grad_()
         traces[site] = SiteTrace(f_a, eps_a, f, eps)

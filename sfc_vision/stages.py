@@ -26,7 +26,7 @@ from .sae import IdentityDictionary
 from .sae_train import checkpoint_steps, load_checkpoint, train_sae
 from .sae_eval import evaluate_checkpoints, evaluate_saes, sae_verdict
 from .splice import Patch, Splice, load_patches, make_patches, save_patches
-from .attribution import NodeEffects, SiteNodes, node_effects
+from .attribution import NodeEffects, node_effects
 from .circuits import (Circuit, Faithfulness, faithfulness, faithfulness_curve, feature_density, find_circuit,
                                  images_of_class)
 from .backbones import BackboneConfig, EmbeddingCache, build_backbone
@@ -369,19 +369,20 @@ def attribution_stage(ctx: StageContext) -> dict:
     images, metric = circuit_images(ctx, "train"), a.metric_fn(data.class_names)
     names = {folder: layer for layer, folder in outputs.layers.items()}
     out = {"metric": metric.to_dict(), "method": a.method, "error_method": a.error_method, "n_images": len(images),
+           **({"aggregation": a.aggregation} if a.aggregation != "sum" else {}),
            "target_class": ctx.cfg.circuit.target_class,
            "sae_steps": {layer: outputs.sae_step(layer) for layer in outputs.layers}}  # the checkpoint of each layer's SAE
     for kind, sp in (("sae", splice), ("neurons", splice.neurons())):
         patches = make_patches(sp, a.patch, reference, batch_size=ex.batch_size, progress=ctx.progress)
         save_patches(patches, ctx.dir / f"patches_{kind}.safetensors", {"patch": a.patch})
         eff = node_effects(sp, images, metric, patches, method=a.method, error_method=a.error_method, ig_steps=a.ig_steps,
-                           ig_tolerance=a.ig_tolerance, ig_max_steps=a.ig_max_steps, batch_size=ex.grad_batch_size,
-                           max_rows=ex.max_rows, progress=ctx.progress)
+                           aggregation=a.aggregation, ig_tolerance=a.ig_tolerance, ig_max_steps=a.ig_max_steps,
+                           batch_size=ex.grad_batch_size, max_rows=ex.max_rows, progress=ctx.progress)
         eff.save(ctx.dir / f"effects_{kind}.safetensors")
-        nodes = {s: SiteNodes.of(eff.mean[s]) for s in eff.sites}
+        nodes = {s: eff.layout(s) for s in eff.sites}   # error_ie: summed over the error nodes (one per position: patch)
         out[kind] = {names[s]: {"median_abs_ie": n.features(eff.mean[s]).abs().median().item(),
                                 "max_abs_ie": n.features(eff.mean[s]).abs().max().item(),
-                                "error_ie": n.error_value(eff.mean[s]).item(), "units": n.n_features,
+                                "error_ie": n.errors(eff.mean[s]).sum().item(), "units": n.per_position - 1,
                                 "error_ig": (eff.error_ig or {}).get(s)} for s, n in nodes.items()}  # steps, completeness residual
     return out
 
@@ -398,7 +399,7 @@ def circuit_counts(circuit: Circuit) -> dict[str, int]:
     """A circuit's size counted by one rule for SAE features and neurons alike: `nodes` and `all_nodes` both count
     the error nodes (a neuron splice has one per site too, always 0), `error_nodes` and `units` (features or
     neurons) split `nodes`. Sizes are compared in absolute nodes: a share of `all_nodes` is decided by the width."""
-    errors = sum(int((circuit.nodes[s] == circuit.n_nodes[s] - 1).sum()) for s in circuit.sites)
+    errors = sum(int(circuit.layout(s).is_error(circuit.nodes[s]).sum()) for s in circuit.sites)
     return {"nodes": circuit.size, "all_nodes": sum(circuit.n_nodes.values()), "error_nodes": errors,
             "units": circuit.size - errors}
 
@@ -467,7 +468,7 @@ def circuit_stage(ctx: StageContext) -> dict:
                            curve_points=c.curve_points, meta=meta, **kw)
     circuit.save(ctx.dir / "circuit.safetensors")
     faith = faithfulness(splice, held_out, metric, patches, [circuit], errors=c.errors, n_random=c.n_random, seed=c.seed, **kw)
-    curve = lambda sp, eff, p: faithfulness_curve(sp, eff.mean, held_out, metric, p, n_points=c.curve_points,
+    curve = lambda sp, eff, p: faithfulness_curve(sp, eff.mean, held_out, metric, p, aggregation=eff.aggregation, n_points=c.curve_points,
                                                   errors=c.errors, n_random=c.n_random, seed=c.seed, **kw).to_dict()
     neurons, n_effects, n_patches = splice.neurons(), outputs.effects("neurons"), outputs.patches("neurons")
     curves = {"sae": curve(splice, effects, patches), "neurons": curve(neurons, n_effects, n_patches)}
@@ -599,9 +600,8 @@ THUMB_SIZE = 64          # largest side of the stored page images
 
 
 def _circuit_units(circuit: Circuit, site: str) -> list[int]:
-    "The circuit's kept units of `site` that are no error node."
-    nodes = SiteNodes(circuit.n_nodes[site])
-    return [u for u in circuit.nodes[site].tolist() if not nodes.is_error(u)]
+    "The circuit's kept units of `site` that are no error node (each once, where nodes are per position)."
+    return circuit.units(site).tolist()
 
 
 def _thumbnails(images: ImageSet, ids: torch.Tensor) -> torch.Tensor:

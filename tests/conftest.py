@@ -66,7 +66,7 @@ def run_cli(*args, env: dict | None = None, timeout: float = 900) -> subprocess.
 # shared fixture) are units of their own; the longest units start first. Each worker has its own temporary
 # folder: a run clears the kernel folders that killed runs left in it (`clean_kernel_leftovers`), which
 # must not reach into a test on another worker that is inspecting its own.
-LONGEST_FIRST = ["test_presets.py", "test_report.py", "test_faults.py", "test_runs.py", "test_slurm.py",
+LONGEST_FIRST = ["test_presets.py", "test_report.py", "test_vit_b16.py", "test_faults.py", "test_runs.py", "test_slurm.py",
                  "test_tracking.py", "test_cli.py"]
 ALONE = {"test_presets.py"}
 
