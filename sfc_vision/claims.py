@@ -300,12 +300,15 @@ def _unit_ie_mis(outputs, layer: str, kind: str) -> tuple | None:
     "`(units, ie, mis, circuit nodes or None)` of the scored units of `layer` (`kind` sae or neurons) of a run's `outputs`."
     try:
         mis = outputs.mis(layer, kind)
-        ie = outputs.effects(kind).mean[outputs.layers[layer]]
+        effects = outputs.effects(kind)
     except FileNotFoundError:
         return None
+    if effects.layout(outputs.layers[layer]).aggregation == "patch":
+        return None  # a node per unit and position: no one IE per unit to set beside its MIS
+    ie = effects.mean[outputs.layers[layer]]
     units, ie_u, mis_u = scored_units(ie, mis)
     try:
-        nodes = outputs.circuit(kind).nodes[outputs.layers[layer]]
+        nodes = outputs.circuit(kind).units(outputs.layers[layer])  # the kept units (error nodes left out)
     except FileNotFoundError:  # no neuron circuit where the neurons did not reach the target
         nodes = None
     return units, ie_u, mis_u, nodes

@@ -166,21 +166,22 @@ def feature_records(circuit: Circuit, effects=None, mis: dict[str, MISResult] | 
     edges in and out, page file. `kind` neurons: the nodes of a neuron circuit."""
     mis, layer_names = mis or {}, layer_names or {}
     name = lambda s: layer_names.get(s, s)
-    label = lambda s, u: SiteNodes(circuit.n_nodes[s]).label(u)
-    edge = lambda s, u, w: {"site": s, "layer": name(s), "unit": u, "label": label(s, u), "weight": w, "file": node_file(s, u, kind)}
+    label = lambda s, u: circuit.layout(s).label(u)  # per-position (patch) nodes: unit@position
+    unit_of = lambda s, u: int(circuit.layout(s).unit(u))  # a node's unit: its page
+    edge = lambda s, u, w: {"site": s, "layer": name(s), "unit": unit_of(s, u), "label": label(s, u), "weight": w, "file": node_file(s, unit_of(s, u), kind)}
     noun = "neuron" if kind == "neurons" else "feature"
     out = []
     for s in circuit.sites:
         units = circuit.nodes[s].tolist()
         for rank, (u, ie) in enumerate(zip(units, circuit.node_ie[s].tolist()), start=1):
-            is_error = SiteNodes(circuit.n_nodes[s]).is_error(u)
+            is_error = bool(circuit.layout(s).is_error(u))
             into, out_of = node_edges(circuit, s, u)
             abs_ie = None if effects is None or s not in effects.abs_mean else effects.abs_mean[s][u].item()
-            out.append({"site": s, "layer": name(s), "unit": u, "label": label(s, u), "is_error": is_error,
+            out.append({"site": s, "layer": name(s), "unit": unit_of(s, u), "label": label(s, u), "is_error": is_error,
                         "kind": "error node" if is_error else noun, "circuit": kind, "ie": ie, "rank": rank, "site_size": len(units),
-                        "abs_ie": abs_ie, **(_mis_of(None if is_error else mis.get(s), u)),
+                        "abs_ie": abs_ie, **(_mis_of(None if is_error else mis.get(s), unit_of(s, u))),
                         "edges_in": [edge(*e) for e in into], "edges_out": [edge(*e) for e in out_of],
-                        "file": node_file(s, u, kind)})
+                        "file": node_file(s, unit_of(s, u), kind)})
     return out
 
 # %% ../nbs/16_report.ipynb #33472aa0
@@ -204,7 +205,7 @@ def feature_pages(study: Study, kind: str = "sae", units: Mapping[str, Sequence[
             raise ConfigError(f"{e}: pass `units`") from None
         circuit = None
     if units is None:
-        units = {layer: [u for u in circuit.nodes[site].tolist() if not SiteNodes(circuit.n_nodes[site]).is_error(u)][:per_site]
+        units = {layer: circuit.units(site).tolist()[:per_site]
                  for layer, site in outputs.layers.items()}
     model, sha = outputs.model()
     dictionaries = {}
@@ -351,7 +352,7 @@ def circuit_graph_svg(circuit: Circuit, href: Callable[[str, int], str], site_la
         lines.append(edge(*xy(last, u), *out_xy, ie * lay.w_max / lay.ie_max).replace('class="edge', 'class="edge out'))
     parts.append(f'<g class="edges">{"".join(lines)}</g>')
     for s in circuit.sites:
-        nodes = SiteNodes(circuit.n_nodes[s])
+        nodes = circuit.layout(s)
         for u, ie in zip(circuit.nodes[s].tolist(), circuit.node_ie[s].tolist()):
             x, y = xy(s, u)
             r = 3 + 6 * abs(ie) / lay.ie_max
