@@ -303,7 +303,7 @@ def _unit_ie_mis(outputs, layer: str, kind: str) -> tuple | None:
         effects = outputs.effects(kind)
     except FileNotFoundError:
         return None
-    if effects.layout(outputs.layers[layer]).aggregation == "patch":
+    if getattr(effects, "aggregation", "sum") == "patch":  # effects stored before aggregation existed are sums
         return None  # a node per unit and position: no one IE per unit to set beside its MIS
     ie = effects.mean[outputs.layers[layer]]
     units, ie_u, mis_u = scored_units(ie, mis)
