@@ -22,7 +22,7 @@ from .splice import Patch, Splice, check_patches, eval_mode
 # %% auto #0
 __all__ = ['METRICS', 'ERROR_METHODS', 'ESTIMATORS', 'IG_FLOOR', 'Metric', 'check_metric', 'make_metric', 'AttributionConfig',
            'SiteNodes', 'atp_batch', 'ig_batch', 'ig_error_batch', 'exact_batch', 'Estimator', 'estimate',
-           'ig_error_converged', 'NodeEffects', 'node_effects']
+           'ig_error_converged', 'NodeEffects', 'node_effects', 'class_effects']
 
 # %% ../nbs/09a_attribution.ipynb #c4baa20d
 METRICS = {"ce": "cross-entropy of the true class (the thesis's metric)",
@@ -371,3 +371,41 @@ def node_effects(splice: Splice, images: ImageSet, metric: Callable, patches: di
                        None if method == "exact" else {s: (sums[s][2] / n).float().cpu() for s in order},
                        {s: torch.cat(examples[s]) for s in order} if per_example else None,
                        "ig" if errors_by_ig else "same", error_ig or None)
+
+# %% ../nbs/09a_attribution.ipynb #11944d05
+def class_effects(splice: Splice, images: ImageSet, patches: dict[str, Patch], nodes: dict[str, list[int]],
+                  batch_size: int = 64, class_chunk: int = 50, progress: bool = True) -> dict[str, torch.Tensor]:
+    """AtP indirect effect of each node of `nodes` (per site, node indices: units, and `n_features` for the error
+    node) on every class logit, over `images`: `IE_c(n) = mean over images of Σ_positions (a_patch − a)·∂logit_c/∂a`,
+    a `(len(nodes[site]), K)` tensor per site. One forward pass per batch and one batched backward pass per
+    `class_chunk` classes (`is_grads_batched`); the model runs in eval mode."""
+    check_range("class_chunk", class_chunk, lo=1)
+    if len(images) == 0:
+        raise ValueError("class effects: no images")
+    unknown = sorted(set(nodes) - set(splice.sites))
+    if unknown:
+        raise ValueError(f"class effects: sites {unknown} are not spliced; spliced sites: {', '.join(splice.sites)}")
+    sums: dict[str, torch.Tensor] = {}
+    for x, _, _ in tqdm(images.batches(batch_size), total=-(-len(images) // batch_size), desc="class effects",
+                        disable=not progress, leave=False):
+        x = x.to(splice.device)
+        splice.probe(x)
+        check_patches(splice, patches)
+        sites = [s for s in splice.order if s in nodes]
+        with torch.enable_grad(), splice.trace() as tr:
+            logits = splice.model(x)
+            leaves = [t for s in sites for t in (tr[s].f, tr[s].eps)]
+            n_classes = logits.shape[1]
+            per_chunk = []
+            for chunk in torch.arange(n_classes).split(class_chunk):
+                onehot = torch.zeros(len(chunk), *logits.shape, dtype=logits.dtype, device=logits.device)
+                onehot[torch.arange(len(chunk)), :, chunk.to(logits.device)] = 1
+                grads = torch.autograd.grad(logits, leaves, onehot, is_grads_batched=True,
+                                            retain_graph=chunk[-1].item() < n_classes - 1)
+                per_chunk.append({s: _node_ie(tr[s].f_clean, tr[s].eps_clean, grads[2 * i], grads[2 * i + 1], patches[s])
+                                  [..., torch.as_tensor(nodes[s], dtype=torch.long)].detach().double().sum((1, 2))
+                                  for i, s in enumerate(sites)})          # (chunk, len(nodes)): Σ images, positions
+        for s in sites:
+            total = torch.cat([c[s] for c in per_chunk]).T.cpu()          # (len(nodes), K)
+            sums[s] = sums[s] + total if s in sums else total
+    return {s: (sums[s] / len(images)).float() for s in nodes}
