@@ -374,38 +374,31 @@ def node_effects(splice: Splice, images: ImageSet, metric: Callable, patches: di
 
 # %% ../nbs/09a_attribution.ipynb #11944d05
 def class_effects(splice: Splice, images: ImageSet, patches: dict[str, Patch], nodes: dict[str, list[int]],
-                  batch_size: int = 64, class_chunk: int = 50, progress: bool = True) -> dict[str, torch.Tensor]:
+                  batch_size: int = 64, progress: bool = True) -> dict[str, torch.Tensor]:
     """AtP indirect effect of each node of `nodes` (per site, node indices: units, and `n_features` for the error
-    node) on every class logit, over `images`: `IE_c(n) = mean over images of Σ_positions (a_patch − a)·∂logit_c/∂a`,
-    a `(len(nodes[site]), K)` tensor per site. One forward pass per batch and one batched backward pass per
-    `class_chunk` classes (`is_grads_batched`); the model runs in eval mode."""
-    check_range("class_chunk", class_chunk, lo=1)
+    node) on each class's logit over that class's images: `IE_c(n) = mean over images i of class c of
+    Σ_positions (a_patch − a_i)·∂logit_c/∂a_i`, a `(len(nodes[site]), K)` tensor per site (NaN for a class without
+    images). One forward and one backward pass per batch (each image's own class logit); the model runs in eval mode."""
     if len(images) == 0:
         raise ValueError("class effects: no images")
     unknown = sorted(set(nodes) - set(splice.sites))
     if unknown:
         raise ValueError(f"class effects: sites {unknown} are not spliced; spliced sites: {', '.join(splice.sites)}")
-    sums: dict[str, torch.Tensor] = {}
-    for x, _, _ in tqdm(images.batches(batch_size), total=-(-len(images) // batch_size), desc="class effects",
+    sums, counts = {}, None
+    for x, y, _ in tqdm(images.batches(batch_size), total=-(-len(images) // batch_size), desc="class effects",
                         disable=not progress, leave=False):
-        x = x.to(splice.device)
+        x, y = x.to(splice.device), y.to(splice.device)
         splice.probe(x)
         check_patches(splice, patches)
         sites = [s for s in splice.order if s in nodes]
         with torch.enable_grad(), splice.trace() as tr:
             logits = splice.model(x)
             leaves = [t for s in sites for t in (tr[s].f, tr[s].eps)]
-            n_classes = logits.shape[1]
-            per_chunk = []
-            for chunk in torch.arange(n_classes).split(class_chunk):
-                onehot = torch.zeros(len(chunk), *logits.shape, dtype=logits.dtype, device=logits.device)
-                onehot[torch.arange(len(chunk)), :, chunk.to(logits.device)] = 1
-                grads = torch.autograd.grad(logits, leaves, onehot, is_grads_batched=True,
-                                            retain_graph=chunk[-1].item() < n_classes - 1)
-                per_chunk.append({s: _node_ie(tr[s].f_clean, tr[s].eps_clean, grads[2 * i], grads[2 * i + 1], patches[s])
-                                  [..., torch.as_tensor(nodes[s], dtype=torch.long)].detach().double().sum((1, 2))
-                                  for i, s in enumerate(sites)})          # (chunk, len(nodes)): Σ images, positions
-        for s in sites:
-            total = torch.cat([c[s] for c in per_chunk]).T.cpu()          # (len(nodes), K)
-            sums[s] = sums[s] + total if s in sums else total
-    return {s: (sums[s] / len(images)).float() for s in nodes}
+            grads = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), leaves)  # each image's own class logit
+        onehot = torch.nn.functional.one_hot(y, logits.shape[1]).double().T.cpu()   # (K, B)
+        counts = onehot.sum(1) if counts is None else counts + onehot.sum(1)
+        for i, s in enumerate(sites):
+            ie = _node_ie(tr[s].f_clean, tr[s].eps_clean, grads[2 * i], grads[2 * i + 1], patches[s])
+            per_image = ie[..., torch.as_tensor(nodes[s], dtype=torch.long)].detach().double().sum(1).cpu()  # (B, n)
+            sums[s] = sums.get(s, 0) + onehot @ per_image                                                     # (K, n)
+    return {s: (sums[s] / counts[:, None]).T.float() for s in nodes}

@@ -314,12 +314,13 @@ CLASS_EFFECTS_TOP = 5   # otherwise the largest of each sign
 def class_effect_rows(values: torch.Tensor, class_names: Sequence[str]) -> dict:
     """The class-logit section of a node's page from its effects `values (K,)`: `rows` (all classes by decreasing
     effect where K ≤ `CLASS_EFFECTS_ALL`, else the `CLASS_EFFECTS_TOP` most positive then the most negative), each
-    `{name, value, width}` with `width` the bar's share of the largest |effect| (percent)."""
+    `{name, value, width}` with `width` the bar's share of the largest |effect| (percent); classes without images
+    (NaN) left out."""
     if len(values) != len(class_names):
         raise ValueError(f"class effects: {len(values)} values for {len(class_names)} classes")
     v = values.double()
-    scale = max(v.abs().max().item(), 1e-30)
-    order = v.argsort(descending=True).tolist()
+    scale = max(v.nan_to_num().abs().max().item(), 1e-30)
+    order = [c for c in v.argsort(descending=True).tolist() if not v[c].isnan()]  # NaN: a class without images
     if len(order) > CLASS_EFFECTS_ALL:
         order = ([c for c in order if v[c] > 0][:CLASS_EFFECTS_TOP] +
                  [c for c in reversed(order) if v[c] < 0][:CLASS_EFFECTS_TOP][::-1])
