@@ -25,7 +25,7 @@ from .splice import Patch, Splice, check_patches, eval_mode
 __all__ = ['METRICS', 'AGGREGATIONS', 'ERROR_METHODS', 'ESTIMATORS', 'IG_FLOOR', 'Metric', 'check_metric', 'make_metric',
            'AttributionConfig', 'SiteNodes', 'NodeLayout', 'available_memory', 'effects_memory', 'edges_memory',
            'check_memory', 'atp_batch', 'ig_batch', 'ig_error_batch', 'exact_batch', 'Estimator', 'estimate',
-           'ig_error_converged', 'NodeEffects', 'node_effects']
+           'ig_error_converged', 'NodeEffects', 'node_effects', 'class_effects']
 
 # %% ../nbs/09a_attribution.ipynb #c4baa20d
 METRICS = {"ce": "cross-entropy of the true class (the thesis's metric)",
@@ -542,3 +542,34 @@ def node_effects(splice: Splice, images: ImageSet, metric: Callable, patches: di
                        None if method == "exact" else {s: (sums[s][2] / n).float().cpu() for s in order},
                        {s: torch.cat(examples[s]) for s in order} if per_example else None,
                        "ig" if errors_by_ig else "same", error_ig or None, aggregation, layouts)
+
+# %% ../nbs/09a_attribution.ipynb #11944d05
+def class_effects(splice: Splice, images: ImageSet, patches: dict[str, Patch], nodes: dict[str, list[int]],
+                  batch_size: int = 64, progress: bool = True) -> dict[str, torch.Tensor]:
+    """AtP indirect effect of each node of `nodes` (per site, node indices: units, and `n_features` for the error
+    node) on each class's logit over that class's images: `IE_c(n) = mean over images i of class c of
+    Σ_positions (a_patch − a_i)·∂logit_c/∂a_i`, a `(len(nodes[site]), K)` tensor per site (NaN for a class without
+    images). One forward and one backward pass per batch (each image's own class logit); the model runs in eval mode."""
+    if len(images) == 0:
+        raise ValueError("class effects: no images")
+    unknown = sorted(set(nodes) - set(splice.sites))
+    if unknown:
+        raise ValueError(f"class effects: sites {unknown} are not spliced; spliced sites: {', '.join(splice.sites)}")
+    sums, counts = {}, None
+    for x, y, _ in tqdm(images.batches(batch_size), total=-(-len(images) // batch_size), desc="class effects",
+                        disable=not progress, leave=False):
+        x, y = x.to(splice.device), y.to(splice.device)
+        splice.probe(x)
+        check_patches(splice, patches)
+        sites = [s for s in splice.order if s in nodes]
+        with torch.enable_grad(), splice.trace() as tr:
+            logits = splice.model(x)
+            leaves = [t for s in sites for t in (tr[s].f, tr[s].eps)]
+            grads = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), leaves)  # each image's own class logit
+        onehot = torch.nn.functional.one_hot(y, logits.shape[1]).double().T.cpu()   # (K, B)
+        counts = onehot.sum(1) if counts is None else counts + onehot.sum(1)
+        for i, s in enumerate(sites):
+            ie = _node_ie(tr[s].f_clean, tr[s].eps_clean, grads[2 * i], grads[2 * i + 1], patches[s])
+            per_image = ie[..., torch.as_tensor(nodes[s], dtype=torch.long)].detach().double().sum(1).cpu()  # (B, n)
+            sums[s] = sums.get(s, 0) + onehot @ per_image                                                     # (K, n)
+    return {s: (sums[s] / counts[:, None]).T.float() for s in nodes}

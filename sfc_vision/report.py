@@ -35,10 +35,11 @@ from .stages import RunOutputs
 from .study_config import SEED_KEYS, safe_label
 
 # %% auto #0
-__all__ = ['GOOD_WORDS', 'BAD_WORDS', 'EVAL_KEYS', 'FEATURE_KINDS', 'REPORT_MARKER', 'fmt_num', 'fmt_pct', 'fmt_seconds',
-           'verdict', 'layer_rows', 'class_accuracy_rows', 'node_file', 'node_edges', 'feature_records',
-           'feature_pages', 'png_uri', 'heat_overlay', 'histogram_svg', 'node_media', 'circuit_graph_svg',
-           'templates_dir', 'render_notebook', 'load_claims', 'sweep_groups', 'build_report']
+__all__ = ['GOOD_WORDS', 'BAD_WORDS', 'EVAL_KEYS', 'FEATURE_KINDS', 'CLASS_EFFECTS_ALL', 'CLASS_EFFECTS_TOP', 'REPORT_MARKER',
+           'fmt_num', 'fmt_pct', 'fmt_seconds', 'verdict', 'layer_rows', 'class_accuracy_rows', 'node_file',
+           'node_edges', 'feature_records', 'feature_pages', 'png_uri', 'heat_overlay', 'histogram_svg', 'node_media',
+           'class_effect_rows', 'circuit_graph_svg', 'templates_dir', 'render_notebook', 'load_claims', 'sweep_groups',
+           'build_report']
 
 # %% ../nbs/16_report.ipynb #3f907b73
 def _missing(x) -> bool:
@@ -312,6 +313,27 @@ def node_media(profiles, extra: dict, unit: int, thumbs: dict, class_names: Sequ
             "statistic": what, "active": profiles.active[r].item(), "active_share": ACTIVE_SHARE, "n_images": profiles.n_images, "featvis": featvis,
             "best_score": profiles.top_score[r, 0].item()}
 
+# %% ../nbs/16_report.ipynb #e600f1ae
+CLASS_EFFECTS_ALL = 20  # up to this many classes, a page shows every class's effect
+CLASS_EFFECTS_TOP = 5   # otherwise the largest of each sign
+
+
+def class_effect_rows(values: torch.Tensor, class_names: Sequence[str]) -> dict:
+    """The class-logit section of a node's page from its effects `values (K,)`: `rows` (all classes by decreasing
+    effect where K ≤ `CLASS_EFFECTS_ALL`, else the `CLASS_EFFECTS_TOP` most positive then the most negative), each
+    `{name, value, width}` with `width` the bar's share of the largest |effect| (percent); classes without images
+    (NaN) left out."""
+    if len(values) != len(class_names):
+        raise ValueError(f"class effects: {len(values)} values for {len(class_names)} classes")
+    v = values.double()
+    scale = max(v.nan_to_num().abs().max().item(), 1e-30)
+    order = [c for c in v.argsort(descending=True).tolist() if not v[c].isnan()]  # NaN: a class without images
+    if len(order) > CLASS_EFFECTS_ALL:
+        order = ([c for c in order if v[c] > 0][:CLASS_EFFECTS_TOP] +
+                 [c for c in reversed(order) if v[c] < 0][:CLASS_EFFECTS_TOP][::-1])
+    rows = [{"name": class_names[c], "value": v[c].item(), "width": round(100 * abs(v[c].item()) / scale, 1)} for c in order]
+    return {"rows": rows, "all": len(values) <= CLASS_EFFECTS_ALL, "n_classes": len(values)}
+
 # %% ../nbs/16_report.ipynb #ed2d8c3a
 def circuit_graph_svg(circuit: Circuit, href: Callable[[str, int], str], site_labels: dict[str, str] | None = None,
                       info: Mapping[tuple[str, int], dict] | None = None, failed: Sequence[str] = (),
@@ -516,6 +538,9 @@ def _circuit(run: RunFolder, out_run: Path, env: jinja2.Environment, common: dic
                                          "../figures/" + p.relative_to(run.figures_dir).as_posix())
                             for p in run.feature_figures([f["layer"], f["site"]], f["unit"])] if kind == "sae" else []
             data, f["media"], f["neighbours"] = stored.get(f["site"]), None, []
+            if data is not None and "class_ie" in data[1] and thumbs.get(f["layer"]) is not None:   # every node, error nodes too
+                row = data[1]["class_ie_nodes"].tolist().index(f["unit"])
+                f["class_effects"] = class_effect_rows(data[1]["class_ie"][row], thumbs[f["layer"]][1])
             if not f["is_error"] and data is not None and thumbs.get(f["layer"]) is not None:
                 profiles, extra = data
                 f["media"] = node_media(profiles, extra, f["unit"], *thumbs[f["layer"]])

@@ -592,6 +592,8 @@ def revived(self: RunOutputs, layer: str, step: int | None = None, since: int = 
     return revived_ids(self.sae_folder(layer), self.sae_step(layer) if step is None else step, since)
 
 # %% ../nbs/12b_stages.ipynb #871ed917
+from .attribution import class_effects
+
 PAGE_TOP_K = 16          # top images per unit on its page
 PAGE_NEIGHBOURS = 8      # neurons a feature's decoder direction loads on, nearest features, features reading a neuron
 FEATVIS_STEPS = 48       # optimisation steps of each node's feature visualisation (0: none)
@@ -633,13 +635,15 @@ def neuron_readers(sae, neurons: list[int], n: int = PAGE_NEIGHBOURS) -> dict[st
 
 
 @register_stage("pages", sections=("mis.pool", "mis.pool_size", "mis.seed", "mis.activation"),
-                upstream=("model", "saes", "circuit"), version=1)
+                upstream=("model", "saes", "attribution", "circuit"), version=2)  # 2: class_ie
 def pages_stage(ctx: StageContext) -> dict:
     """What the report's page of every node of both circuits shows: per layer and kind, the `unit_profiles` of the
     circuit's units over the MIS pool (top `PAGE_TOP_K` images by max over positions with maps — at token sites the max
     over every token, maps on the patch grid and the class token's value apart —, quantile examples,
     histogram, share active), decoder neighbours (SAE features) or reading features (neurons), a feature
-    visualisation of each (`FEATVIS_STEPS` steps), and the pool images the pages show as small thumbnails."""
+    visualisation of each (`FEATVIS_STEPS` steps), the pool images the pages show as small thumbnails, and each node's
+    effect on every class logit (`class_effects`: AtP, the attribution stage's patch and images; `class_ie`, rows in
+    the order of `class_ie_nodes`, error nodes included)."""
     outputs, ex, cfg = RunOutputs(ctx), ctx.cfg.execution, ctx.cfg.mis
     model, sha = outputs.model()
     images = mis_images(ctx.data(), cfg)
@@ -649,6 +653,12 @@ def pages_stage(ctx: StageContext) -> dict:
     except FileNotFoundError:  # no neuron circuit stored: SAE pages only
         pass
     out, seconds = {}, {"profiles": 0.0, "featvis": 0.0}
+    t0, splice = time.perf_counter(), outputs.splice(ex.device)[0]
+    class_ie = {kind: class_effects(splice if kind == "sae" else splice.neurons(), circuit_images(ctx, "train"), outputs.patches(kind),
+                                    {s: c.nodes[s].tolist() for s in c.sites if len(c.nodes[s])}, batch_size=ex.grad_batch_size,
+                                    progress=ctx.progress)
+                for kind, c in circuits.items() if c.aggregation == "sum"}  # per-position or class-token nodes: not summed over positions
+    seconds["class_ie"] = time.perf_counter() - t0
     for layer, site in outputs.layers.items():
         sae = outputs.sae(layer, model_sha256=sha)[0]
         shown, done = [], {}
@@ -663,6 +673,8 @@ def pages_stage(ctx: StageContext) -> dict:
             seconds["profiles"] += time.perf_counter() - t0
             tensors, meta = prof.to_tensors()
             tensors |= decoder_neighbours(sae, units) if kind == "sae" else neuron_readers(sae, units)
+            if kind in class_ie:
+                tensors |= {"class_ie": class_ie[kind][site], "class_ie_nodes": circuit.nodes[site]}
             if FEATVIS_STEPS:
                 t0 = time.perf_counter()
                 size = min(FEATVIS_SIZE, max(images.images(torch.arange(1)).shape[-2:]))
@@ -683,7 +695,7 @@ def pages_stage(ctx: StageContext) -> dict:
     n_units = sum(d.get("units", 0) for layer in out.values() for d in layer.values())
     return {"layers": out, "n_units": n_units, "n_images": len(images), "top_k": PAGE_TOP_K,
             "featvis_steps": FEATVIS_STEPS,
-            "timing": {"profiles_s": seconds["profiles"], "featvis_s": seconds["featvis"],  # differs between runs
+            "timing": {"profiles_s": seconds["profiles"], "featvis_s": seconds["featvis"], "class_ie_s": seconds["class_ie"],  # differs between runs
                        "featvis_s_per_unit": seconds["featvis"] / n_units if n_units and FEATVIS_STEPS else None}}
 
 

@@ -90,15 +90,21 @@ class ExecutionConfig(Config):
 # %% ../nbs/12_study_config.ipynb #cb97d975
 def sae_overrides(cfg: StudyConfig) -> dict[str, str]:
     """Configured layer (as in `capture.layers`) → its key in `sae.layers`; `ConfigError` for a key that is no layer,
-    a layer that is not captured, or a layer given twice (by its alias and its path)."""
+    a layer that is not captured, or a layer given twice (by its alias and its path). The embedded default's own
+    per-layer widths (`DEFAULT_SAE_LAYERS`, unchanged) are skipped where the run does not capture their layer."""
     captured = {resolve_layer(cfg.model, layer): layer for layer in cfg.capture.layers}
     out = {}
     for key in cfg.sae.layers:
+        embedded = DEFAULT_SAE_LAYERS.get(key) == cfg.sae.layers[key]  # the embedded default's width of one of its layers
         try:
             name = resolve_layer(cfg.model, key)
         except ConfigError as e:
+            if embedded:
+                continue  # a model without that layer: the default's width does not apply
             raise ConfigError(f"sae.layers.{key}: {e}") from None
         if name not in captured:
+            if embedded:
+                continue  # a run that does not capture that layer
             raise ConfigError(f"sae.layers.{key}: layer {name} is not captured, so it gets no SAE; per-layer settings "
                               f"are for the captured layers: {', '.join(cfg.capture.layers)}")
         if captured[name] in out:

@@ -155,6 +155,7 @@ def test_every_circuit_node_has_a_full_page(site):
         assert scores == sorted(scores, reverse=True), f"{f}: top images not ranked"
         assert node.select(".quantiles .tile") and node.select_one("svg.hist") and node.select_one("figure.featvis img")
         assert "This run stored no image" not in text and node.select_one("#classes")
+        assert len(node.select("table.class-effects .cbar")) == 10, f   # the effect on each of the 10 class logits
         assert ("SAE features of" in text) if f.startswith("neuron_") else ("Nearest features" in text)
 
 
