@@ -734,7 +734,9 @@ def default_runs_root() -> Path:
 def open_study(config: dict | None = None, config_file: str = "", runs_root: str = "", force=(), force_since=None,
                progress: bool = True) -> Study:
     "The `Study` of a study notebook's parameters: `config_file` (YAML) updated by the mapping `config`, in `runs_root`."
-    base = load_config(config_file or None).to_dict()
+    # no file: `config` alone over the embedded default (from_dict), so that a mapping of a resolved configuration
+    # (a sweep's run) gives that configuration back, not one merged into the default's per-layer settings
+    base = load_config(config_file).to_dict() if config_file else {}
     cfg = StudyConfig.from_dict(merge_settings(base, config or {}))
     study = Study(cfg, runs_root or default_runs_root(), force, force_since, progress)
     study.track()   # execution.tracking: each study notebook continues the run's tracked run
