@@ -152,7 +152,11 @@ def test_a_run_named_to_escape_lands_inside_runs(tmp_path):
 def test_a_two_seed_sweep_gives_a_claims_table_with_intervals(tmp_path, cli):
     "Every point of a sweep replicated over two seeds: the claims get Student-t intervals over the two, and verdicts."
     from scipy import stats
-    write_yaml(tmp_path / "base.yaml", tiny_config(circuit={"select": "faithfulness", "target_faithfulness": 0.5}))
+    # the gate opened: this test is about the intervals (replicates whose SAEs fail the gate are left out of the
+    # rows, and the tiny SAEs are not all healthy; the gate's exclusion is tested with the claims)
+    write_yaml(tmp_path / "base.yaml", tiny_config(circuit={"select": "faithfulness", "target_faithfulness": 0.5},
+                                                   gate={"min_fve": 0.0, "min_accuracy_ratio": 0.0, "max_dead_fraction": 1.0,
+                                                         "max_dense_fraction": 1.0}))
     sweep = write_yaml(tmp_path / "seeds.yaml", {"name": "seeds", "base": "base.yaml", "grid": {"sae.l1_coeff": [1.0]},
                                                  "seeds": [0, 1], "executor": {"kind": "local", "workers": 2}})
     r = cli("sweep", sweep, "--runs", tmp_path / "runs")
