@@ -345,6 +345,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                  'sfc_vision/claims.py'),
                                    'sfc_vision.claims._nodes_gap': ('claims.html#_nodes_gap', 'sfc_vision/claims.py'),
                                    'sfc_vision.claims._random_gap': ('claims.html#_random_gap', 'sfc_vision/claims.py'),
+                                   'sfc_vision.claims._resamples': ('claims.html#_resamples', 'sfc_vision/claims.py'),
                                    'sfc_vision.claims._revived_gap_of': ('claims.html#_revived_gap_of', 'sfc_vision/claims.py'),
                                    'sfc_vision.claims._spearman': ('claims.html#_spearman', 'sfc_vision/claims.py'),
                                    'sfc_vision.claims._unit_ie_mis': ('claims.html#_unit_ie_mis', 'sfc_vision/claims.py'),

@@ -21,10 +21,10 @@ from .config import digest
 from .study_config import SEED_KEYS
 
 # %% auto #0
-__all__ = ['FRAGILE_SHARE', 'MIS_PUBLISHED', 'VIT_ARCHS', 'VIT_CLAIMS', 'CIRCUIT_MIS_THESIS', 'FINDINGS_START', 'FINDINGS_END',
-           't_interval', 'verdict', 'fragile', 'point_of', 'replicates', 'gate_failures', 'gated', 'claims_table',
-           'vit_claims', 'claim_row', 'interpretability_claims', 'backbone_claims', 'revived_claims', 'claims_markdown',
-           'write_claims', 'readme_findings', 'readme_findings_section', 'update_readme_findings']
+__all__ = ['FRAGILE_SHARE', 'MIS_PUBLISHED', 'VIT_ARCHS', 'VIT_CLAIMS', 'CIRCUIT_MIS_THESIS', 'RESAMPLE_KEYS', 'FINDINGS_START',
+           'FINDINGS_END', 't_interval', 'verdict', 'fragile', 'point_of', 'replicates', 'gate_failures', 'gated',
+           'claims_table', 'vit_claims', 'claim_row', 'interpretability_claims', 'backbone_claims', 'revived_claims',
+           'claims_markdown', 'write_claims', 'readme_findings', 'readme_findings_section', 'update_readme_findings']
 
 # %% ../nbs/13a_claims.ipynb #bea477f0
 def t_interval(values, level: float = 0.95) -> dict:
@@ -403,6 +403,8 @@ def backbone_claims(runs: list[dict], representative: Callable[[list[dict]], dic
 # %% ../nbs/13a_claims.ipynb #248d9ba6
 from .analyses import mis_without
 
+RESAMPLE_KEYS = ("resample", "resample_every", "resample_stop")  # the SAE settings a revived-latent companion may change
+
 
 def _revived_gap_of(outputs, layer: str) -> float | None:
     "Median MIS of `layer`'s scored SAE features − of those never revived; None where its SAE does not resample."
@@ -411,16 +413,28 @@ def _revived_gap_of(outputs, layer: str) -> float | None:
     return mis_without(outputs.mis(layer, "sae"), outputs.revived(layer))["gap"]
 
 
+def _resamples(cfg) -> bool:
+    return any(cfg.layer_sae(layer).resample != "none" for layer in cfg.capture.layers)
+
+
 def revived_claims(runs: list[dict], representative: Callable[[list[dict]], dict], level: float = 0.95) -> list[dict]:
-    "Per layer: does keeping the revived latents lower its SAE's MIS? Over the replicates of the representative point."
+    """Per layer: does keeping the revived latents lower its SAE's MIS? Over the replicates of the representative point
+    with the SAE's resampling settings (`RESAMPLE_KEYS`) as any resampling runs have them (the representative's own
+    where it resamples); gate-failed replicates left out."""
     if not runs:
         return []
     rep = representative(runs)
-    outs = [r["run"].outputs for r in gated(replicates(runs)[point_of(rep["config"].to_dict())])[0]]  # gate-failed replicates left out
+    mine = rep["config"].sae
+    as_rep = lambda cfg: point_of(cfg.replace(sae=cfg.sae.replace(**{k: getattr(mine, k) for k in RESAMPLE_KEYS})).to_dict())
+    target = point_of(rep["config"].to_dict())
+    resampling = [r for r in runs if _resamples(r["config"]) and as_rep(r["config"]) == target]
+    group = max(replicates(resampling).values(), key=len) if resampling else replicates(runs)[target]
+    outs = [r["run"].outputs for r in gated(group)[0]]
+    how = group[0]["config"].sae.resample
     return [claim_row(f"mis_revived_kept_{layer}",
                       f"Does the MIS of the SAE features at {layer} drop when latents revived during training are kept?",
                       "median MIS over all scored SAE features − over those never revived up to the checkpoint used "
-                      "(runs whose SAE resamples)", [_revived_gap_of(o, layer) for o in outs], -1,
+                      f"(SAEs resampled: {how})", [_revived_gap_of(o, layer) for o in outs], -1,
                       "the thesis left just re-initialised latents out of MIS; it quotes no gap", level=level)
             for layer in rep["config"].capture.layers]
 

@@ -16,7 +16,7 @@ from sfc_vision.stages import Study
 from sfc_vision.study_config import StudyConfig, commented_yaml, load_config
 
 CONFIGS = REPO / "configs"
-OFFLINE = ("default.yaml", "default_sweep.yaml", "mnist_vit.yaml", "mnist_vit_sweep.yaml")  # need no data, weights or GPU: they would run
+OFFLINE = ("default.yaml", "default_sweep.yaml", "default_companions.yaml", "mnist_vit.yaml", "mnist_vit_sweep.yaml")  # need no data, weights or GPU: they would run
 PRESETS = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in OFFLINE)
 
 
@@ -40,6 +40,25 @@ def test_there_are_the_thesis_presets():
     assert load_config(CONFIGS / "tinyimagenet_resnet18.yaml").model.arch == "resnet18_small"
     ft = load_config(CONFIGS / "tinyimagenet_resnet18_finetune.yaml")
     assert ft.model.arch == "resnet18_small" and ft.model.reinit == ("conv1", "fc") and ft.train.finetune
+
+
+def test_the_default_companions_differ_from_the_default_in_one_setting_each():
+    "The claims table reads them as the representative point's replicates but for resampling or the MIS backbone."
+    from sfc_vision.claims import point_of
+    from sfc_vision.sweeps import load_sweep
+    _, points = load_sweep(CONFIGS / "default_companions.yaml")
+    default = StudyConfig()
+    changed = set()
+    for point, cfg in points:
+        seed = point["sae.seed"]
+        seeded = StudyConfig.from_dict({**default.to_dict(), **{s: {**default.to_dict()[s], "seed": seed}
+                                                               for s in ("model", "train", "capture", "sae", "circuit", "mis")}})
+        diff = [s for s in ("sae", "mis") if getattr(cfg, s) != getattr(seeded, s)]
+        assert len(diff) == 1, (point, diff)
+        changed.add((diff[0], cfg.sae.resample, cfg.mis.backbone.name))
+        assert point_of(cfg.replace(sae=seeded.sae, mis=seeded.mis).to_dict()) == point_of(default.to_dict())
+    assert changed == {("sae", "bricken", "gradients"), ("mis", "none", "efficientnet_lite0")}
+    assert sorted(p["sae.seed"] for p, _ in points) == [0, 0, 1, 1, 2, 2]
 
 
 def main_(*args) -> tuple[int, str, str]:
