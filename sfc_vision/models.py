@@ -17,13 +17,13 @@ import torch
 from torch import nn
 
 from .artifacts import ArtifactError, load_tensors, meta_path, read_json, save_tensors
-from .config import Config, ConfigError, check_choice, check_range, setting
+from .config import Config, ConfigError, FrozenMap, check_choice, check_range, setting
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'MODELS', 'VIT_SETTINGS', 'GOOGLENET_ALIASES', 'VisionModel', 'ModelSpec',
-           'WeightsNotFoundError', 'ModelConfig', 'register_model', 'model_layers', 'model_aliases', 'module_paths',
-           'resolve_layer', 'pretrained_path', 'read_state_dict', 'build_model', 'load_weights', 'save_model',
-           'load_model', 'resolve_device']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'MODELS', 'VIT_SETTINGS', 'TIMM_SETTINGS', 'TIMM_FIXED', 'GOOGLENET_ALIASES',
+           'TIMM_BLOCKS', 'VisionModel', 'ModelSpec', 'WeightsNotFoundError', 'ModelConfig', 'register_model',
+           'model_layers', 'model_aliases', 'module_paths', 'resolve_layer', 'pretrained_path', 'read_state_dict',
+           'build_model', 'load_weights', 'save_model', 'load_model', 'resolve_device']
 
 # %% ../nbs/03_models.ipynb #5a2259a5
 class VisionModel(nn.Module):
@@ -33,7 +33,8 @@ class VisionModel(nn.Module):
         super().__init__()
         self.net, self.cfg, self.arch = net, cfg, cfg.arch
         self.layer_names = model_layers(cfg)
-        self.prefix_tokens = MODELS[cfg.arch].prefix_tokens  # token layers: leading class/register tokens before the patches
+        lead = MODELS[cfg.arch].prefix_tokens  # token layers: leading class/register tokens before the patches
+        self.prefix_tokens = lead(net) if callable(lead) else lead
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         for m in net.modules():  # a stored activation must never be overwritten in place
@@ -63,13 +64,16 @@ class ModelSpec:
     doc: str
     aliases: dict | Callable | None = None  # short name -> dotted path, or cfg -> such a dict
     pretrained: tuple[str, str] | None = None  # (torchvision weights enum, member) of the ImageNet weights
-    pretrained_scaling: tuple | None = None  # (mean, std) those weights expect, where not ImageNet's
+    pretrained_scaling: tuple | Callable | None = None  # (mean, std) those weights expect, where not ImageNet's (or net -> them)
     probe_size: Callable = lambda cfg: 224  # cfg -> an image side the builder accepts (to list module paths)
-    prefix_tokens: int = 0   # token layers: class/register tokens before the patch tokens
+    prefix_tokens: int | Callable = 0  # token layers: class/register tokens before the patch tokens (or net -> that count)
 
 
 MODELS: dict[str, ModelSpec] = {}
 VIT_SETTINGS = ("patch", "depth", "dim", "heads", "mlp_dim")
+TIMM_SETTINGS = ("timm_name", "timm_args")
+TIMM_FIXED = ("img_size", "in_chans", "num_classes", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay",
+              "pretrained_strict", "checkpoint_path", "cache_dir")  # timm_args keys the data or `weights` decide
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -79,7 +83,7 @@ class WeightsNotFoundError(FileNotFoundError):
 @dataclass(frozen=True)
 class ModelConfig(Config):
     "Which classifier, its shape, and its weights."
-    arch: str = setting("cnn", "registered architecture: mlp, cnn, resnet18, resnet18_small, googlenet, vit, vit_b_16, vit_b_32")
+    arch: str = setting("cnn", "registered architecture: mlp, cnn, resnet18, resnet18_small, googlenet, vit, vit_b_16, vit_b_32, timm_vit")
     hidden: tuple[int, ...] = setting((256, 128), "mlp: hidden widths")
     channels: tuple[int, ...] = setting((16, 32), "cnn: output channels of the conv blocks")
     fc: int = setting(128, "cnn: width of the dense layer")
@@ -88,6 +92,12 @@ class ModelConfig(Config):
     dim: int = setting(64, "vit: token width (residual stream)")
     heads: int = setting(4, "vit: attention heads (must divide dim)")
     mlp_dim: int = setting(128, "vit: hidden width of each block's MLP")
+    timm_name: str = setting("vit_small_patch16_224", "timm_vit: the timm model (timm.list_models('vit_*')), e.g. "
+                                                      "vit_small_patch14_dinov2, vit_small_patch14_reg4_dinov2, "
+                                                      "vit_base_patch16_clip_224.openai; random weights, or a weights file")
+    timm_args: dict[str, int | float | bool | str] = setting(FrozenMap(), "timm_vit: keyword arguments of timm.create_model "
+                                                              "(depth, embed_dim, num_heads, patch_size, reg_tokens, init_values, "
+                                                              "…); img_size, in_chans and num_classes come from the data")
     weights: str = setting("none", "\"none\" (random, or trained here), \"default\" (torchvision ImageNet weights from the torch cache) or a weights file")
     num_classes: int | None = setting(None, "None: the dataset's number of classes (1000 with default weights)")
     seed: int = setting(0, "seed of the random initialisation")
@@ -96,9 +106,11 @@ class ModelConfig(Config):
                                           "from ImageNet resnet18 weights: a new 3×3 stem)")
 
     def used_settings(self) -> dict:
-        "The settings the network depends on: the `vit` shape only for `arch: vit` (so other archs' keys are unchanged)."
+        """The settings the network depends on: the `vit` shape only for `arch: vit`, the timm model only for
+        `arch: timm_vit` (so other archs' keys are unchanged)."""
         return {k: v for k, v in self.to_dict().items()
-                if (self.arch == "vit" or k not in VIT_SETTINGS) and not (k == "reinit" and not v)}
+                if (self.arch == "vit" or k not in VIT_SETTINGS) and (self.arch == "timm_vit" or k not in TIMM_SETTINGS)
+                and not (k == "reinit" and not v)}
 
     def validate(self):
         check_choice("arch", self.arch, MODELS)
@@ -121,6 +133,12 @@ class ModelConfig(Config):
             raise ConfigError(f"heads: {self.heads} heads do not divide dim {self.dim}")
         if self.num_classes is not None:
             check_range("num_classes", self.num_classes, lo=2)
+        if self.arch == "timm_vit":
+            if fixed := sorted(set(self.timm_args) & set(TIMM_FIXED)):
+                raise ConfigError(f"timm_args: {', '.join(fixed)} cannot be set: img_size, in_chans and num_classes come "
+                                  f"from the data (num_classes also from model.num_classes), weights from model.weights "
+                                  f"(a local file; nothing is downloaded)")
+            _check_timm_name(self.timm_name)
 
 
 def register_model(name: str, layers: Callable, doc: str, aliases=None, pretrained=None, pretrained_scaling=None,
@@ -304,6 +322,78 @@ register_model("vit_b_16", _vit_layers, "torchvision ViT-B/16 (224 px)", aliases
 register_model("vit_b_32", _vit_layers, "torchvision ViT-B/32 (224 px)", aliases=_vit_aliases,
                pretrained=("ViT_B_32_Weights", "IMAGENET1K_V1"), probe_size=_vit_probe, prefix_tokens=1)(_build_vit)
 
+# %% ../nbs/03_models.ipynb #d2e4019d
+TIMM_BLOCKS = ("Block", "ResPostBlock")  # blocks computing x + drop_path1(…attn…), then x + drop_path2(…mlp…)
+
+
+def _timm():
+    "timm, imported only when a `timm_vit` is configured; a clear error where it is not installed."
+    try:
+        import timm
+    except ImportError as e:
+        raise ConfigError(f"arch timm_vit needs the timm package, which is not installed ({e}); install it with "
+                          f"`pip install timm` (or `pip install 'sfc_vision[backbones]'`), or use arch vit") from None
+    return timm
+
+
+def _check_timm_name(name: str) -> None:
+    "A `ConfigError` naming the closest timm models where `name` is not one."
+    timm = _timm()
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        raise ConfigError(f"timm_name: {name!r} is not a timm model" + (f"; closest: {', '.join(close)}" if close else "")
+                          + "; timm.list_models('vit_*') lists the vision transformers")
+
+
+def _timm_depth(cfg) -> int:
+    return sum(1 for p in module_paths(cfg) if p.startswith("blocks.") and p.count(".") == 1)
+
+
+def _timm_layers(cfg):
+    names = ["patch_embed", "norm_pre"]
+    for b in range(_timm_depth(cfg)):
+        names += [f"blocks.{b}.drop_path1", f"blocks.{b}.drop_path2", f"blocks.{b}"]
+    return names + ["norm", "head"]
+
+
+def _timm_aliases(cfg):
+    "As for torchvision's ViT: `resid_b`, `attn_b`, `mlp_b` per block (the terms added to the stream), `embed`."
+    out = {"embed": "norm_pre"}
+    for b in range(_timm_depth(cfg)):
+        out |= {f"attn_{b}": f"blocks.{b}.drop_path1", f"mlp_{b}": f"blocks.{b}.drop_path2", f"resid_{b}": f"blocks.{b}"}
+    return out
+
+
+def _build_timm_vit(cfg, in_channels, image_size, num_classes):
+    timm = _timm()
+    from timm.models.vision_transformer import VisionTransformer
+    try:
+        net = timm.create_model(cfg.timm_name, pretrained=False, num_classes=num_classes, img_size=image_size,
+                                in_chans=in_channels, **cfg.timm_args)
+    except TypeError as e:  # an argument the model does not take (a non-ViT takes no img_size)
+        raise ConfigError(f"timm_name/timm_args: {cfg.timm_name} with {dict(cfg.timm_args)} cannot be built as a timm "
+                          f"VisionTransformer (taking img_size, in_chans, num_classes): {e}") from None
+    if not isinstance(net, VisionTransformer):
+        raise ConfigError(f"timm_name: {cfg.timm_name} builds a {type(net).__name__}, not a timm VisionTransformer "
+                          f"(ViT, DeiT, DINO, DINOv2, CLIP towers); timm_vit adapts VisionTransformers only")
+    if odd := sorted({type(b).__name__ for b in net.blocks} - set(TIMM_BLOCKS)):
+        raise ConfigError(f"timm_name: {cfg.timm_name} has blocks of type {', '.join(odd)}, whose attention and MLP "
+                          f"outputs are not the terms drop_path1/drop_path2 add to the stream; supported: {', '.join(TIMM_BLOCKS)}")
+    if net.num_reg_tokens and not net.has_class_token:
+        raise ConfigError(f"timm_args: {cfg.timm_name} has {net.num_reg_tokens} register tokens but no class token; "
+                          f"token 0 would be a register where token roles take it for the class token")
+    patch = net.patch_embed.patch_size[0]
+    if image_size % patch:
+        raise ConfigError(f"timm_args: {cfg.timm_name} cuts images into {patch}px patches; the images are {image_size}px")
+    return net
+
+
+_timm_probe = lambda cfg: 2 * cfg.timm_args["patch_size"] if "patch_size" in cfg.timm_args else 224
+_timm_scaling = lambda net: (tuple(net.pretrained_cfg["mean"]), tuple(net.pretrained_cfg["std"]))
+register_model("timm_vit", _timm_layers, "a timm VisionTransformer by name (timm_name, timm_args)", aliases=_timm_aliases,
+               pretrained_scaling=_timm_scaling, probe_size=_timm_probe,
+               prefix_tokens=lambda net: net.num_prefix_tokens)(_build_timm_vit)
+
 # %% ../nbs/03_models.ipynb #9632917e
 def pretrained_path(arch: str) -> Path:
     "Where torchvision keeps the ImageNet weights of `arch` (the file may not exist)."
@@ -377,11 +467,14 @@ def load_weights(model: VisionModel, state: dict[str, torch.Tensor]) -> None:
     """Load a state dict of the wrapper (`net.…`, `mean`, `std`) or of the bare network; refuse mismatches clearly.
 
     A bare network's state dict is taken to be in torchvision's format: its auxiliary heads are dropped and the
-    inputs are scaled as torchvision's ImageNet weights of the arch expect (`ModelSpec.pretrained_scaling`)."""
+    inputs are scaled as torchvision's ImageNet weights of the arch expect (`ModelSpec.pretrained_scaling`; a timm
+    tower's from its `pretrained_cfg`)."""
     if not any(k.startswith("net.") for k in state):
         state = {k: v for k, v in state.items() if not k.startswith("aux")}  # torchvision's auxiliary heads
         target = model.net
-        if (scaling := MODELS[model.arch].pretrained_scaling) is not None:
+        scaling = MODELS[model.arch].pretrained_scaling
+        scaling = scaling(model.net) if callable(scaling) else scaling
+        if scaling is not None and len(scaling[0]) == model.mean.numel():  # a timm tower's own, for its channel count
             model.mean.copy_(torch.tensor(scaling[0]).view_as(model.mean))
             model.std.copy_(torch.tensor(scaling[1]).view_as(model.std))
     else:
