@@ -1063,6 +1063,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'sfc_vision.stages.circuit_counts': ('stages.html#circuit_counts', 'sfc_vision/stages.py'),
                                    'sfc_vision.stages.circuit_images': ('stages.html#circuit_images', 'sfc_vision/stages.py'),
                                    'sfc_vision.stages.circuit_stage': ('stages.html#circuit_stage', 'sfc_vision/stages.py'),
+                                   'sfc_vision.stages.continues_exactly': ('stages.html#continues_exactly', 'sfc_vision/stages.py'),
                                    'sfc_vision.stages.decoder_neighbours': ('stages.html#decoder_neighbours', 'sfc_vision/stages.py'),
                                    'sfc_vision.stages.default_runs_root': ('stages.html#default_runs_root', 'sfc_vision/stages.py'),
                                    'sfc_vision.stages.discovery_halves': ('stages.html#discovery_halves', 'sfc_vision/stages.py'),

@@ -23,7 +23,7 @@ from .runfolder import MARKER, RunFolder
 from .config import ConfigError, check_choice, digest
 from .data import ImageData, ImageSet, stratified_split, stratified_subset
 from .models import MODELS, build_model, load_model, resolve_device, resolve_layer, save_model
-from .sae import CHECKPOINT_RULES, IdentityDictionary
+from .sae import CHECKPOINT_RULES, IdentityDictionary, SAEConfig
 from .sae_train import checkpoint_steps, load_checkpoint, train_sae
 from .sae_eval import evaluate_checkpoints, evaluate_saes, sae_verdict
 from .splice import Patch, Splice, load_patches, make_patches, save_patches
@@ -42,10 +42,11 @@ from .train import channel_stats, evaluate_classifier, train_classifier
 __all__ = ['VALIDATION_IMAGES', 'CHECKPOINT_CHOICE', 'SAE_EVAL_KEYS', 'PAGE_TOP_K', 'PAGE_NEIGHBOURS', 'FEATVIS_STEPS',
            'FEATVIS_SIZE', 'THUMB_SIZE', 'weights_problem', 'model_stage', 'layer_folders', 'activations_stage',
            'validation_indices', 'best_checkpoint', 'choose_checkpoint', 'layer_sae_key', 'layer_sae_lineage',
-           'shorter_layer_sae', 'sae_store', 'restore_layer_sae', 'keep_layer_sae', 'streamed_layers', 'saes_stage',
-           'RunOutputs', 'eval_images', 'sae_eval_stage', 'circuit_images', 'attribution_stage', 'circuit_counts',
-           'discovery_halves', 'edge_images', 'circuit_stage', 'mis_stage', 'selectivity_stage', 'decoder_neighbours',
-           'neuron_readers', 'pages_stage', 'default_runs_root', 'open_study']
+           'continues_exactly', 'shorter_layer_sae', 'sae_store', 'restore_layer_sae', 'keep_layer_sae',
+           'streamed_layers', 'saes_stage', 'RunOutputs', 'eval_images', 'sae_eval_stage', 'circuit_images',
+           'attribution_stage', 'circuit_counts', 'discovery_halves', 'edge_images', 'circuit_stage', 'mis_stage',
+           'selectivity_stage', 'decoder_neighbours', 'neuron_readers', 'pages_stage', 'default_runs_root',
+           'open_study']
 
 # %% ../nbs/12b_stages.ipynb #d84024d1
 def _num_classes(cfg: StudyConfig, data: ImageData) -> int:
@@ -168,6 +169,12 @@ def layer_sae_lineage(cfg: StudyConfig, layer: str, cache_info: dict) -> str:
     return layer_sae_key(cfg, layer, cache_info, budget=False)
 
 
+def continues_exactly(cfg: SAEConfig) -> bool:
+    """Whether an SAE of `cfg` continued from a shorter budget is bit for bit the one trained `cfg.steps` in one go: a
+    constant learning rate and λ and no resampling (their schedules are fractions of the budget)."""
+    return cfg.lr_warmup == 0 and cfg.lr_decay == "none" and cfg.l1_warmup == 0 and cfg.resample == "none"
+
+
 def shorter_layer_sae(study: Study, lineage: str, steps: int) -> Path | None:
     """The stored SAE of `lineage` with the largest step budget below `steps` (complete, intact, with the training state
     of its last step), or None: the SAE a training of `steps` steps continues."""
@@ -245,7 +252,8 @@ def saes_stage(ctx: StageContext) -> dict:
     """Train one SAE per captured layer, with that layer's settings, on its cached activations (resuming from its
     checkpoints); a layer's SAE already in the per-layer store (same layer, activations and settings) is reused,
     unless the stage is forced (`--force saes` retrains every layer and replaces its stored SAE). An SAE of the same
-    settings but a smaller `steps` in the store is continued from its last checkpoint (`continued_from`). A layer whose
+    settings but a smaller `steps` in the store is continued from its last checkpoint (`continued_from`) where that is
+    exact (`continues_exactly`). A layer whose
     `use_checkpoint` is a rule gets its checkpoint chosen on the validation images (`choose_checkpoint`)."""
     out, forced = {}, ctx.stage.name in ctx.study.force
     streams = streamed_layers(ctx, ctx.study.stage_dir("model")) if ctx.cfg.capture.store == "stream" else {}
@@ -259,12 +267,16 @@ def saes_stage(ctx: StageContext) -> dict:
             shutil.rmtree(store, ignore_errors=True)  # its files may be the replaced entry's too (hard links): retrain
         reused, continued = restore_layer_sae(store, dest), None
         lineage = layer_sae_lineage(ctx.cfg, layer, cache.info)
-        if not (reused or forced or checkpoint_steps(dest, with_state=True)):  # none of its own to resume from
+        if continues_exactly(cfg) and not (reused or forced or checkpoint_steps(dest, with_state=True)):
             if (shorter := shorter_layer_sae(ctx.study, lineage, cfg.steps)) is not None:
                 _link_tree(shorter, dest)   # train_sae continues it (the new budget's schedules from its last step on)
                 continued = {"step": checkpoint_steps(dest)[-1], "key": shorter.name}
         history = train_sae(cache, cfg.replace(use_checkpoint="final"), dest, progress=ctx.progress,
                             device=ctx.cfg.execution.device)  # a restored SAE is finished: its history only
+        if continued:  # the shorter run's checkpoints off the new schedule: the entry holds what one-go training would
+            for step in set(checkpoint_steps(dest)) - set(cfg.checkpoint_steps()):
+                for f in dest.glob(f"*_{step:06d}.*"):
+                    f.unlink()
         if not reused:
             keep_layer_sae(dest, store, key, lineage, cfg.steps)
         sae, meta = load_checkpoint(dest, expect_layer=folder, expect_model_sha256=cache.info["model_sha256"])
