@@ -175,18 +175,21 @@ def continues_exactly(cfg: SAEConfig) -> bool:
     return cfg.lr_warmup == 0 and cfg.lr_decay == "none" and cfg.l1_warmup == 0 and cfg.resample == "none"
 
 
-def shorter_layer_sae(study: Study, lineage: str, steps: int) -> Path | None:
-    """The stored SAE of `lineage` with the largest step budget below `steps` (complete, intact, with the training state
-    of its last step), or None: the SAE a training of `steps` steps continues."""
+def shorter_layer_sae(study: Study, lineage: str, cfg: SAEConfig) -> Path | None:
+    """The stored SAE of `lineage` with the largest step budget below `cfg.steps` (complete, intact, with the training
+    state of its last step and every checkpoint of `cfg`'s schedule up to its budget), or None: the SAE a training of
+    `cfg` continues."""
     found = []
     for marker in (study.cache_root / "saes_by_layer").glob(f"*/{MARKER}"):
         try:
             record = read_json(marker)
         except ArtifactError:
             continue
-        if record.get("lineage") == lineage and record.get("steps", steps) < steps \
-                and record["steps"] in checkpoint_steps(marker.parent, with_state=True) \
-                and verify_entry(marker.parent, record) is None:
+        if record.get("lineage") != lineage or record.get("steps", cfg.steps) >= cfg.steps:
+            continue
+        have = checkpoint_steps(marker.parent)
+        if record["steps"] in checkpoint_steps(marker.parent, with_state=True) and verify_entry(marker.parent, record) is None \
+                and all(s in have for s in cfg.checkpoint_steps() if s <= record["steps"]):
             found.append((record["steps"], marker.parent))
     return max(found)[1] if found else None
 
@@ -268,7 +271,7 @@ def saes_stage(ctx: StageContext) -> dict:
         reused, continued = restore_layer_sae(store, dest), None
         lineage = layer_sae_lineage(ctx.cfg, layer, cache.info)
         if continues_exactly(cfg) and not (reused or forced or checkpoint_steps(dest, with_state=True)):
-            if (shorter := shorter_layer_sae(ctx.study, lineage, cfg.steps)) is not None:
+            if (shorter := shorter_layer_sae(ctx.study, lineage, cfg)) is not None:
                 _link_tree(shorter, dest)   # train_sae continues it (the new budget's schedules from its last step on)
                 continued = {"step": checkpoint_steps(dest)[-1], "key": shorter.name}
         history = train_sae(cache, cfg.replace(use_checkpoint="final"), dest, progress=ctx.progress,
