@@ -177,8 +177,8 @@ def continues_exactly(cfg: SAEConfig) -> bool:
 
 def shorter_layer_sae(study: Study, lineage: str, cfg: SAEConfig) -> Path | None:
     """The stored SAE of `lineage` with the largest step budget below `cfg.steps` (complete, intact, with the training
-    state of its last step and every checkpoint of `cfg`'s schedule up to its budget), or None: the SAE a training of
-    `cfg` continues."""
+    state of its last step) whose checkpoints are exactly those of `cfg`'s schedule up to its budget, or None: the SAE a
+    training of `cfg` continues into what training `cfg` in one go writes (the same checkpoints and history)."""
     found = []
     for marker in (study.cache_root / "saes_by_layer").glob(f"*/{MARKER}"):
         try:
@@ -189,7 +189,7 @@ def shorter_layer_sae(study: Study, lineage: str, cfg: SAEConfig) -> Path | None
             continue
         have = checkpoint_steps(marker.parent)
         if record["steps"] in checkpoint_steps(marker.parent, with_state=True) and verify_entry(marker.parent, record) is None \
-                and all(s in have for s in cfg.checkpoint_steps() if s <= record["steps"]):
+                and have == [s for s in cfg.checkpoint_steps() if s <= record["steps"]]:
             found.append((record["steps"], marker.parent))
     return max(found)[1] if found else None
 
@@ -276,10 +276,6 @@ def saes_stage(ctx: StageContext) -> dict:
                 continued = {"step": checkpoint_steps(dest)[-1], "key": shorter.name}
         history = train_sae(cache, cfg.replace(use_checkpoint="final"), dest, progress=ctx.progress,
                             device=ctx.cfg.execution.device)  # a restored SAE is finished: its history only
-        if continued:  # the shorter run's checkpoints off the new schedule: the entry holds what one-go training would
-            for step in set(checkpoint_steps(dest)) - set(cfg.checkpoint_steps()):
-                for f in dest.glob(f"*_{step:06d}.*"):
-                    f.unlink()
         if not reused:
             keep_layer_sae(dest, store, key, lineage, cfg.steps)
         sae, meta = load_checkpoint(dest, expect_layer=folder, expect_model_sha256=cache.info["model_sha256"])
