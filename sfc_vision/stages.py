@@ -256,8 +256,8 @@ def saes_stage(ctx: StageContext) -> dict:
     checkpoints); a layer's SAE already in the per-layer store (same layer, activations and settings) is reused,
     unless the stage is forced (`--force saes` retrains every layer and replaces its stored SAE). An SAE of the same
     settings but a smaller `steps` in the store is continued from its last checkpoint (`continued_from`) where that is
-    exact (`continues_exactly`). A layer whose
-    `use_checkpoint` is a rule gets its checkpoint chosen on the validation images (`choose_checkpoint`)."""
+    exact (`continues_exactly`). A layer whose `use_checkpoint` is a rule gets its checkpoint chosen on the validation
+    images (`choose_checkpoint`)."""
     out, forced = {}, ctx.stage.name in ctx.study.force
     streams = streamed_layers(ctx, ctx.study.stage_dir("model")) if ctx.cfg.capture.store == "stream" else {}
     choices, validation = {}, None  # checkpoint rules: layer -> the choice and its numbers; the validation images
@@ -272,6 +272,7 @@ def saes_stage(ctx: StageContext) -> dict:
         lineage = layer_sae_lineage(ctx.cfg, layer, cache.info)
         if continues_exactly(cfg) and not (reused or forced or checkpoint_steps(dest, with_state=True)):
             if (shorter := shorter_layer_sae(ctx.study, lineage, cfg)) is not None:
+                shutil.rmtree(dest, ignore_errors=True)  # nothing resumable of its own there
                 _link_tree(shorter, dest)   # train_sae continues it (the new budget's schedules from its last step on)
                 continued = {"step": checkpoint_steps(dest)[-1], "key": shorter.name}
         history = train_sae(cache, cfg.replace(use_checkpoint="final"), dest, progress=ctx.progress,
