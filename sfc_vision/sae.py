@@ -17,8 +17,9 @@ from .artifacts import ArtifactError, load_tensors, meta_path, read_json, save_t
 from .config import Config, ConfigError, FrozenMap, check_choice, check_range, setting
 
 # %% auto #0
-__all__ = ['SAE_ARCHS', 'Dictionary', 'IdentityDictionary', 'SAELoss', 'SAE', 'SAEArch', 'register_sae', 'ReLUSAE', 'GatedSAE',
-           'TopKSAE', 'BatchTopKSAE', 'JumpReLUSAE', 'SAEConfig', 'check_fits', 'build_sae', 'save_sae', 'load_sae']
+__all__ = ['SAE_ARCHS', 'CHECKPOINT_RULES', 'Dictionary', 'IdentityDictionary', 'SAELoss', 'SAE', 'SAEArch', 'register_sae',
+           'ReLUSAE', 'GatedSAE', 'TopKSAE', 'BatchTopKSAE', 'JumpReLUSAE', 'SAEConfig', 'check_fits', 'build_sae',
+           'save_sae', 'load_sae']
 
 # %% ../nbs/06_sae.ipynb #466fb132
 class Dictionary(nn.Module):
@@ -325,6 +326,9 @@ class JumpReLUSAE(SAE):
         self.log_threshold[idx] = math.log(self.init_threshold)
 
 # %% ../nbs/06_sae.ipynb #4f4f7c4a
+CHECKPOINT_RULES = {"best_spliced_accuracy": "accuracy", "best_fve": "fve"}  # use_checkpoint rule -> the measurement it maximises
+
+
 @dataclass(frozen=True)
 class SAEConfig(Config):
     "A sparse autoencoder for one site, and how it is trained (values in normalised units, E‖x‖² = d_in)."
@@ -359,8 +363,9 @@ class SAEConfig(Config):
     precision: Literal["float32", "bfloat16"] = setting("float32", "bfloat16: autocast the forward pass (GPU)")
     seed: int = setting(0, "initialisation, data order and resampling")
     # per layer
-    use_checkpoint: int | str = setting("final", "the checkpoint attribution, circuits and MIS use: final, or a step of "
-                                                 "checkpoint_steps()")
+    use_checkpoint: int | str = setting("final", "the checkpoint attribution, circuits and MIS use: final, a step of "
+                                                 "checkpoint_steps(), or a rule of CHECKPOINT_RULES (best_spliced_accuracy, "
+                                                 "best_fve: the best checkpoint on validation images of the train split)")
     layers: dict[str, dict] = setting(FrozenMap(), "per-layer overrides of any setting above, by captured layer name "
                                                    "(alias or dotted path), e.g. {pool2: {expansion: 8, l1_coeff: 1.0}}")
 
@@ -396,9 +401,10 @@ class SAEConfig(Config):
             raise ConfigError(f"resample_every: {self.resample_every:g} of {self.steps} steps is less than one step; "
                               f"valid: {1 / self.steps:.3g} … 1")
         if isinstance(self.use_checkpoint, str):
-            if self.use_checkpoint != "final":
-                raise ConfigError(f"use_checkpoint: unknown value {self.use_checkpoint!r}; valid: final, or a checkpoint "
-                                  f"step: {', '.join(map(str, self.checkpoint_steps()))}")
+            if self.use_checkpoint != "final" and self.use_checkpoint not in CHECKPOINT_RULES:
+                raise ConfigError(f"use_checkpoint: unknown value {self.use_checkpoint!r}; valid: final, a rule "
+                                  f"({', '.join(CHECKPOINT_RULES)}), or a checkpoint step: "
+                                  f"{', '.join(map(str, self.checkpoint_steps()))}")
         elif self.use_checkpoint not in self.checkpoint_steps():
             raise ConfigError(f"use_checkpoint: step {self.use_checkpoint} is not a checkpoint of this SAE; valid: final, "
                               f"{', '.join(map(str, self.checkpoint_steps()))}")

@@ -5,6 +5,7 @@
 # %% ../nbs/12b_stages.ipynb #d58de736
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -15,14 +16,14 @@ import torch
 from fastcore.basics import patch
 
 from .activations import ActivationCache, StreamingActivations, cache_activations
-from .artifacts import json_safe, load_tensors, read_json, save_tensors, write_json
+from .artifacts import ArtifactError, json_safe, load_tensors, read_json, save_tensors, write_json
 from .cache import (STAGES, StageContext, Study, file_records, record_digest, register_stage,
                               verify_entry)
 from .runfolder import MARKER, RunFolder
-from .config import ConfigError, digest
-from .data import ImageData, ImageSet, stratified_subset
+from .config import ConfigError, check_choice, digest
+from .data import ImageData, ImageSet, stratified_split, stratified_subset
 from .models import MODELS, build_model, load_model, resolve_device, resolve_layer, save_model
-from .sae import IdentityDictionary
+from .sae import CHECKPOINT_RULES, IdentityDictionary, SAEConfig
 from .sae_train import checkpoint_steps, load_checkpoint, train_sae
 from .sae_eval import evaluate_checkpoints, evaluate_saes, sae_verdict
 from .splice import Patch, Splice, load_patches, make_patches, save_patches
@@ -38,11 +39,13 @@ from .study_config import StudyConfig, load_config, merge_settings
 from .train import channel_stats, evaluate_classifier, train_classifier
 
 # %% auto #0
-__all__ = ['SAE_EVAL_KEYS', 'PAGE_TOP_K', 'PAGE_NEIGHBOURS', 'FEATVIS_STEPS', 'FEATVIS_SIZE', 'THUMB_SIZE', 'weights_problem',
-           'model_stage', 'layer_folders', 'activations_stage', 'layer_sae_key', 'sae_store', 'restore_layer_sae',
-           'keep_layer_sae', 'streamed_layers', 'saes_stage', 'RunOutputs', 'eval_images', 'sae_eval_stage',
-           'circuit_images', 'attribution_stage', 'circuit_counts', 'discovery_halves', 'edge_images', 'circuit_stage',
-           'mis_stage', 'selectivity_stage', 'decoder_neighbours', 'neuron_readers', 'pages_stage', 'default_runs_root',
+__all__ = ['VALIDATION_IMAGES', 'CHECKPOINT_CHOICE', 'SAE_EVAL_KEYS', 'PAGE_TOP_K', 'PAGE_NEIGHBOURS', 'FEATVIS_STEPS',
+           'FEATVIS_SIZE', 'THUMB_SIZE', 'weights_problem', 'model_stage', 'layer_folders', 'activations_stage',
+           'validation_indices', 'best_checkpoint', 'choose_checkpoint', 'layer_sae_key', 'layer_sae_lineage',
+           'continues_exactly', 'shorter_layer_sae', 'sae_store', 'restore_layer_sae', 'keep_layer_sae',
+           'streamed_layers', 'saes_stage', 'RunOutputs', 'eval_images', 'sae_eval_stage', 'circuit_images',
+           'attribution_stage', 'circuit_counts', 'discovery_halves', 'edge_images', 'circuit_stage', 'mis_stage',
+           'selectivity_stage', 'decoder_neighbours', 'neuron_readers', 'pages_stage', 'default_runs_root',
            'open_study']
 
 # %% ../nbs/12b_stages.ipynb #d84024d1
@@ -116,16 +119,79 @@ def activations_stage(ctx: StageContext) -> dict:
     return {layer: {k: infos[folder][k] for k in ("shape", "n_vectors", "n_images", "dtype")}
             for layer, folder in layer_folders(ctx.cfg).items()}
 
+# %% ../nbs/12b_stages.ipynb #6e378f5a
+VALIDATION_IMAGES = 512  # checkpoint rules: validation images of the train split (at most a quarter of it)
+CHECKPOINT_CHOICE = "checkpoint_choice.json"  # in the saes stage's folder: per layer, how its rule chose
+
+
+def validation_indices(cfg: StudyConfig, train: ImageSet) -> torch.Tensor:
+    """Indices into the train split `train` of the images a checkpoint rule measures on: stratified, `VALIDATION_IMAGES`
+    but at most a quarter of the split, the head of each class's `data.seed` order (`stratified_subset` takes the tail)."""
+    n = min(VALIDATION_IMAGES, len(train) // 4)
+    return stratified_split(train.labels, n / len(train), cfg.data.seed)[1]
+
+
+def best_checkpoint(rows: list[dict], metric: str) -> int:
+    "The step of the row of `rows` (in step order) with the largest `metric`; the earliest on a tie, a NaN never best."
+    value = lambda r: r[metric] if r[metric] is not None and not math.isnan(r[metric]) else -math.inf
+    return max(rows, key=value)["step"]  # max keeps the first of equal values
+
+
+def choose_checkpoint(model, layer: str, sae_dir: Path, rule: str, images: ImageSet, model_sha256: str,
+                      batch_size: int = 256, device: str = "auto") -> dict:
+    """The checkpoint of the SAE in `sae_dir` (canonical layer `layer`) that `rule` of `CHECKPOINT_RULES` picks on
+    `images`: `rule`, `metric`, `use_step` and every checkpoint's spliced accuracy and FVE (`checkpoints`)."""
+    check_choice("use_checkpoint", rule, CHECKPOINT_RULES)
+    steps = checkpoint_steps(sae_dir)
+    saes = {str(s): load_checkpoint(sae_dir, s, expect_layer=layer, expect_model_sha256=model_sha256)[0] for s in steps}
+    recs = evaluate_saes(model, layer, saes, images, batch_size=batch_size, device=device)
+    rows = [{"step": s, "accuracy": recs[str(s)]["accuracy"], "fve": recs[str(s)]["fve"]} for s in steps]
+    metric = CHECKPOINT_RULES[rule]
+    return {"rule": rule, "metric": metric, "use_step": best_checkpoint(rows, metric), "checkpoints": rows}
+
 # %% ../nbs/12b_stages.ipynb #6fe44687
-def layer_sae_key(cfg: StudyConfig, layer: str, cache_info: dict) -> str:
+def layer_sae_key(cfg: StudyConfig, layer: str, cache_info: dict, budget: bool = True) -> str:
     """16 hex digits naming the SAE of configured layer `layer`: its canonical layer, its activations (`cache_info`,
-    the layer's `cache.json`: shape, dtype, shard hashes, model) and its own training settings, nothing else."""
+    the layer's `cache.json`: shape, dtype, shard hashes, model) and its own training settings, nothing else (without
+    `budget`, its step budget left out: `layer_sae_lineage`)."""
     acts = {k: cache_info.get(k) for k in ("layer", "shape", "dtype", "n_vectors", "shards", "model_sha256")}
     if cache_info.get("store") == "stream":  # no shards to hash: the vectors are what the images and capture settings make
         acts["stream"] = {"data": cfg.data.used_settings(),
                           "capture": {k: v for k, v in cfg.capture.used_settings().items() if k != "layers"}}
     return digest({"layer": resolve_layer(cfg.model, layer), "activations": acts, "version": STAGES["saes"].version,
-                   "settings": json_safe(cfg.layer_sae(layer).training_settings())})[:16]
+                   "settings": json_safe({k: v for k, v in cfg.layer_sae(layer).training_settings().items()
+                                          if budget or k not in ("steps", "checkpoints")})})[:16]
+
+
+def layer_sae_lineage(cfg: StudyConfig, layer: str, cache_info: dict) -> str:
+    """16 hex digits naming what `layer_sae_key` names but the step budget (`steps`, `checkpoints`): SAEs of one lineage
+    differ only in how long they trained, so a longer one can continue a shorter one."""
+    return layer_sae_key(cfg, layer, cache_info, budget=False)
+
+
+def continues_exactly(cfg: SAEConfig) -> bool:
+    """Whether an SAE of `cfg` continued from a shorter budget is bit for bit the one trained `cfg.steps` in one go: a
+    constant learning rate and λ and no resampling (their schedules are fractions of the budget)."""
+    return cfg.lr_warmup == 0 and cfg.lr_decay == "none" and cfg.l1_warmup == 0 and cfg.resample == "none"
+
+
+def shorter_layer_sae(study: Study, lineage: str, cfg: SAEConfig) -> Path | None:
+    """The stored SAE of `lineage` with the largest step budget below `cfg.steps` (complete, intact, with the training
+    state of its last step) whose checkpoints are exactly those of `cfg`'s schedule up to its budget, or None: the SAE a
+    training of `cfg` continues into what training `cfg` in one go writes (the same checkpoints and history)."""
+    found = []
+    for marker in (study.cache_root / "saes_by_layer").glob(f"*/{MARKER}"):
+        try:
+            record = read_json(marker)
+        except ArtifactError:
+            continue
+        if record.get("lineage") != lineage or record.get("steps", cfg.steps) >= cfg.steps:
+            continue
+        have = checkpoint_steps(marker.parent)
+        if record["steps"] in checkpoint_steps(marker.parent, with_state=True) and verify_entry(marker.parent, record) is None \
+                and have == [s for s in cfg.checkpoint_steps() if s <= record["steps"]]:
+            found.append((record["steps"], marker.parent))
+    return max(found)[1] if found else None
 
 
 def sae_store(study: Study, key: str) -> Path:
@@ -156,14 +222,15 @@ def restore_layer_sae(store: Path, dest: Path) -> bool:
     return True
 
 
-def keep_layer_sae(folder: Path, store: Path, key: str) -> None:
-    "Add the trained SAE in `folder` to the store as `store` (atomically: a temporary folder, then a rename)."
+def keep_layer_sae(folder: Path, store: Path, key: str, lineage: str | None = None, steps: int | None = None) -> None:
+    """Add the trained SAE in `folder` to the store as `store` (atomically: a temporary folder, then a rename), with its
+    `lineage` (`layer_sae_lineage`) and step budget `steps`, by which a longer training finds it to continue."""
     if (store / MARKER).exists():
         return
     store.parent.mkdir(parents=True, exist_ok=True)
     tmp = store.with_name(f".tmp-{key}-{uuid.uuid4().hex[:8]}")
     _link_tree(folder, tmp)
-    record = {"key": key, "files": file_records(tmp)}
+    record = {"key": key, "files": file_records(tmp), **({"lineage": lineage, "steps": steps} if lineage else {})}
     write_json(tmp / MARKER, {**record, "digest": record_digest(record)})
     shutil.rmtree(store, ignore_errors=True)  # an incomplete one
     try:
@@ -187,9 +254,13 @@ def streamed_layers(ctx: StageContext, model_dir: Path) -> dict[str, StreamingAc
 def saes_stage(ctx: StageContext) -> dict:
     """Train one SAE per captured layer, with that layer's settings, on its cached activations (resuming from its
     checkpoints); a layer's SAE already in the per-layer store (same layer, activations and settings) is reused,
-    unless the stage is forced (`--force saes` retrains every layer and replaces its stored SAE)."""
+    unless the stage is forced (`--force saes` retrains every layer and replaces its stored SAE). An SAE of the same
+    settings but a smaller `steps` in the store is continued from its last checkpoint (`continued_from`) where that is
+    exact (`continues_exactly`). A layer whose `use_checkpoint` is a rule gets its checkpoint chosen on the validation
+    images (`choose_checkpoint`)."""
     out, forced = {}, ctx.stage.name in ctx.study.force
     streams = streamed_layers(ctx, ctx.study.stage_dir("model")) if ctx.cfg.capture.store == "stream" else {}
+    choices, validation = {}, None  # checkpoint rules: layer -> the choice and its numbers; the validation images
     for layer, folder in layer_folders(ctx.cfg).items():
         cache = streams[layer] if streams else ActivationCache(ctx.upstream("activations") / "cache" / folder)
         cfg = ctx.cfg.layer_sae(layer)
@@ -197,20 +268,40 @@ def saes_stage(ctx: StageContext) -> dict:
         store, dest = sae_store(ctx.study, key), ctx.dir / folder
         if forced:
             shutil.rmtree(store, ignore_errors=True)  # its files may be the replaced entry's too (hard links): retrain
-        reused = restore_layer_sae(store, dest)
+        reused, continued = restore_layer_sae(store, dest), None
+        lineage = layer_sae_lineage(ctx.cfg, layer, cache.info)
+        if continues_exactly(cfg) and not (reused or forced or checkpoint_steps(dest, with_state=True)):
+            if (shorter := shorter_layer_sae(ctx.study, lineage, cfg)) is not None:
+                shutil.rmtree(dest, ignore_errors=True)  # nothing resumable of its own there
+                _link_tree(shorter, dest)   # train_sae continues it (the new budget's schedules from its last step on)
+                continued = {"step": checkpoint_steps(dest)[-1], "key": shorter.name}
         history = train_sae(cache, cfg.replace(use_checkpoint="final"), dest, progress=ctx.progress,
                             device=ctx.cfg.execution.device)  # a restored SAE is finished: its history only
         if not reused:
-            keep_layer_sae(dest, store, key)
+            keep_layer_sae(dest, store, key, lineage, cfg.steps)
         sae, meta = load_checkpoint(dest, expect_layer=folder, expect_model_sha256=cache.info["model_sha256"])
         steps = checkpoint_steps(dest)
+        use_step = steps[-1] if cfg.use_checkpoint == "final" else cfg.use_checkpoint
+        if cfg.use_checkpoint in CHECKPOINT_RULES:  # measured on validation images of the train split
+            if validation is None:
+                model, model_meta = load_model(ctx.study.stage_dir("model") / "model.safetensors")
+                idx = validation_indices(ctx.cfg, ctx.data().train)
+                validation = ctx.data().train.subset(idx)
+            choice = choose_checkpoint(model, folder, dest, cfg.use_checkpoint, validation, model_meta["sha256"],
+                                       batch_size=ctx.cfg.execution.batch_size, device=ctx.cfg.execution.device)
+            choices[layer] = {**choice, "validation": {"split": "train", "n_images": len(idx), "indices": idx.tolist()}}
+            use_step = choice["use_step"]
         last = history[-1]
         out[layer] = {"d_in": sae.d_in, "d_sae": sae.d_sae, "loss": last["loss"], "mse": last["mse"], "l0": last["l0"],
                       "dead_fraction": last["dead_fraction"], "steps": last["step"], "passes": last["passes"],
                       "sha256": meta["sha256"], "key": key, "trained": not reused, "settings": cfg.training_settings(),
                       "checkpoint_steps": steps, "use_checkpoint": cfg.use_checkpoint,
-                      "use_step": steps[-1] if cfg.use_checkpoint == "final" else cfg.use_checkpoint,
+                      "use_step": use_step, **({"checkpoint_choice": {k: v for k, v in choices[layer].items() if k != "validation"}
+                                                 | {"n_validation": len(idx)}} if layer in choices else {}),
+                      **({"continued_from": continued} if continued else {}),
                       "history": [{k: h[k] for k in ("step", "vectors", "loss", "mse", "l0", "dead_fraction")} for h in history]}
+    if choices:
+        write_json(ctx.dir / CHECKPOINT_CHOICE, json_safe(choices))
     return out
 
 
@@ -240,7 +331,19 @@ class RunOutputs:
     def sae_step(self, layer: str) -> int:
         "The checkpoint step of configured layer `layer` that attribution, circuits and MIS use (`use_checkpoint`)."
         choice = self.cfg.layer_sae(layer).use_checkpoint
+        if choice in CHECKPOINT_RULES:
+            return self.checkpoint_choice(layer)["use_step"]
         return self.sae_steps(layer)[-1] if choice == "final" else choice
+
+    def checkpoint_choice(self, layer: str) -> dict:
+        """How the `use_checkpoint` rule of configured layer `layer` chose its checkpoint: `rule`, `metric`, `use_step`,
+        each checkpoint's validation numbers (`checkpoints`) and the validation images (`validation`: split, indices)."""
+        path = self.folder("saes") / CHECKPOINT_CHOICE
+        choices = read_json(path) if path.exists() else {}
+        if layer not in choices:
+            raise FileNotFoundError(f"no checkpoint rule chose the SAE of {layer} (use_checkpoint: "
+                                    f"{self.cfg.layer_sae(layer).use_checkpoint})")
+        return choices[layer]
 
     def sae(self, layer: str, step: int | None = None, model_sha256: str | None = None):
         """The SAE of configured layer `layer` (the checkpoint its `use_checkpoint` picks, or that of `step`) and its
