@@ -1014,6 +1014,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'sfc_vision.splice.Splice.to': ('splice.html#splice.to', 'sfc_vision/splice.py'),
                                    'sfc_vision.splice.Splice.trace': ('splice.html#splice.trace', 'sfc_vision/splice.py'),
                                    'sfc_vision.splice.Splice.vectors': ('splice.html#splice.vectors', 'sfc_vision/splice.py'),
+                                   'sfc_vision.splice._ablation_products': ('splice.html#_ablation_products', 'sfc_vision/splice.py'),
                                    'sfc_vision.splice._decode': ('splice.html#_decode', 'sfc_vision/splice.py'),
                                    'sfc_vision.splice._encode': ('splice.html#_encode', 'sfc_vision/splice.py'),
                                    'sfc_vision.splice.check_dictionary_meta': ('splice.html#check_dictionary_meta', 'sfc_vision/splice.py'),

@@ -20,7 +20,7 @@ from .artifacts import ArtifactError, load_tensors, save_tensors
 from .config import ConfigError, check_choice
 from .data import ImageSet
 from .models import VisionModel, resolve_device
-from .sae import Dictionary, IdentityDictionary, load_sae
+from .sae import SAE, Dictionary, IdentityDictionary, load_sae
 
 # %% auto #0
 __all__ = ['Patch', 'SiteTrace', 'check_dictionary_meta', 'eval_mode', 'Splice', 'load_splice', 'mean_patches', 'zero_patches',
@@ -270,6 +270,24 @@ def trace(self: Splice, graph: bool = False) -> Iterator[dict[str, SiteTrace]]:
     with self._hooks(edit, self.sites):
         yield traces
 
+# %% ../nbs/09_splice.ipynb #4776c9ef
+def _ablation_products(dic: Dictionary, keep: torch.Tensor, p: Patch) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Where `dic` decodes as `f W + b` (an `SAE` whose decoder is not overridden) and `keep` is `(R, n_nodes)` (or the same at every
+    position): per
+    replica the matrix `M_r (d_sae, d_in)` and the constant `c_r (P, d_in)` with which the patched site's output is
+    `f M_r + c_r` (plus `v` where the error node is kept); else None (the plain re-decode)."""
+    if keep.ndim == 3 and bool((keep == keep[:, :1]).all()):   # the same nodes at every position (`sum` nodes)
+        keep = keep[:, 0]
+    if not (isinstance(dic, SAE) and type(dic).decode is SAE.decode) or keep.ndim != 2:
+        return None
+    with torch.no_grad():
+        w, b = dic.W_dec, dic.b_dec
+        a = (~keep[:, :-1].to(w.device)).to(w)                    # (R, d_sae): 1 on the ablated features
+        kept_e = keep[:, -1].to(w.device)[:, None, None]          # (R, 1, 1): the error node kept
+        c = (a[:, None, :] * p.f.to(w)) @ w                       # (R, P, d_in): ā of the ablated features, decoded
+        mats = torch.where(kept_e, -a[:, :, None] * w, (1 - a)[:, :, None] * w)
+        return mats, torch.where(kept_e, c, c + b + p.eps.to(w))
+
 # %% ../nbs/09_splice.ipynb #2e6ee7ef
 @patch
 @contextmanager
@@ -279,7 +297,8 @@ def ablate(self: Splice, keep: dict[str, torch.Tensor], patches: dict[str, Patch
     `keep[site]` is a bool `(R, n_nodes)` (the last column: the error node), or `(R, P, n_nodes)` per
     position (after `probe`): in replica `r`, the nodes of `site` where it is false are replaced by their patch
     (at every position, or at the positions where it is false), and the site outputs
-    `decode(f') + ε'`. Sites re-encode what arrives from upstream. The batch is replicated at the
+    `decode(f') + ε'` (with an affine decoder and masks the same at every position: one product per replica,
+    `_ablation_products`). Sites re-encode what arrives from upstream. The batch is replicated at the
     first site (outputs are `(R·B, …)`, replica-major), or at the model's input when the first site
     is not a cut (`is_cut`: a skip connection bypasses it). A replica that keeps every node of a
     site passes its output unchanged (after `probe`)."""
@@ -297,18 +316,31 @@ def ablate(self: Splice, keep: dict[str, torch.Tensor], patches: dict[str, Patch
     at_input = not self.is_cut(first)
     state = {"expanded": at_input}
 
+    fast = {s: _ablation_products(self.dicts[s], keep[s], patches[s]) for s in sites}
+
     def edit(site, v):
         dic, p, mask = self.dicts[site], patches[site], keep[site].to(v.device)
         f = _encode(dic, v)
-        eps = v - _decode(dic, f)
+        eps = v - _decode(dic, f) if fast[site] is None else v   # the affine path needs no ε (`_ablation_products`)
         if state["expanded"]:                                # (R·B, P, ·) → (R, B, P, ·)
             v, f, eps = (t.view(n_rep, -1, *t.shape[1:]) for t in (v, f, eps))
+            shared = False
         else:  # the first site: the replicas share its input, so it is encoded once
             v, f, eps = (t.expand(n_rep, *t.shape) for t in (v, f, eps))
-            state["expanded"] = True
+            state["expanded"], shared = True, True
         mask = mask[:, None, None] if mask.ndim == 2 else mask[:, None]   # (R, 1, P or 1, n_nodes)
         keep_f, keep_e = mask[..., :-1], mask[..., -1:]
-        out = _decode(dic, torch.where(keep_f, f, p.f.to(f))) + torch.where(keep_e, eps, p.eps.to(eps))
+        if fast[site] is None:
+            out = _decode(dic, torch.where(keep_f, f, p.f.to(f))) + torch.where(keep_e, eps, p.eps.to(eps))
+        else:
+            mats, const = (t.to(v) for t in fast[site])       # (R, d_sae, d_in), (R, P, d_in)
+            d_sae, d_in = mats.shape[1:]
+            if shared:  # one product for every replica: (B·P, d_sae) @ (d_sae, R·d_in)
+                prod = (f[0].reshape(-1, d_sae) @ mats.transpose(0, 1).reshape(d_sae, -1)).view(*f.shape[1:3], n_rep, d_in)
+                prod = prod.permute(2, 0, 1, 3)
+            else:
+                prod = torch.bmm(f.reshape(n_rep, -1, d_sae), mats).view(*f.shape[:3], d_in)
+            out = prod + const[:, None] + v * keep_e.to(v)
         whole = keep_f.all(dim=-1, keepdim=True) & keep_e
         return torch.where(whole, v, out).flatten(0, 1)
 
