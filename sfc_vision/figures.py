@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from .claims import t_interval
+from .claims import point_of, t_interval
 from .artifacts import read_json, save_figure, show_figure, write_json, write_text
 from .config import ConfigError
 from .runfolder import RunDamaged, contained_path, list_runs
@@ -22,7 +22,7 @@ from .study_config import StudyConfig, safe_label
 
 # %% auto #0
 __all__ = ['FIGURE_SECTIONS', 'representative_run', 'load_runs', 'figure_section', 'record_figure', 'write_figure_index',
-           'make_figures', 'plot_training_history', 'swept_values', 'plot_across_runs']
+           'make_figures', 'plot_training_history', 'swept_values', 'plot_across_runs', 'sweep_runs']
 
 # %% ../nbs/14_figures.ipynb #77bc5a44
 def representative_run(runs: list[dict]) -> dict:
@@ -216,3 +216,20 @@ def plot_across_runs(runs: list[dict], x: str, y: str, xlabel: str | None = None
     ax.set_title((title + "\n" if title else "") + note, fontsize=9)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/14_figures.ipynb #c696207b
+def _with(d: dict, path: str, value) -> dict:
+    "A copy of nested mapping `d` with dotted `path` set to `value`."
+    head, _, rest = path.partition(".")
+    return {**d, head: _with(d.get(head) or {}, rest, value) if rest else value}
+
+
+def sweep_runs(runs: list[dict], x: str = "sae.l1_coeff", rep: dict | None = None) -> list[dict]:
+    """The runs of `runs` equal to the representative `rep` (default: `representative_run(runs)`) but for setting `x`
+    (a dotted config key) and the replicate seeds: the runs a figure against `x` compares."""
+    if not runs:
+        return []
+    rep = rep or representative_run(runs)
+    mine = _get(rep["config"].to_dict(), x)
+    target = point_of(rep["config"].to_dict())
+    return [r for r in runs if point_of(_with(r["config"].to_dict(), x, mine)) == target]
