@@ -272,10 +272,9 @@ def trace(self: Splice, graph: bool = False) -> Iterator[dict[str, SiteTrace]]:
 
 # %% ../nbs/09_splice.ipynb #4776c9ef
 def _ablation_products(dic: Dictionary, keep: torch.Tensor, p: Patch) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Where `dic` decodes as `f W + b` (an `SAE` whose decoder is not overridden) and `keep` is `(R, n_nodes)` (or the same at every
-    position): per
-    replica the matrix `M_r (d_sae, d_in)` and the constant `c_r (P, d_in)` with which the patched site's output is
-    `f M_r + c_r` (plus `v` where the error node is kept); else None (the plain re-decode)."""
+    """Where `dic` decodes as `f W + b` (an `SAE` whose decoder is not overridden) and `keep` is `(R, n_nodes)` (or the
+    same at every position): per replica the matrix `M_r (d_sae, d_in)` and the constant `c_r (P, d_in)` with which the
+    patched site's output is `f M_r + c_r` (plus `v` where the error node is kept); else None (the plain re-decode)."""
     if keep.ndim == 3 and bool((keep == keep[:, :1]).all()):   # the same nodes at every position (`sum` nodes)
         keep = keep[:, 0]
     if not (isinstance(dic, SAE) and type(dic).decode is SAE.decode) or keep.ndim != 2:
