@@ -35,7 +35,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 PRESET = REPO / "configs" / "imagenet_googlenet.yaml"
-# The CPU smoke run's sizes (those of tests/test_presets.py): everything else is the preset's.
+# The CPU smoke run's sizes (those of tests/presets.py): everything else is the preset's.
 TINY_SET = ["capture.positions_per_image=4", "sae.expansion=1", "sae.steps=20", "sae.batch_size=64", "sae.checkpoints=2",
             "sae.lr_warmup=0", "sae.init_sample=1000", "attribution.n_reference=10", "circuit.top_k=2",
             "circuit.curve_points=3", "circuit.n_random=1", "mis.n_tasks=2", "mis.n_refs=2",

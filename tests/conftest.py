@@ -61,22 +61,21 @@ def run_cli(*args, env: dict | None = None, timeout: float = 900) -> subprocess.
                           timeout=timeout, cwd=REPO)
 
 
-# Under pytest-xdist (the README's test command runs `-n auto --dist loadgroup`) each test file is one
-# work unit, so a module's fixtures are made once, except the files in ALONE, whose tests (minutes each, no
-# shared fixture) are units of their own; the longest units start first. Each worker has its own temporary
-# folder: a run clears the kernel folders that killed runs left in it (`clean_kernel_leftovers`), which
-# must not reach into a test on another worker that is inspecting its own.
-LONGEST_FIRST = ["test_presets.py", "test_report.py", "test_vit_b16.py", "test_faults.py", "test_runs.py", "test_slurm.py",
-                 "test_tracking.py", "test_cli.py"]
-ALONE = {"test_presets.py"}
+# Under pytest-xdist (the README's test command runs `-n auto --dist loadfile`) each test file is one work
+# unit, so a module's fixtures are made once and its tests run in order on one worker; the two preset tests
+# (minutes each) have a file each. The longest files start first. (`--dist loadgroup` with `xdist_group`
+# marks is not used: under pytest 9.2 with pytest-xdist 3.8 the group no longer reaches the scheduler,
+# pytest-dev/pytest-xdist#1386, and a module's tests were dealt out singly.) Each worker has its own
+# temporary folder: a run clears the kernel folders that killed runs left in it (`clean_kernel_leftovers`),
+# which must not reach into a test on another worker that is inspecting its own.
+LONGEST_FIRST = ["test_preset_googlenet.py", "test_preset_resnet.py", "test_report.py", "test_vit_b16.py", "test_faults.py",
+                 "test_runs.py", "test_slurm.py", "test_tracking.py", "test_cli.py"]
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+@pytest.hookimpl(tryfirst=True)  # before xdist sends the collection
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(item.name if item.path.name in ALONE else item.path.stem))
 
 
 def pytest_configure(config):

@@ -13,7 +13,8 @@ from sfc_vision.train import TrainConfig, TrainingDiverged, channel_stats, train
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    "A small CNN trained one epoch, its checkpoint, and a cache of its pool2 activations carrying its SHA-256."
+    """A small CNN trained one epoch, its checkpoint, a cache of its pool2 activations carrying its SHA-256, and a
+    TopK SAE trained 40 steps on them (checkpoints at 20 and 40) in `tmp / "sae"`: each test can run alone."""
     tmp = tmp_path_factory.mktemp("sae")
     data = load_data(DataConfig(limit_train=400, limit_test=100))
     model = build_model(ModelConfig(channels=(4, 8), fc=16), data.image_shape, data.num_classes,
@@ -22,13 +23,13 @@ def pipeline(tmp_path_factory):
     model, meta = load_model(tmp / "model" / "epoch_001.safetensors")
     cache_activations(model, data.train, CaptureConfig(layers=("pool2",)), tmp / "acts",
                       meta={"model_sha256": meta["sha256"], "dataset": "mnist5k"}, progress=False)
+    cfg = SAEConfig(arch="topk", k=3, expansion=2, steps=40, checkpoints=2, batch_size=512, lr_warmup=0.125)
+    train_sae(ActivationCache(tmp / "acts" / "pool2"), cfg, tmp / "sae", progress=False, device="cpu")
     return tmp, data, model, meta["sha256"]
 
 
 def test_sae_records_and_checks_its_model(pipeline):
     tmp, data, model, sha = pipeline
-    cfg = SAEConfig(arch="topk", k=3, expansion=2, steps=40, checkpoints=2, batch_size=512, lr_warmup=0.125)
-    train_sae(ActivationCache(tmp / "acts" / "pool2"), cfg, tmp / "sae", progress=False, device="cpu")
     sae, meta = load_checkpoint(tmp / "sae", expect_layer="pool2", expect_model_sha256=sha)
     assert (meta["model_sha256"], meta["layer"], meta["dataset"]) == (sha, "pool2", "mnist5k")
     with pytest.raises(ArtifactError, match="trained on model_sha256"):

@@ -1,4 +1,7 @@
-"""The thesis's own settings end to end on the CPU: `configs/imagenet_googlenet.yaml` (GoogLeNet, the nine
+"""Shared pieces of the preset tests (`test_preset_googlenet.py`, `test_preset_resnet.py`), one test per file so
+that pytest-xdist (`--dist loadfile`) runs the two, minutes each, side by side.
+
+The thesis's own settings end to end on the CPU: `configs/imagenet_googlenet.yaml` (GoogLeNet, the nine
 mixed layers, the flamingo circuit) and `configs/tinyimagenet_resnet18.yaml` (ResNet-18 for small images,
 trained here), each on a generated folder of JPEGs in its dataset's layout, through the `sfc-vision` command.
 
@@ -200,51 +203,3 @@ def check_complete(folder, metrics, layers, n_test):
             *(f"sae_{kind}_{layer}" for kind in ("frequency", "training") for layer in layers)}
     assert want <= figures, sorted(want - figures)
     return figures
-
-
-@pytest.mark.slow
-def test_googlenet_preset_nine_mixed_layers_flamingo_circuit(tmp_path):
-    data = imagenet_folder(tmp_path / "imagenet")
-    torch_home = tmp_path / "torch"  # torchvision's cache, where the preset's `weights: default` looks
-    weights = torch_home / "hub" / "checkpoints" / pretrained_path("googlenet").name
-    weights.parent.mkdir(parents=True)
-    torch.save(random_googlenet_state(data), weights)
-
-    settings = [f"data.root={data}", *GOOGLENET_SET]
-    cfg, folder, m = run_preset("imagenet_googlenet.yaml", settings, tmp_path / "runs", env={"TORCH_HOME": str(torch_home)})
-    assert cfg.model.weights == "default" and list(cfg.capture.layers) == MIXED
-    check_complete(folder, m, MIXED, N_VAL)
-    assert not m["model"]["trained"] and m["model"]["n_parameters"] > 6_000_000  # the pretrained path, 1000 classes
-    assert m["model"]["accuracy"] > 0.5  # the class read-out in the weights file, through the preset's loading and scaling
-    for layer in MIXED:  # positions sampled: 4 vectors per training image
-        assert m["activations"][layer]["n_vectors"] == 4 * m["activations"][layer]["n_images"]
-
-    # the flamingo circuit: found on the flamingo training images only, checked on the flamingo validation images
-    assert load_config(CONFIGS / "imagenet_googlenet.yaml").circuit.target_class == "flamingo"
-    assert "flamingo" in cfg.circuit.target_class
-    assert m["attribution"]["target_class"] == cfg.circuit.target_class
-    assert m["attribution"]["n_images"] == FLAMINGO_TRAIN and m["circuit"]["n_eval"] == FLAMINGO_VAL
-    c = m["circuit"]
-    assert list(c["nodes_per_layer"]) == MIXED and c["nodes"] == 2 * len(MIXED)
-
-    circuit = RunOutputs(Study(cfg, tmp_path / "runs", progress=False)).circuit()
-    sites = [GOOGLENET_ALIASES[layer] for layer in MIXED]
-    assert circuit.sites == sites and circuit.meta["target_class"] == cfg.circuit.target_class
-    assert circuit.meta["n_images"] == circuit.meta["n_edge_images"] == FLAMINGO_TRAIN
-    assert set(circuit.edges) == set(zip(sites, sites[1:]))  # edges between consecutive mixed layers, all eight pairs
-    assert c["edges"] == sum(int((w != 0).sum()) for w in circuit.edges.values()) > 0
-
-
-@pytest.mark.slow
-def test_tinyimagenet_resnet18_preset_trained_here(tmp_path):
-    data = tinyimagenet_folder(tmp_path / "tiny-imagenet-200")
-    settings = [f"data.root={data}", *RESNET_SET]
-    cfg, folder, m = run_preset("tinyimagenet_resnet18.yaml", settings, tmp_path / "runs")
-    layers = ["layer1", "layer2", "layer3", "layer4"]
-    assert list(cfg.capture.layers) == layers and cfg.circuit.target_class is None
-    figures = check_complete(folder, m, layers, len(CLASSES) * TINY_VAL)
-    assert "model_training" in figures and m["model"]["trained"] and m["model"]["epochs"] == 4
-    for layer in layers:
-        assert m["activations"][layer]["n_vectors"] == 4 * m["activations"][layer]["n_images"] == 4 * len(CLASSES) * TINY_TRAIN
-    assert m["attribution"]["target_class"] is None and m["attribution"]["n_images"] == 10
-    assert list(m["circuit"]["nodes_per_layer"]) == layers
