@@ -718,6 +718,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'sfc_vision.plots_sae.plot_spliced': ('plots_sae.html#plot_spliced', 'sfc_vision/plots_sae.py'),
                                       'sfc_vision.plots_sae.plot_tradeoff': ('plots_sae.html#plot_tradeoff', 'sfc_vision/plots_sae.py'),
                                       'sfc_vision.plots_sae.plot_training': ('plots_sae.html#plot_training', 'sfc_vision/plots_sae.py'),
+                                      'sfc_vision.plots_sae.sparsity_setting': ( 'plots_sae.html#sparsity_setting',
+                                                                                 'sfc_vision/plots_sae.py'),
                                       'sfc_vision.plots_sae.splice_predictions': ( 'plots_sae.html#splice_predictions',
                                                                                    'sfc_vision/plots_sae.py'),
                                       'sfc_vision.plots_sae.training_paths': ('plots_sae.html#training_paths', 'sfc_vision/plots_sae.py')},

@@ -9,9 +9,11 @@ import matplotlib
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from .sae import SAE_ARCHS
+
 # %% auto #0
-__all__ = ['LABELS', 'training_paths', 'plot_tradeoff', 'plot_spliced', 'plot_frequency_histogram', 'plot_training',
-           'plot_over_training', 'splice_predictions', 'plot_splice_strip']
+__all__ = ['LABELS', 'training_paths', 'sparsity_setting', 'plot_tradeoff', 'plot_spliced', 'plot_frequency_histogram',
+           'plot_training', 'plot_over_training', 'splice_predictions', 'plot_splice_strip']
 
 # %% ../nbs/08b_plots_sae.ipynb #22b1e0cd
 LABELS = {"l0": "L0 (active latents per position)", "fve": "FVE (1 − NMSE)",
@@ -49,23 +51,35 @@ def training_paths(results: list[dict]) -> list[list[dict]]:
     return [sorted(path, key=lambda r: r.get("step", 0)) for path in by_sae.values()]
 
 # %% ../nbs/08b_plots_sae.ipynb #4823d89d
+def sparsity_setting(results: list[dict]) -> str:
+    "The setting that sets the SAEs' sparsity among `results`: `k` where every SAE fixes its L0 by k (TopK), else `l1_coeff`."
+    archs = [r.get("arch") for r in results]
+    return "k" if archs and all(a in SAE_ARCHS and "k" in SAE_ARCHS[a].uses for a in archs) else "l1_coeff"
+
+
 def _scatter_lines(axes, results, ys, group, color, paths=True):
-    "Per axis: grey paths over training per SAE, a line per `group` value through final checkpoints, final points coloured by `color`."
+    """Per axis: grey paths over training per SAE, a line per `group` value through final checkpoints, final points
+    coloured by `color` (None: `sparsity_setting`). One value of `color` is named in the legend, not on a colour bar;
+    where every L0 is about the same (TopK SAEs of one k) the L0 axis is linear around it and no line is drawn: a line
+    through SAEs of one sparsity would only join seeds."""
     final = [r for r in results if r.get("final", True)]
+    color = color or sparsity_setting(final)
     values = [r[color] for r in final]
-    categorical = any(isinstance(v, str) for v in values)
+    categorical = len(set(values)) == 1 or any(isinstance(v, str) for v in values)
     if categorical:
-        names = sorted(set(values))
+        names = sorted(set(values), key=str)
         colours = {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(names)}
     else:
         norm, cmap = _colour_scale(values), plt.get_cmap("viridis")
+    l0s = [r["l0"] for r in results]
+    fixed_l0 = bool(l0s) and min(l0s) > 0 and max(l0s) <= 1.05 * min(l0s)
     for ax, y in zip(axes, ys):
         if paths:
             for path in training_paths(results):
                 if len(path) > 1:
                     ax.plot([r["l0"] for r in path], [r[y] for r in path], color="0.75", lw=0.8, marker=".", ms=3,
                             zorder=1, gid="training_path")
-        if group is not None:
+        if group is not None and not fixed_l0:
             for value, rs in _groups(final, group).items():
                 rs = sorted(rs, key=lambda r: r["l0"])
                 ax.plot([r["l0"] for r in rs], [r[y] for r in rs], lw=1.2, zorder=2, label=f"{LABELS.get(group, group)} {value}")
@@ -73,16 +87,19 @@ def _scatter_lines(axes, results, ys, group, color, paths=True):
             for name in names:
                 rs = [r for r in final if r[color] == name]
                 ax.scatter([r["l0"] for r in rs], [r[y] for r in rs], color=colours[name], zorder=3, edgecolor="k",
-                           linewidth=0.4, label=name)
+                           linewidth=0.4, label=name if isinstance(name, str) else f"{LABELS.get(color, color)} {name:g}")
         else:
             sc = ax.scatter([r["l0"] for r in final], [r[y] for r in final], c=values, norm=norm, cmap=cmap, zorder=3,
                             edgecolor="k", linewidth=0.4)
-        ax.set_xscale("log")
-        _plain_log_axis(ax.xaxis)
+        if fixed_l0:
+            ax.set_xlim(0.9 * min(l0s), 1.1 * max(l0s))
+        else:
+            ax.set_xscale("log")
+            _plain_log_axis(ax.xaxis)
         ax.set_xlabel(LABELS["l0"])
         ax.set_ylabel(LABELS.get(y, y))
         ax.grid(alpha=0.3)
-    if group is not None or categorical:
+    if (group is not None and not fixed_l0) or categorical:
         axes[0].legend(fontsize=8)
     if not categorical:
         bar = axes[-1].figure.colorbar(sc, ax=list(axes), label=LABELS.get(color, color))
@@ -90,7 +107,7 @@ def _scatter_lines(axes, results, ys, group, color, paths=True):
             _plain_log_axis(bar.ax.yaxis)
 
 
-def plot_tradeoff(results: list[dict], group: str | None = "expansion", color: str = "l1_coeff", title: str | None = None):
+def plot_tradeoff(results: list[dict], group: str | None = "expansion", color: str | None = None, title: str | None = None):
     "FVE and normalised MSE vs L0: a line per `group` value through final checkpoints, points coloured by `color`, paths over training in grey."
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     _scatter_lines(axes, results, ("fve", "nmse"), group, color)
@@ -101,7 +118,7 @@ def plot_tradeoff(results: list[dict], group: str | None = "expansion", color: s
     return fig
 
 
-def plot_spliced(results: list[dict], group: str | None = "expansion", color: str = "l1_coeff", title: str | None = None):
+def plot_spliced(results: list[dict], group: str | None = "expansion", color: str | None = None, title: str | None = None):
     "Spliced accuracy ratio and loss recovered (mean ablation) vs L0, a line per `group` value, points coloured by `color`."
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     _scatter_lines(axes, results, ("accuracy_ratio", "loss_recovered_mean"), group, color, paths=False)

@@ -71,7 +71,8 @@ class SweepConfig(Config):
     base: str | None = setting(None, "YAML config the runs start from, relative to the sweep file; None: the embedded default")
     overrides: Any = setting(None, "mapping of dotted keys to values, applied to every run")
     grid: Any = setting(None, "mapping of dotted keys to lists of values: one run per combination")
-    points: Any = setting(None, "list of mappings of dotted keys to values: one run each")
+    points: Any = setting(None, "list of mappings of dotted keys to values: one run each (a point's own `seeds:` list replicates "
+                                "it over those seeds instead of the sweep's)")
     seeds: Any = setting(None, "replicate every point over these seeds (each sets the model, data order, capture, SAE, circuit and MIS seeds); None: once")
     executor: ExecutorConfig = setting(ExecutorConfig(), "where the runs execute")
 
@@ -89,17 +90,19 @@ class SweepConfig(Config):
                 for a, b in itertools.combinations(range(len(v)), 2):
                     if v[a] == v[b]:  # e.g. 0.1 and 1e-1: one value written twice
                         raise ConfigError(f"grid.{k}: values {a + 1} and {b + 1} are equal ({v[a]!r} and {v[b]!r}); give each value once")
-        if self.seeds is not None:
+        if self.points is not None and not (isinstance(self.points, list) and self.points and all(_dotted_mapping(p) for p in self.points)):
+            raise ConfigError(f"points: expected a non-empty list of mappings of dotted keys to values, got {self.points!r}")
+        point_seeds = [(f"points[{i}].seeds", p["seeds"]) for i, p in enumerate(self.points or []) if "seeds" in p]
+        for where, seeds in ([("seeds", self.seeds)] if self.seeds is not None else []) + point_seeds:
+            if not (isinstance(seeds, list) and seeds and all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)):
+                raise ConfigError(f"{where}: expected a non-empty list of integers, got {seeds!r}")
+            if len(set(seeds)) != len(seeds):
+                raise ConfigError(f"{where}: {seeds!r} names a seed twice; give each seed once")
+        if self.seeds is not None or point_seeds:
             for where, settings in (("overrides", self.overrides), ("grid", self.grid), *((f"points[{i}]", p) for i, p in enumerate(self.points or []))):
                 if fixed := [k for k in (settings or {}) if k in SEED_KEYS]:
                     raise ConfigError(f"{where}.{fixed[0]}: set by seeds: (every replicate sets {', '.join(SEED_KEYS)}), so it would "
                                       f"collapse points into one run; remove it, or remove seeds:")
-            if not (isinstance(self.seeds, list) and self.seeds and all(isinstance(x, int) and not isinstance(x, bool) for x in self.seeds)):
-                raise ConfigError(f"seeds: expected a non-empty list of integers, got {self.seeds!r}")
-            if len(set(self.seeds)) != len(self.seeds):
-                raise ConfigError(f"seeds: {self.seeds!r} names a seed twice; give each seed once")
-        if self.points is not None and not (isinstance(self.points, list) and self.points and all(_dotted_mapping(p) for p in self.points)):
-            raise ConfigError(f"points: expected a non-empty list of mappings of dotted keys to values, got {self.points!r}")
 
 # %% ../nbs/13_sweeps.ipynb #c1e9e072
 def _dotted_mapping(x) -> bool:
@@ -129,14 +132,16 @@ def sweep_runs(sweep: SweepConfig, base: dict | None = None, where: str = "") ->
     grid = sweep.grid or {}
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else []
     points += list(sweep.points or [])
-    if sweep.seeds is not None:  # replicates: the same point once per seed, every seed of a run set to it
-        points = [{**p, **{key: seed for key in SEED_KEYS}} for p in (points or [{}]) for seed in sweep.seeds]
+    replicas = []  # (point, its seed or None): a point once per seed (its own seeds, else the sweep's), every seed of a run set to it
+    for p in points or [{}]:  # neither grid nor points: the base with the overrides
+        seeds, p = p.get("seeds", sweep.seeds), {k: v for k, v in p.items() if k != "seeds"}
+        replicas += [({**p, **{key: seed for key in SEED_KEYS}}, seed) for seed in seeds] if seeds is not None else [(p, None)]
     out, seen, runs = [], set(), {}
-    for point in points or [{}]:  # neither grid nor points: the base with the overrides, once
+    for point, seed in replicas:
         settings = {**(sweep.overrides or {}), **point}
         label = {k: v for k, v in point.items() if k not in SEED_KEYS}
-        if sweep.seeds is not None:
-            label["seed"] = point[SEED_KEYS[0]]
+        if seed is not None:
+            label["seed"] = seed
         settings.setdefault("run.name", point_label(sweep.name, label))
         settings.setdefault("run.group", sweep.name)  # tracked runs are grouped by their sweep
         try:

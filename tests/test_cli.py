@@ -61,6 +61,24 @@ def test_the_default_companions_differ_from_the_default_in_one_setting_each():
     assert sorted(p["sae.seed"] for p, _ in points) == [0, 0, 1, 1, 2, 2]
 
 
+def test_the_default_sweep_replicates_the_default_five_times_and_the_other_lambdas_to_the_sae_evaluation():
+    """The claims over the representative point (the embedded default) get five seeds and every stage; the other λ
+    run through the SAE evaluation only (the trade-off rows and figures), three seeds each, and differ from the
+    default in λ alone."""
+    from sfc_vision.claims import point_of
+    from sfc_vision.sweeps import load_sweep
+    _, points = load_sweep(CONFIGS / "default_sweep.yaml")
+    default = point_of(StudyConfig().to_dict())
+    full = [cfg for _, cfg in points if point_of(cfg.to_dict()) == default]
+    assert sorted(cfg.sae.seed for cfg in full) == [0, 1, 2, 3, 4] and all(cfg.run.stages == () for cfg in full)
+    rest = [cfg for _, cfg in points if point_of(cfg.to_dict()) != default]
+    assert sorted({cfg.sae.l1_coeff for cfg in rest}) == [0.03, 0.1, 1.0] and len(rest) == 9
+    for cfg in rest:
+        assert cfg.run.stages == ("sae_eval",)
+        assert point_of(cfg.replace(sae=cfg.sae.replace(l1_coeff=StudyConfig().sae.l1_coeff)).to_dict()) == \
+            point_of(full[cfg.sae.seed].to_dict())
+
+
 def main_(*args) -> tuple[int, str, str]:
     "`sfc-vision ARGS…` in this process (the console script's `main`): exit status, stdout, stderr."
     out, err = io.StringIO(), io.StringIO()
