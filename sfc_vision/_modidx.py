@@ -759,6 +759,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'sfc_vision.report.png_uri': ('report.html#png_uri', 'sfc_vision/report.py'),
                                    'sfc_vision.report.render_notebook': ('report.html#render_notebook', 'sfc_vision/report.py'),
                                    'sfc_vision.report.sweep_groups': ('report.html#sweep_groups', 'sfc_vision/report.py'),
+                                   'sfc_vision.report.sweep_tables': ('report.html#sweep_tables', 'sfc_vision/report.py'),
                                    'sfc_vision.report.templates_dir': ('report.html#templates_dir', 'sfc_vision/report.py'),
                                    'sfc_vision.report.verdict': ('report.html#verdict', 'sfc_vision/report.py')},
             'sfc_vision.runfolder': { 'sfc_vision.runfolder.RunDamaged': ('study_runfolder.html#rundamaged', 'sfc_vision/runfolder.py'),

@@ -79,8 +79,10 @@ def write_figure_index(figures_dir: str | os.PathLike) -> Path:
     index = read_json(figures_dir / "index.json") if (figures_dir / "index.json").exists() else {"figures": []}
     lines = ["# Figures", "",
              "Regenerated from the run folders by `sfc-vision figures` (the analysis notebooks in `nbs/analysis/`).",
-             "The committed ones come from the embedded default sweep, `configs/default_sweep.yaml`:",
-             "", "```", "sfc-vision sweep configs/default_sweep.yaml && sfc-vision figures", "```", "",
+             "The committed ones come from the embedded default sweep (`configs/default_sweep.yaml`), its companions",
+             "(`configs/default_companions.yaml`) and the ViT sweep (`configs/mnist_vit_sweep.yaml`), run into one runs folder:",
+             "", "```", "sfc-vision sweep configs/default_sweep.yaml && sfc-vision sweep configs/default_companions.yaml && \\",
+             "  sfc-vision sweep configs/mnist_vit_sweep.yaml && sfc-vision figures", "```", "",
              ]
     sections = defaultdict(list)
     for e in index["figures"]:

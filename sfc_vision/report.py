@@ -39,7 +39,7 @@ __all__ = ['GOOD_WORDS', 'BAD_WORDS', 'EVAL_KEYS', 'FEATURE_KINDS', 'CLASS_EFFEC
            'fmt_num', 'fmt_pct', 'fmt_seconds', 'verdict', 'layer_rows', 'class_accuracy_rows', 'node_file',
            'node_edges', 'feature_records', 'feature_pages', 'png_uri', 'heat_overlay', 'histogram_svg', 'node_media',
            'class_effect_rows', 'circuit_graph_svg', 'templates_dir', 'render_notebook', 'load_claims', 'sweep_groups',
-           'build_report']
+           'sweep_tables', 'build_report']
 
 # %% ../nbs/16_report.ipynb #3f907b73
 def _missing(x) -> bool:
@@ -683,6 +683,17 @@ def sweep_groups(rows: Sequence[dict], ignore: Sequence[str] = ("run.", "executi
               "faithfulness": mean(g["runs"], c("faithfulness")), "completeness": mean(g["runs"], c("completeness"))}
     return {"swept": keys, "groups": [groups[v] for v in sorted(groups, key=lambda v: [(0, x) if isinstance(x, (int, float)) else (1, json.dumps(x)) for x in v])]}
 
+
+def sweep_tables(rows: Sequence[dict]) -> list[dict]:
+    """One `sweep_groups` table per sweep among `rows` (`run.group` of their settings; runs of no sweep form one), named
+    `name`; a sweep whose runs differ in no setting but their seeds has no table."""
+    by_sweep: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("settings"):
+            by_sweep.setdefault(r["settings"].get("run.group") or "", []).append(r)
+    tables = [{"name": name or "runs of no sweep", **sweep_groups(rs)} for name, rs in sorted(by_sweep.items())]
+    return [t for t in tables if t["swept"] and len(t["groups"]) > 1]
+
 # %% ../nbs/16_report.ipynb #38438fb6
 def _figure_index(fdir: Path) -> list[dict]:
     "The entries of figure folder `fdir` (`index.json`, else its image files), each naming a file inside `fdir` (else `ConfigError`)."
@@ -737,7 +748,7 @@ def build_report(runs_root: str | os.PathLike = "runs", out_dir: str | os.PathLi
         for r in rows:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
         write_text(build / "index.html", env.get_template("index.html").render(
-            **common, root="", runs=rows, counts=counts, figures=cross, sweep=sweep_groups(rows)))
+            **common, root="", runs=rows, counts=counts, figures=cross, sweeps=sweep_tables(rows)))
         _swap_in(build, out_dir, keep)
     finally:
         shutil.rmtree(build, ignore_errors=True)  # gone already where the build was swapped in
