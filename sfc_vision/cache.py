@@ -431,8 +431,9 @@ def write_metrics(run_dir: str | os.PathLike) -> dict:
 
 def comparable_metrics(metrics: dict) -> dict:
     """`metrics` without what legitimately differs between two runs of one configuration (times, host, cache use):
-    a stage's summary keeps its own timings under `timing`, which is left out too."""
-    out = {k: ({kk: vv for kk, vv in v.items() if kk != "timing"} if isinstance(v, dict) and k in STAGES else v)
+    a stage's summary keeps its own timings under `timing`, which is left out too (whether or not the stages are
+    registered in this process: every summary is a mapping)."""
+    out = {k: ({kk: vv for kk, vv in v.items() if kk != "timing"} if isinstance(v, dict) else v)
            for k, v in metrics.items() if k not in ("run", "wall_s", "digest")}
     out["stages"] = {n: {"key": s["key"]} for n, s in metrics.get("stages", {}).items()}
     return out

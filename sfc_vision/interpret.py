@@ -21,9 +21,10 @@ from .models import VisionModel, resolve_device
 from .sae import Dictionary, IdentityDictionary
 
 # %% auto #0
-__all__ = ['ACTIVATIONS', 'PROFILE_QUANTILES', 'ACTIVE_SHARE', 'PROFILE_FIELDS', 'StopForward', 'site_activations', 'encode_site',
-           'site_features', 'unit_scores', 'token_grid', 'unit_grid', 'ordered_keys', 'tie_ranks', 'RunningTopK',
-           'TopImages', 'top_images_many', 'top_images', 'unit_maps', 'UnitProfiles', 'unit_profiles']
+__all__ = ['ACTIVATIONS', 'PROFILE_QUANTILES', 'ACTIVE_SHARE', 'PROFILE_FIELDS', 'TOKEN_PROFILE_FIELDS', 'StopForward',
+           'site_activations', 'encode_site', 'site_features', 'unit_scores', 'token_grid', 'unit_grid', 'ordered_keys',
+           'tie_ranks', 'RunningTopK', 'TopImages', 'top_images_many', 'top_images', 'unit_maps', 'UnitProfiles',
+           'unit_profiles']
 
 # %% ../nbs/11_interpret.ipynb #ef8ece40
 class StopForward(Exception):
@@ -354,7 +355,8 @@ def unit_maps(model: VisionModel, site: str, dictionary: Dictionary, x: torch.Te
 PROFILE_QUANTILES = (0.5, 0.75, 0.9, 0.99)  # the rows of examples across a unit's activation quantiles
 ACTIVE_SHARE = 0.5  # a unit is "active on" an image where its max over positions exceeds this share of its largest value
 PROFILE_FIELDS = ("units", "top_index", "top_score", "top_maps", "top_label", "quantile_index", "quantile_score",
-                  "hist_counts", "hist_edges", "active")  # the stored tensors of `UnitProfiles` (and `top_cls` at token sites)
+                  "hist_counts", "hist_edges", "active")  # the stored tensors of `UnitProfiles`
+TOKEN_PROFILE_FIELDS = ("top_cls", "top_registers")  # stored beside them at token sites (registers: where the model has them)
 
 
 @dataclass
@@ -367,7 +369,9 @@ class UnitProfiles:
     everywhere, where "> 0 anywhere" is true of nearly every image at a conv site), and the labels of
     the top images. At a token site the positions are the tokens: the max is over every token (the class token
     included, a position the circuit's node sums over), the maps show the patch tokens on the patch grid and
-    `top_cls` the class token's value beside them (so a unit that fires on the class token alone is seen to)."""
+    `top_cls` the class token's value beside them (so a unit that fires on the class token alone is seen to), and
+    `top_registers` the register tokens' values where the model has registers (a timm ViT with `reg_tokens`: a unit
+    that fires on a register alone shows no patch on the grid, and its value here says where it fired)."""
     units: torch.Tensor           # (U,)
     top_index: torch.Tensor       # (U, k) pool indices, highest max first
     top_score: torch.Tensor       # (U, k) the max over positions
@@ -382,6 +386,7 @@ class UnitProfiles:
     activation: str
     site: str | None = None
     top_cls: torch.Tensor | None = None  # (U, k) token sites: the class token's value on each top image
+    top_registers: torch.Tensor | None = None  # (U, k, R) token sites with R register tokens: their values on each top image
 
     def row(self, unit: int) -> int:
         "Row of unit id `unit`."
@@ -395,7 +400,7 @@ class UnitProfiles:
         return torch.unique(torch.cat([self.top_index.flatten(), self.quantile_index.flatten()]))
 
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
-        names = PROFILE_FIELDS + (("top_cls",) if self.top_cls is not None else ())
+        names = PROFILE_FIELDS + tuple(k for k in TOKEN_PROFILE_FIELDS if getattr(self, k) is not None)
         return ({k: getattr(self, k).contiguous() for k in names},
                 {"kind": "unit_profiles", "n_images": self.n_images, "activation": self.activation, "site": self.site})
 
@@ -411,7 +416,8 @@ def unit_profiles(model: VisionModel, site: str, dictionary: Dictionary, images:
                   activation: str = "post", k: int = 16, n_per_quantile: int = 4, bins: int = 30, seed: int = 0,
                   batch_size: int = 256, device: str | torch.device = "auto") -> UnitProfiles:
     """The `UnitProfiles` of `units` of `dictionary` at `site` over `images`: one pass keeps every image's max over
-    positions (`(n_images, U)`: small) and the maps of the running top `k` (and class-token values at token sites);
+    positions (`(n_images, U)`: small) and the maps of the running top `k` (and the class and register tokens' values
+    at token sites);
     ties broken by `tie_ranks(seed)`."""
     check_choice("activation", activation, ACTIVATIONS)
     units = torch.as_tensor(list(units), dtype=torch.long)
@@ -424,22 +430,23 @@ def unit_profiles(model: VisionModel, site: str, dictionary: Dictionary, images:
     model, dictionary = model.to(dev).eval(), dictionary.to(dev)
     ranks = tie_ranks(n, seed)
     stat = torch.empty(n, len(units))
-    best_keys, best_maps, best_idx, best_cls = None, None, None, None
+    best_keys, best_maps, best_idx, best_lead = None, None, None, None
     for x, _, idx in images.batches(batch_size):
         f = site_features(model, model.resolve(site), dictionary, x.to(dev), activation)[:, units.to(dev)].float().cpu()
         s = f.flatten(2).amax(2) if f.ndim > 2 else f                   # (B, U): max over positions (every token)
         stat[idx] = s
         keys = ordered_keys(s, ranks[idx]).T                            # (U, B)
         m = unit_grid(model, f).transpose(0, 1)                         # (U, B, H, W)
-        cls = f[:, :, 0].T if f.ndim == 3 else torch.zeros(len(units), 0)  # (U, B) the class token (token 0)
+        lead = (f[:, :, :model.prefix_tokens].transpose(0, 1) if f.ndim == 3     # (U, B, P): the class token, registers
+                else torch.zeros(len(units), len(idx), 0))
         i = idx.expand(len(units), -1)
         if best_keys is not None:
             keys, m, i = torch.cat([best_keys, keys], 1), torch.cat([best_maps, m], 1), torch.cat([best_idx, i], 1)
-            cls = torch.cat([best_cls, cls], 1)
+            lead = torch.cat([best_lead, lead], 1)
         top = keys.topk(min(k, keys.shape[1]), dim=1).indices
         best_keys, best_idx = keys.gather(1, top), i.gather(1, top)
         best_maps = m[torch.arange(len(units))[:, None], top]
-        best_cls = cls.gather(1, top) if cls.shape[1] else cls
+        best_lead = lead.gather(1, top[..., None].expand(-1, -1, lead.shape[2]))
     top_score = stat.T.gather(1, best_idx)
     q = torch.tensor(PROFILE_QUANTILES)
     levels = torch.quantile(stat, q, dim=0).T                           # (U, Q)
@@ -455,4 +462,5 @@ def unit_profiles(model: VisionModel, site: str, dictionary: Dictionary, images:
     active = (stat > ACTIVE_SHARE * hi.clamp(min=0)).float().mean(0) * (hi > 0)
     return UnitProfiles(units, best_idx, top_score, best_maps.half(), images.labels[best_idx], quantile_index,
                         torch.stack([stat[quantile_index[j], j] for j in range(len(units))]),
-                        counts.long(), edges, active, n, activation, model.resolve(site), best_cls if best_cls.shape[1] else None)
+                        counts.long(), edges, active, n, activation, model.resolve(site),
+                        best_lead[..., 0] if best_lead.shape[2] else None, best_lead[..., 1:] if best_lead.shape[2] > 1 else None)

@@ -294,6 +294,9 @@ def node_media(profiles, extra: dict, unit: int, thumbs: dict, class_names: Sequ
     if profiles.top_cls is not None:  # a token site: the map is the patch grid, the class token's value stands apart
         for t, v in zip(top, profiles.top_cls[r].tolist()):
             t["cls"] = v
+    if profiles.top_registers is not None:  # and the register tokens' (a unit firing on a register shows no patch)
+        for t, v in zip(top, profiles.top_registers[r].tolist()):
+            t["registers"] = v
     quantiles = [{"q": q, "tiles": [tile(i, s) for i, s in zip(profiles.quantile_index[r, k].tolist(), profiles.quantile_score[r, k].tolist())]}
                  for k, q in enumerate(PROFILE_QUANTILES)]
     classes = {}

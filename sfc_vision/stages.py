@@ -31,7 +31,7 @@ from .attribution import NodeEffects, node_effects
 from .circuits import (Circuit, Faithfulness, faithfulness, faithfulness_curve, feature_density, find_circuit,
                                  images_of_class)
 from .backbones import BackboneConfig, EmbeddingCache, build_backbone
-from .interpret import PROFILE_FIELDS, TopImages, UnitProfiles, top_images_many, unit_profiles
+from .interpret import PROFILE_FIELDS, TOKEN_PROFILE_FIELDS, TopImages, UnitProfiles, top_images_many, unit_profiles
 from .featvis import visualize_units
 from .analyses import class_activity, class_selectivity
 from .mis import MISResult, mis_from_top, mis_images, mis_meta
@@ -810,7 +810,7 @@ def pages(self: RunOutputs, layer: str, kind: str = "sae") -> tuple[UnitProfiles
     if not path.exists():
         return None
     tensors, meta = load_tensors(path)
-    names = PROFILE_FIELDS + (("top_cls",) if "top_cls" in tensors else ())  # top_cls: token sites
+    names = PROFILE_FIELDS + tuple(k for k in TOKEN_PROFILE_FIELDS if k in tensors)  # token sites: class token, registers
     return UnitProfiles.from_tensors({k: tensors.pop(k) for k in names}, meta), tensors | {"meta": meta}
 
 

@@ -113,3 +113,28 @@ def test_splice_identity_atp_and_edges_at_timm_sites(tiny):
         got = edges[(r0, d)][:-1, :-1]
         assert want_w.abs().max() > 1e-4
         torch.testing.assert_close(got, want_w, atol=1e-4 * want_w.abs().max().item(), rtol=0)
+
+
+def test_feature_pages_show_the_register_tokens(tiny):
+    """A unit's profile keeps the class token's and each register token's value on its top images (a unit that fires
+    on a register alone shows no patch on the grid), they survive storing, and the page's tiles carry them."""
+    from sfc_vision.interpret import UnitProfiles, site_features, unit_profiles
+    from sfc_vision.report import node_media
+    model, images = tiny
+    neurons, units = IdentityDictionary(32), [0, 5, 9]
+    prof = unit_profiles(model, "resid_1", neurons, images, units=units, k=2, device="cpu")
+    x = next(images.batches(4))[0]
+    with torch.no_grad():
+        f = site_features(model, model.resolve("resid_1"), neurons, x)[:, units]  # (B, U, T): class, 2 registers, patches
+    for j in range(len(units)):
+        on_top = f[prof.top_index[j], j]                                              # (k, T)
+        torch.testing.assert_close(prof.top_score[j], on_top.amax(1))               # max over every token
+        torch.testing.assert_close(prof.top_cls[j], on_top[:, 0])
+        torch.testing.assert_close(prof.top_registers[j], on_top[:, 1:3])
+    assert prof.top_registers.shape == (3, 2, 2)
+    back = UnitProfiles.from_tensors(*prof.to_tensors())
+    assert torch.equal(back.top_registers, prof.top_registers) and torch.equal(back.top_cls, prof.top_cls)
+    media = node_media(prof, {}, 5, {i: images.images_u8[i] for i in range(4)}, DIGITS,
+                       {i: int(images.labels[i]) for i in range(4)})
+    assert [t["registers"] for t in media["top"]] == prof.top_registers[1].tolist()
+    assert [t["cls"] for t in media["top"]] == prof.top_cls[1].tolist()
